@@ -53,7 +53,9 @@ class ModelConfig:
     scan: ScanImpl = "auto"
     """Scan implementation, see `kernels.linear_scan`: 'reference' swaps in the PyTorch oracle to debug."""
     reset_at_doc_start: bool = True
-    """Set the forget gate a_t = 0 at a document's first token so packed documents do not share state."""
+    """Set the forget gate a_t = 0 where a document starts, so packed documents do not share state."""
+    eos_id: int = 0
+    """Token id of <|endoftext|>, placed between packed documents; it opens the next document (a_t = 0 there)."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "conv_size"):

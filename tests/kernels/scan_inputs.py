@@ -1,0 +1,64 @@
+"""Random scan inputs with realistic gates, and the float64 oracle with its gradients."""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.reference import linear_scan_reference
+
+
+def make_inputs(B, T, D, dtype, gen, device, with_h0=True, h0_dtype=torch.float32):
+    """x ~ N(0, 1); a in (0, 1) with every third channel near 1 (long memory) and ~5% exact 0s and 1s."""
+    x = torch.randn(B, T, D, generator=gen)
+    a = torch.rand(B, T, D, generator=gen)
+    a[..., ::3] = 1 - 1e-3 * torch.rand(B, T, len(range(0, D, 3)), generator=gen)
+    u = torch.rand(B, T, D, generator=gen)
+    a = torch.where(u < 0.05, 0.0, torch.where(u > 0.95, 1.0, a))
+    h0 = torch.randn(B, D, generator=gen).to(device, h0_dtype) if with_h0 else None
+    dy = torch.randn(B, T, D, generator=gen)
+    dh_T = torch.randn(B, D, generator=gen)
+    to = dict(device=device, dtype=dtype)
+    return x.to(**to), a.to(**to), h0, dy.to(**to), dh_T.to(device)
+
+
+def outputs_and_grads(scan, x, a, h0, dy, dh_T, output_final_state=True):
+    """[h, h_T, dx, da, dh0] (None where absent) of `scan`, seeded by (h * dy).sum() + (h_T * dh_T).sum()."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, a, h0)]
+    h, h_T = scan(*leaves, output_final_state)
+    loss = (h.float() * dy.float()).sum()
+    if output_final_state:
+        loss = loss + (h_T * dh_T).sum()
+    inputs = [t for t in leaves if t is not None]
+    grads = iter(torch.autograd.grad(loss, inputs))
+    dx, da = next(grads), next(grads)
+    dh0 = next(grads) if h0 is not None else None
+    return [h, h_T, dx, da, dh0]
+
+
+def oracle(x, a, h0, dy, dh_T, output_final_state=True):
+    """The reference loop in float64 on the same (already rounded) inputs."""
+    f64 = [t.double() if t is not None else None for t in (x, a, h0, dy, dh_T)]
+    return outputs_and_grads(linear_scan_reference, *f64, output_final_state)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out - ref‖ / ‖ref‖ in float64 (NaN anywhere in out gives NaN)."""
+    out, ref = out.double(), ref.double()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def _round_like_the_kernels(t: torch.Tensor, dtype: torch.dtype, interpreted: bool) -> torch.Tensor:
+    """fp32 -> dtype as the kernels' stores round: to nearest on a GPU. The Triton interpreter truncates
+    fp32 -> bf16 (keeps the high 16 bits; seen with triton 3.9), so there the baseline truncates too."""
+    if interpreted and dtype == torch.bfloat16 and t.dtype == torch.float32:
+        return (t.contiguous().view(torch.int32) & -65536).view(torch.float32).to(dtype)
+    return t.to(dtype)
+
+
+def reference_in_dtype(x, a, h0, dy, dh_T, output_final_state, interpreted):
+    """The reference loop's outputs and gradients, each rounded once to its tensor's dtype: the error
+    budget of an exact fp32-accumulating scan that stores in the input dtype."""
+    f32 = [t.float() if t is not None else None for t in (x, a, h0)]
+    out = outputs_and_grads(linear_scan_reference, *f32, dy.float(), dh_T, output_final_state)
+    dtypes = [x.dtype, torch.float32, x.dtype, a.dtype, h0.dtype if h0 is not None else None]
+    return [None if t is None else _round_like_the_kernels(t.detach(), d, interpreted) for t, d in zip(out, dtypes)]

@@ -1,0 +1,157 @@
+"""Every scan implementation against the float64 reference: outputs, final state and every gradient.
+
+On a CPU the Triton kernels run under the interpreter (tests/conftest.py); on a GPU the same tests run
+on CUDA. Shapes are small and odd on purpose: T=1, T one past a tile, D=1, odd D, B=1.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from kernels import linear_scan, triton_interpreter_on
+from kernels.associative_scan import _chunk_len, _default_config, linear_scan_associative
+from kernels.reference import linear_scan_reference
+
+from .conftest import DEVICE
+from .scan_inputs import make_inputs, oracle, outputs_and_grads, reference_in_dtype, rel_err
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# fp32: relative error (‖out − ref‖ / ‖ref‖) within `rel` of a float64 loop.
+# bf16/fp16: within `factor` × the error of the reference loop rounded once to that dtype, plus `floor`.
+TOLERANCE = {
+    torch.float32: dict(rel=1e-5),
+    torch.bfloat16: dict(factor=2.0, floor=1e-3),
+    torch.float16: dict(factor=2.0, floor=1e-4),
+}
+NAMES = ["h", "h_T", "dx", "da", "dh0"]
+BLOCK_T = _default_config(8, torch.float32)["BLOCK_T"]
+SHAPES = [  # (B, T, D)
+    (1, 1, 1),
+    (2, 3, 5),
+    (1, 63, 8),
+    (2, BLOCK_T + 1, 3),
+    (1, 3 * BLOCK_T + 5, 9),
+]
+
+
+def _impl(name):
+    if name == "triton-tparallel":  # force the T-parallel path (chunks of 16 rows) at a small size
+        return lambda x, a, h0, fs: linear_scan_associative(x, a, h0, fs, chunk_t=16)
+    return functools.partial(_public, impl=name)
+
+
+def _public(x, a, h0, fs, impl):
+    return linear_scan(x, a, h0, impl=impl, output_final_state=fs)
+
+
+IMPLS = ["triton", "sequential", "auto", "triton-tparallel"]
+
+
+def _interpreted(impl: str) -> bool:
+    return DEVICE == "cpu" and impl != "auto" and triton_interpreter_on()
+
+
+def assert_close_to_oracle(impl_out, ref_dtype_out, ref64, dtype, context=""):
+    tol = TOLERANCE[dtype]
+    for name, out, ref_d, truth in zip(NAMES, impl_out, ref_dtype_out, ref64):
+        if truth is None:
+            assert out is None, f"{name}: expected None"
+            continue
+        assert out.shape == truth.shape, f"{name}: shape {tuple(out.shape)} != {tuple(truth.shape)}"
+        err = rel_err(out, truth)
+        if "rel" in tol:
+            bound = tol["rel"]
+        else:
+            bound = tol["factor"] * rel_err(ref_d, truth) + tol["floor"]
+        assert err <= bound, f"{name} ({context}): relative error {err:.3e} > {bound:.3e}"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_reference(impl, dtype, shape, gen):
+    x, a, h0, dy, dh_T = make_inputs(*shape, dtype, gen, DEVICE)
+    out = outputs_and_grads(_impl(impl), x, a, h0, dy, dh_T)
+    ref_d = reference_in_dtype(x, a, h0, dy, dh_T, True, _interpreted(impl))
+    assert_close_to_oracle(out, ref_d, oracle(x, a, h0, dy, dh_T), dtype, f"{impl} {shape} {dtype}")
+    assert out[0].dtype == dtype and out[1].dtype == torch.float32
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("output_final_state", [False, True])
+@pytest.mark.parametrize("h0_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_optional_state(impl, with_h0, output_final_state, h0_dtype, gen):
+    """h0 absent or present (fp32, or x's dtype), h_T returned or not; bf16 inputs."""
+    dtype = torch.bfloat16
+    x, a, h0, dy, dh_T = make_inputs(2, BLOCK_T + 7, 5, dtype, gen, DEVICE, with_h0=with_h0, h0_dtype=h0_dtype)
+    out = outputs_and_grads(_impl(impl), x, a, h0, dy, dh_T, output_final_state)
+    ref_d = reference_in_dtype(x, a, h0, dy, dh_T, output_final_state, _interpreted(impl))
+    ref64 = oracle(x, a, h0, dy, dh_T, output_final_state)
+    assert_close_to_oracle(out, ref_d, ref64, dtype, impl)
+    if with_h0:
+        assert out[4].dtype == h0_dtype
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_strided_views(impl, gen):
+    """A D-slice of a wider tensor, a (T, B, D) tensor seen as (B, T, D), and a non-contiguous dh."""
+    B, T, D = 2, 37, 5
+    x_wide = torch.randn(B, T, D + 3, generator=gen).to(DEVICE)
+    x = x_wide[:, :, 1 : 1 + D]
+    a = torch.rand(T, B, D, generator=gen).to(DEVICE).transpose(0, 1)
+    h0 = torch.randn(D, B, generator=gen).to(DEVICE).t()
+    dy = torch.randn(T, B, D, generator=gen).to(DEVICE).transpose(0, 1)
+    dh_T = torch.randn(D, B, generator=gen).to(DEVICE).t()
+    assert not (x.is_contiguous() or a.is_contiguous() or h0.is_contiguous() or dy.is_contiguous())
+
+    leaves = [t.clone().requires_grad_() for t in (x, a, h0)]  # clone keeps the strides
+    h, h_T = _impl(impl)(*leaves, True)
+    grads = torch.autograd.grad((h, h_T), leaves, grad_outputs=(dy, dh_T))
+    ref64 = oracle(x, a, h0, dy, dh_T)
+    for name, out, truth in zip(NAMES, [h, h_T, *grads], ref64):
+        assert rel_err(out, truth) <= 1e-5, name
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_non_finite_inputs_propagate_like_the_reference(impl, gen):
+    B, T, D = 1, 40, 4
+    x, a, h0, _, _ = make_inputs(B, T, D, torch.float32, gen, DEVICE)
+    x[0, 5, 1] = float("nan")
+    x[0, 9, 2] = float("inf")
+    h, h_T = _impl(impl)(x, a, h0, True)
+    h_ref, h_T_ref = linear_scan_reference(x, a, h0, True)
+    assert torch.equal(torch.isfinite(h), torch.isfinite(h_ref))
+    assert torch.equal(torch.isnan(h), torch.isnan(h_ref))
+    assert torch.equal(torch.isfinite(h_T), torch.isfinite(h_T_ref))
+    finite = torch.isfinite(h_ref)
+    torch.testing.assert_close(h[finite], h_ref[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_t_parallel_path_is_chosen_by_shape():
+    sms = 132
+    assert _chunk_len(1, 131072, 512, 64, sms) < 131072  # 8 channel tiles cannot fill 132 SMs
+    assert _chunk_len(8, 2048, 2048, 64, sms) == 2048  # 256 programs: one chunk each
+    assert _chunk_len(1, 300, 512, 64, sms) == 300  # too short to split
+
+
+def test_reference_gradcheck():
+    """The oracle's autograd through the fp32-accumulating loop is exact in float64."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    a = torch.rand(2, 6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def f(x, a, h0):
+        h, h_T = linear_scan_reference(x, a, h0, output_final_state=True)
+        return h, h_T
+
+    assert torch.autograd.gradcheck(f, (x, a, h0))
+
+
+def test_nan_poisoning_is_active():
+    """The autouse fixture must make fresh buffers NaN, or the tests above could pass on stale memory."""
+    assert torch.isnan(torch.empty(4)).all()

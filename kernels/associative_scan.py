@@ -19,6 +19,7 @@ dh_t = dh_t^out + a_{t+1} dh_{t+1}; one pass writes dx = dh, da_t = dh_t h_{t-1}
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -75,20 +76,41 @@ def _scan_fwd_kernel(
     else:
         carry = tl.zeros([BLOCK_D], dtype=tl.float32)
 
+    # Software pipelining by hand: the loads of tile i+1 are issued before tile i's scan, so memory
+    # latency hides behind the arithmetic. Padding rows get the identity (a=1, x=0), so a tile's last
+    # row holds the last valid state.
+    t = (t_start + rows).to(tl.int64)
+    mask = (t < t_end)[:, None] & mask_d[None, :]
+    x_next = tl.load(x_cols[None, :] + t[:, None] * stride_x_t, mask=mask, other=0.0)
+    a_next = tl.load(a_cols[None, :] + t[:, None] * stride_a_t, mask=mask, other=1.0)
     for t0 in range(t_start, t_end, BLOCK_T):
-        t = (t0 + rows).to(tl.int64)
+        x, a = x_next.to(tl.float32), a_next.to(tl.float32)
+        t_store, mask_store = t, mask
+        t = t + BLOCK_T
         mask = (t < t_end)[:, None] & mask_d[None, :]
-        # padding rows get the identity (a=1, x=0), so the tile's last row holds the last valid state
-        x = tl.load(x_cols[None, :] + t[:, None] * stride_x_t, mask=mask, other=0.0).to(tl.float32)
-        a = tl.load(a_cols[None, :] + t[:, None] * stride_a_t, mask=mask, other=1.0).to(tl.float32)
+        x_next = tl.load(x_cols[None, :] + t[:, None] * stride_x_t, mask=mask, other=0.0)
+        a_next = tl.load(a_cols[None, :] + t[:, None] * stride_a_t, mask=mask, other=1.0)
         A, H = tl.associative_scan((a, x), axis=0, combine_fn=_combine)
         h = A * carry[None, :] + H
-        tl.store(h_cols[None, :] + t[:, None] * D, h.to(h_ptr.dtype.element_ty), mask=mask)
+        tl.store(h_cols[None, :] + t_store[:, None] * D, h.to(h_ptr.dtype.element_ty), mask=mask_store)
         carry = _row(h, rows, BLOCK_T - 1)
 
     if STORE_FINAL:
         if pid_c == tl.num_programs(1) - 1:
             tl.store(h_T_ptr + b * D + offs_d, carry, mask=mask_d)
+
+
+@triton.jit
+def _load_bwd_tile(a_cols, dh_cols, h_cols, t, t_end, T, D, mask_d, stride_a_t, stride_dh_t):
+    """Rows t of (a_{t+1}, dh_t^out, h_{t-1}), masked to 0 <= t < t_end; a is 1 where t+1 = T or masked."""
+    in_chunk = (t >= 0) & (t < t_end)
+    mask = in_chunk[:, None] & mask_d[None, :]
+    next_mask = (in_chunk & (t + 1 < T))[:, None] & mask_d[None, :]
+    prev_mask = (in_chunk & (t >= 1))[:, None] & mask_d[None, :]
+    a_next = tl.load(a_cols[None, :] + (t + 1)[:, None] * stride_a_t, mask=next_mask, other=1.0)
+    dh_out = tl.load(dh_cols[None, :] + t[:, None] * stride_dh_t, mask=mask, other=0.0)
+    h_prev = tl.load(h_cols[None, :] + (t - 1)[:, None] * D, mask=prev_mask, other=0.0)
+    return a_next, dh_out, h_prev
 
 
 @triton.jit
@@ -134,23 +156,25 @@ def _scan_bwd_kernel(
     else:
         carry = tl.zeros([BLOCK_D], dtype=tl.float32)
 
+    # Walk the chunk's tiles from the last to the first, loading tile i-1 before scanning tile i (see the
+    # forward). Element t of the reverse scan is (a_{t+1}, dh_t^out); a_{T} past the end is 1 so that
+    # dh_T seeds row T-1. Padding rows get the identity (a=1, dh=0).
     n_tiles = tl.cdiv(t_end - t_start, BLOCK_T)
-    for i in range(n_tiles):
-        t = (t_start + (n_tiles - 1 - i) * BLOCK_T + rows).to(tl.int64)
-        in_chunk = t < t_end
-        mask = in_chunk[:, None] & mask_d[None, :]
-        # element t of the reverse scan is (a_{t+1}, dh_t^out); a_{T} past the end is 1 so dh_T seeds row T-1
-        next_mask = (in_chunk & (t + 1 < T))[:, None] & mask_d[None, :]
-        a_next = tl.load(a_cols[None, :] + (t + 1)[:, None] * stride_a_t, mask=next_mask, other=1.0).to(tl.float32)
-        dh_out = tl.load(dh_cols[None, :] + t[:, None] * stride_dh_t, mask=mask, other=0.0).to(tl.float32)
+    t = (t_start + (n_tiles - 1) * BLOCK_T + rows).to(tl.int64)
+    a_nxt, dh_nxt, h_nxt = _load_bwd_tile(a_cols, dh_cols, h_cols, t, t_end, T, D, mask_d, stride_a_t, stride_dh_t)
+    for _ in range(n_tiles):
+        a_next, dh_out, h_prev = a_nxt.to(tl.float32), dh_nxt.to(tl.float32), h_nxt.to(tl.float32)
+        t_cur = t
+        t = t - BLOCK_T
+        a_nxt, dh_nxt, h_nxt = _load_bwd_tile(a_cols, dh_cols, h_cols, t, t_end, T, D, mask_d, stride_a_t,
+                                              stride_dh_t)
         A, G = tl.associative_scan((a_next, dh_out), axis=0, combine_fn=_combine, reverse=True)
         dh = A * carry[None, :] + G
-        prev_mask = (in_chunk & (t >= 1))[:, None] & mask_d[None, :]
-        h_prev = tl.load(h_cols[None, :] + (t - 1)[:, None] * D, mask=prev_mask, other=0.0).to(tl.float32)
         if HAS_H0:
-            h_prev = tl.where((t == 0)[:, None], h0[None, :], h_prev)
-        tl.store(dx_cols[None, :] + t[:, None] * D, dh.to(dx_ptr.dtype.element_ty), mask=mask)
-        tl.store(da_cols[None, :] + t[:, None] * D, (dh * h_prev).to(da_ptr.dtype.element_ty), mask=mask)
+            h_prev = tl.where((t_cur == 0)[:, None], h0[None, :], h_prev)
+        mask = (t_cur < t_end)[:, None] & mask_d[None, :]
+        tl.store(dx_cols[None, :] + t_cur[:, None] * D, dh.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(da_cols[None, :] + t_cur[:, None] * D, (dh * h_prev).to(da_ptr.dtype.element_ty), mask=mask)
         carry = _row(dh, rows, 0)
 
     if HAS_H0:
@@ -158,6 +182,20 @@ def _scan_bwd_kernel(
         if pid_c == 0:
             a_first = tl.load(a_cols, mask=mask_d, other=0.0).to(tl.float32)
             tl.store(dh0_ptr + b * D + offs_d, (a_first * carry).to(dh0_ptr.dtype.element_ty), mask=mask_d)
+
+
+@triton.jit
+def _load_pair_tile(a_cols, v_cols, t, t_start, t_end, T, mask_d, stride_a_t, stride_v_t, REVERSE: tl.constexpr):
+    """Rows t of the scan's pairs: (a_t, v_t), or (a_{t+1}, v_t) in REVERSE; identity (1, 0) outside the chunk."""
+    in_chunk = (t >= t_start) & (t < t_end)
+    mask = in_chunk[:, None] & mask_d[None, :]
+    v = tl.load(v_cols[None, :] + t[:, None] * stride_v_t, mask=mask, other=0.0)
+    if REVERSE:
+        a_mask = (in_chunk & (t + 1 < T))[:, None] & mask_d[None, :]
+        a = tl.load(a_cols[None, :] + (t + 1)[:, None] * stride_a_t, mask=a_mask, other=1.0)
+    else:
+        a = tl.load(a_cols[None, :] + t[:, None] * stride_a_t, mask=mask, other=1.0)
+    return a, v
 
 
 @triton.jit
@@ -188,23 +226,17 @@ def _chunk_summary_kernel(
     acc_A = tl.full([BLOCK_D], 1.0, dtype=tl.float32)
     acc_V = tl.zeros([BLOCK_D], dtype=tl.float32)
     n_tiles = tl.cdiv(t_end - t_start, BLOCK_T)
-    for i in range(n_tiles):
-        if REVERSE:
-            t = (t_start + (n_tiles - 1 - i) * BLOCK_T + rows).to(tl.int64)
-        else:
-            t = (t_start + i * BLOCK_T + rows).to(tl.int64)
-        in_chunk = t < t_end
-        mask = in_chunk[:, None] & mask_d[None, :]
-        v = tl.load(v_cols[None, :] + t[:, None] * stride_v_t, mask=mask, other=0.0).to(tl.float32)
-        if REVERSE:
-            a_mask = (in_chunk & (t + 1 < T))[:, None] & mask_d[None, :]
-            a = tl.load(a_cols[None, :] + (t + 1)[:, None] * stride_a_t, mask=a_mask, other=1.0).to(tl.float32)
-            A, V = tl.associative_scan((a, v), axis=0, combine_fn=_combine, reverse=True)
-            A_tile, V_tile = _row(A, rows, 0), _row(V, rows, 0)
-        else:
-            a = tl.load(a_cols[None, :] + t[:, None] * stride_a_t, mask=mask, other=1.0).to(tl.float32)
-            A, V = tl.associative_scan((a, v), axis=0, combine_fn=_combine)
-            A_tile, V_tile = _row(A, rows, BLOCK_T - 1), _row(V, rows, BLOCK_T - 1)
+    step = -BLOCK_T if REVERSE else BLOCK_T
+    t = (t_start + (n_tiles - 1 if REVERSE else 0) * BLOCK_T + rows).to(tl.int64)
+    a_nxt, v_nxt = _load_pair_tile(a_cols, v_cols, t, t_start, t_end, T, mask_d, stride_a_t, stride_v_t, REVERSE)
+    for _ in range(n_tiles):
+        a, v = a_nxt.to(tl.float32), v_nxt.to(tl.float32)
+        t += step
+        a_nxt, v_nxt = _load_pair_tile(a_cols, v_cols, t, t_start, t_end, T, mask_d, stride_a_t, stride_v_t,
+                                       REVERSE)
+        A, V = tl.associative_scan((a, v), axis=0, combine_fn=_combine, reverse=REVERSE)
+        end = 0 if REVERSE else BLOCK_T - 1
+        A_tile, V_tile = _row(A, rows, end), _row(V, rows, end)
         acc_V = A_tile * acc_V + V_tile
         acc_A = A_tile * acc_A
 
@@ -251,14 +283,36 @@ def _chunk_carry_kernel(
 # Launchers: allocate outputs, choose the path and the tiles, launch.
 # --------------------------------------------------------------------------------------------------
 
+# Tiles measured on an H100 (kernels/benchmarks/NOTES.md); the autotuner picks one per (D, dtype) on
+# first use. T is deliberately not a key: sequence lengths vary from batch to batch.
+TILE_CONFIGS = [
+    triton.Config({"BLOCK_T": 64, "BLOCK_D": 32}, num_warps=2, num_stages=1),
+    triton.Config({"BLOCK_T": 64, "BLOCK_D": 64}, num_warps=4, num_stages=1),
+    triton.Config({"BLOCK_T": 32, "BLOCK_D": 64}, num_warps=4, num_stages=1),
+    triton.Config({"BLOCK_T": 128, "BLOCK_D": 32}, num_warps=4, num_stages=1),
+]
 MIN_CHUNK_T = 512  # the T-parallel path never makes chunks shorter than this (summary overhead)
+MAX_BLOCK_D = 64  # the widest channel tile above, for counting programs
 
 
-def _default_config(D: int, dtype: torch.dtype) -> dict:
-    """Tile sizes and launch parameters; tuned on an H100 (kernels/benchmarks/NOTES.md)."""
-    block_d = 64 if dtype == torch.float32 else 128
-    block_d = min(block_d, max(16, triton.next_power_of_2(D)))
-    return dict(BLOCK_T=32, BLOCK_D=block_d, num_warps=4, num_stages=3)
+# The interpreter cannot time configs; small tiles keep CPU tests quick and still span several tiles.
+INTERPRETER_CONFIG = triton.Config({"BLOCK_T": 16, "BLOCK_D": 16}, num_warps=1, num_stages=1)
+
+
+def _autotuned(kernel):
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    configs = [INTERPRETER_CONFIG] if interpreted else TILE_CONFIGS
+    return triton.autotune(configs=configs, key=["D"])(kernel)  # the autotuner adds the tensors' dtypes
+
+
+def _summary_config() -> dict:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return dict(INTERPRETER_CONFIG.kwargs, num_warps=1)
+    return dict(BLOCK_T=64, BLOCK_D=64, num_warps=4)
+
+
+_scan_fwd = _autotuned(_scan_fwd_kernel)
+_scan_bwd = _autotuned(_scan_bwd_kernel)
 
 
 @functools.lru_cache(maxsize=None)
@@ -268,9 +322,9 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _chunk_len(B: int, T: int, D: int, block_d: int, num_sms: int) -> int:
-    """Rows per chunk: all of T when B · D gives every SM a program, else enough chunks to fill 2 waves."""
-    programs = B * triton.cdiv(D, block_d)
+def _chunk_len(B: int, T: int, D: int, num_sms: int) -> int:
+    """Rows per chunk: all of T when B · D gives every SM a program, else enough chunks for 2 waves."""
+    programs = B * triton.cdiv(D, MAX_BLOCK_D)
     if programs >= num_sms:
         return T
     n_chunks = min(triton.cdiv(2 * num_sms, programs), T // MIN_CHUNK_T)
@@ -279,22 +333,31 @@ def _chunk_len(B: int, T: int, D: int, block_d: int, num_sms: int) -> int:
     return triton.cdiv(triton.cdiv(T, n_chunks), 256) * 256
 
 
-def _chunk_states(v, a, start, chunk_t: int, cfg: dict, reverse: bool, final=None) -> torch.Tensor:
+def _launch(kernel, tuned, config, n_chunks, B, D, *args, **constexprs):
+    """Launch `tuned` (autotuned tiles), or the plain kernel with an explicit config (benchmarks)."""
+    if config is None:
+        grid = lambda meta: (triton.cdiv(D, meta["BLOCK_D"]), n_chunks, B)  # noqa: E731
+        tuned[grid](*args, **constexprs)
+    else:
+        kernel[(triton.cdiv(D, config["BLOCK_D"]), n_chunks, B)](*args, **constexprs, **config)
+
+
+def _chunk_states(v, a, start, chunk_t: int, reverse: bool, final=None) -> torch.Tensor:
     """The T-parallel path's first two kernels: summaries, then the state entering each chunk (B, C, D) fp32."""
     B, T, D = v.shape
     C = triton.cdiv(T, chunk_t)
     A_c = torch.empty(B, C, D, dtype=torch.float32, device=v.device)
     V_c = torch.empty(B, C, D, dtype=torch.float32, device=v.device)
     init = torch.empty(B, C, D, dtype=torch.float32, device=v.device)
-    grid = (triton.cdiv(D, cfg["BLOCK_D"]), C, B)
-    _chunk_summary_kernel[grid](
-        v, a, A_c, V_c, T, D, chunk_t, *v.stride(), *a.stride(),
-        REVERSE=reverse, **cfg,
+    cfg = _summary_config()
+    n_d = triton.cdiv(D, cfg["BLOCK_D"])
+    _chunk_summary_kernel[(n_d, C, B)](
+        v, a, A_c, V_c, T, D, chunk_t, *v.stride(), *a.stride(), REVERSE=reverse, **cfg,
     )
     start_strides = start.stride() if start is not None else (0, 0)
-    _chunk_carry_kernel[(triton.cdiv(D, cfg["BLOCK_D"]), B)](
-        A_c, V_c, start, init, final, C, D, *start_strides,
-        BLOCK_D=cfg["BLOCK_D"], HAS_START=start is not None, STORE_FINAL=final is not None, REVERSE=reverse,
+    _chunk_carry_kernel[(n_d, B)](
+        A_c, V_c, start, init, final, C, D, *start_strides, BLOCK_D=cfg["BLOCK_D"],
+        HAS_START=start is not None, STORE_FINAL=final is not None, REVERSE=reverse,
     )
     return init
 
@@ -302,22 +365,21 @@ def _chunk_states(v, a, start, chunk_t: int, cfg: dict, reverse: bool, final=Non
 def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None):
     """x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None."""
     B, T, D = x.shape
-    cfg = config or _default_config(D, x.dtype)
-    chunk_t = chunk_t or _chunk_len(B, T, D, cfg["BLOCK_D"], _num_sms(x.device))
+    chunk_t = chunk_t or _chunk_len(B, T, D, _num_sms(x.device))
     h = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     h_T = torch.empty(B, D, dtype=torch.float32, device=x.device) if output_final_state else None
     n_chunks = triton.cdiv(T, chunk_t)
     if n_chunks > 1:
-        init = _chunk_states(x, a, h0, chunk_t, cfg, reverse=False, final=h_T)
+        init = _chunk_states(x, a, h0, chunk_t, reverse=False, final=h_T)
         init_strides, store_final = init.stride(), False
     else:
         init = h0
         init_strides = (h0.stride(0), 0, h0.stride(1)) if h0 is not None else (0, 0, 0)
         store_final = output_final_state
-    grid = (triton.cdiv(D, cfg["BLOCK_D"]), n_chunks, B)
-    _scan_fwd_kernel[grid](
+    _launch(
+        _scan_fwd_kernel, _scan_fwd, config, n_chunks, B, D,
         x, a, init, h, h_T, T, D, chunk_t, *x.stride(), *a.stride(), *init_strides,
-        HAS_INIT=init is not None, STORE_FINAL=store_final, **cfg,
+        HAS_INIT=init is not None, STORE_FINAL=store_final,
     )
     return h, h_T
 
@@ -325,24 +387,22 @@ def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None
 def associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=None, config=None):
     """a, h, dh: (B, T, D); h0, dh_T: (B, D) | None -> dx, da: (B, T, D) a.dtype, dh0: (B, D) h0.dtype | None."""
     B, T, D = a.shape
-    cfg = config or _default_config(D, a.dtype)
-    chunk_t = chunk_t or _chunk_len(B, T, D, cfg["BLOCK_D"], _num_sms(a.device))
+    chunk_t = chunk_t or _chunk_len(B, T, D, _num_sms(a.device))
     dx = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
     da = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
     dh0 = torch.empty(B, D, dtype=h0.dtype, device=a.device) if h0 is not None else None
     n_chunks = triton.cdiv(T, chunk_t)
     if n_chunks > 1:
-        init = _chunk_states(dh, a, dh_T, chunk_t, cfg, reverse=True)
+        init = _chunk_states(dh, a, dh_T, chunk_t, reverse=True)
         init_strides = init.stride()
     else:
         init = dh_T
         init_strides = (dh_T.stride(0), 0, dh_T.stride(1)) if dh_T is not None else (0, 0, 0)
     h0_strides = h0.stride() if h0 is not None else (0, 0)
-    grid = (triton.cdiv(D, cfg["BLOCK_D"]), n_chunks, B)
-    _scan_bwd_kernel[grid](
-        a, h, h0, dh, init, dx, da, dh0, T, D, chunk_t,
-        *a.stride(), *h0_strides, *dh.stride(), *init_strides,
-        HAS_H0=h0 is not None, HAS_INIT=init is not None, **cfg,
+    _launch(
+        _scan_bwd_kernel, _scan_bwd, config, n_chunks, B, D,
+        a, h, h0, dh, init, dx, da, dh0, T, D, chunk_t, *a.stride(), *h0_strides, *dh.stride(), *init_strides,
+        HAS_H0=h0 is not None, HAS_INIT=init is not None,
     )
     return dx, da, dh0
 

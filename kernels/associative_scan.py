@@ -25,7 +25,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .function import apply_scan
 
 
 @triton.jit
@@ -290,6 +289,7 @@ TILE_CONFIGS = [
     triton.Config({"BLOCK_T": 64, "BLOCK_D": 64}, num_warps=4, num_stages=1),
     triton.Config({"BLOCK_T": 32, "BLOCK_D": 64}, num_warps=4, num_stages=1),
     triton.Config({"BLOCK_T": 128, "BLOCK_D": 32}, num_warps=4, num_stages=1),
+    triton.Config({"BLOCK_T": 64, "BLOCK_D": 16}, num_warps=1, num_stages=1),  # untried: more programs per SM
 ]
 MIN_CHUNK_T = 512  # the T-parallel path never makes chunks shorter than this (summary overhead)
 MAX_BLOCK_D = 64  # the widest channel tile above, for counting programs
@@ -407,11 +407,57 @@ def associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=None, config=None):
     return dx, da, dh0
 
 
-def linear_scan_associative(x, a, h0=None, output_final_state=False, *, chunk_t=None, config=None):
+# --------------------------------------------------------------------------------------------------
+# Autograd, as a custom op: torch.compile sees one opaque node per pass, so the scan causes no graph break.
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("lrnn::associative_scan_fwd", mutates_args=())
+def _scan_fwd_op(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None, chunk_t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> h (B, T, D) x.dtype, h_T (B, D) fp32 (always written: B·D floats cost nothing)."""
+    return associative_scan_fwd(x, a, h0, True, chunk_t=chunk_t or None)
+
+
+@_scan_fwd_op.register_fake
+def _(x, a, h0, chunk_t):
+    B, T, D = x.shape
+    return x.new_empty(B, T, D), x.new_empty(B, D, dtype=torch.float32)
+
+
+@torch.library.custom_op("lrnn::associative_scan_bwd", mutates_args=())
+def _scan_bwd_op(
+    a: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, dh: torch.Tensor, dh_T: torch.Tensor | None,
+    chunk_t: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> dx, da (B, T, D) a.dtype, dh0 (B, D) h0.dtype (empty (0,) when h0 is None)."""
+    dx, da, dh0 = associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=chunk_t or None)
+    return dx, da, dh0 if dh0 is not None else a.new_empty(0)
+
+
+@_scan_bwd_op.register_fake
+def _(a, h, h0, dh, dh_T, chunk_t):
+    return torch.empty_like(a), torch.empty_like(a), torch.empty_like(h0) if h0 is not None else a.new_empty(0)
+
+
+def _setup_context(ctx, inputs, output):
+    x, a, h0, chunk_t = inputs
+    ctx.save_for_backward(a, output[0], h0)
+    ctx.chunk_t = chunk_t
+
+
+def _backward(ctx, dh, dh_T):
+    a, h, h0 = ctx.saved_tensors
+    dx, da, dh0 = _scan_bwd_op(a, h, h0, dh, dh_T, ctx.chunk_t)
+    return dx, da, dh0 if h0 is not None else None, None
+
+
+_scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def linear_scan_associative(x, a, h0=None, output_final_state=False, *, chunk_t=None):
     """`kernels.linear_scan(impl="triton")` without the input checks.
 
     chunk_t: rows of T per program (None: chosen by shape; < T forces the T-parallel path).
-    config: dict(BLOCK_T, BLOCK_D, num_warps, num_stages) to override the tuned tiles (benchmarks).
     """
-    return apply_scan(x, a, h0, output_final_state, associative_scan_fwd, associative_scan_bwd,
-                      chunk_t=chunk_t, config=config)
+    h, h_T = _scan_fwd_op(x, a, h0, chunk_t or 0)
+    return h, h_T if output_final_state else None

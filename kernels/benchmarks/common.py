@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import csv
 import datetime
 import platform
+import time
+from pathlib import Path
 
 import torch
 import triton
 
 
 def bench_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
-    """Median milliseconds of fn() over CUDA-event-timed repeats (triton.testing.do_bench)."""
+    """Median milliseconds of fn() over CUDA-event-timed repeats (triton.testing.do_bench).
+    Without a GPU (the --smoke runs), one warm-up and the median of three wall-clock runs."""
+    if not torch.cuda.is_available():
+        fn()
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return sorted(times)[1]
     return triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
 
 
 def copy_bandwidth_gbs(nbytes: int = 2 << 30, device: str = "cuda") -> float:
     """Device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written."""
+    if not torch.cuda.is_available():
+        device, nbytes = "cpu", 1 << 26
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
     ms = bench_ms(lambda: dst.copy_(src), rep_ms=300)
@@ -29,7 +43,10 @@ def scan_bytes(B: int, T: int, D: int, dtype: torch.dtype, backward: bool) -> in
     return (8 if backward else 3) * n
 
 
-def scan_inputs(B: int, T: int, D: int, dtype: torch.dtype, device: str = "cuda", seed: int = 0):
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def scan_inputs(B: int, T: int, D: int, dtype: torch.dtype, device: str = DEVICE, seed: int = 0):
     """x ~ N(0, 1) and realistic gates a ~ U(0.5, 1) (never zeros: zeros can time faster than real data)."""
     g = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(B, T, D, device=device, dtype=dtype, generator=g)
@@ -48,3 +65,24 @@ def run_info() -> dict:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
     }
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = [max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in columns]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for r in rows:
+        print("  ".join(_fmt(r[c]).rjust(w) for c, w in zip(columns, widths)))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -22,9 +22,11 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # fp32: relative error (‖out − ref‖ / ‖ref‖) within `rel` of a float64 loop.
 # bf16/fp16: within `factor` × the error of the reference loop rounded once to that dtype, plus `floor`
 # = half an ulp at 1.0 (tiny shapes have few elements, so their norm-wise errors are noisy).
+# Under the interpreter fp32 -> bf16 truncates (scan_inputs.py): then da = dh ⊙ h_{t-1} carries two
+# truncations of the same sign (h stored, da stored), which add up instead of averaging out: factor 3.
 TOLERANCE = {
     torch.float32: dict(rel=1e-5),
-    torch.bfloat16: dict(factor=2.0, floor=2.0**-9),
+    torch.bfloat16: dict(factor=2.0, interpreted_factor=3.0, floor=2.0**-9),
     torch.float16: dict(factor=2.0, floor=2.0**-12),
 }
 NAMES = ["h", "h_T", "dx", "da", "dh0"]
@@ -55,8 +57,9 @@ def _interpreted(impl: str) -> bool:
     return DEVICE == "cpu" and impl != "auto" and triton_interpreter_on()
 
 
-def assert_close_to_oracle(impl_out, ref_dtype_out, ref64, dtype, context=""):
+def assert_close_to_oracle(impl_out, ref_dtype_out, ref64, dtype, context="", interpreted=False):
     tol = TOLERANCE[dtype]
+    factor = tol.get("interpreted_factor", tol.get("factor")) if interpreted else tol.get("factor")
     for name, out, ref_d, truth in zip(NAMES, impl_out, ref_dtype_out, ref64):
         if truth is None:
             assert out is None, f"{name}: expected None"
@@ -66,7 +69,7 @@ def assert_close_to_oracle(impl_out, ref_dtype_out, ref64, dtype, context=""):
         if "rel" in tol:
             bound = tol["rel"]
         else:
-            bound = tol["factor"] * rel_err(ref_d, truth) + tol["floor"]
+            bound = factor * rel_err(ref_d, truth) + tol["floor"]
         assert err <= bound, f"{name} ({context}): relative error {err:.3e} > {bound:.3e}"
 
 
@@ -77,7 +80,8 @@ def test_matches_reference(impl, dtype, shape, gen):
     x, a, h0, dy, dh_T = make_inputs(*shape, dtype, gen, DEVICE)
     out = outputs_and_grads(_impl(impl), x, a, h0, dy, dh_T)
     ref_d = reference_in_dtype(x, a, h0, dy, dh_T, True, _interpreted(impl))
-    assert_close_to_oracle(out, ref_d, oracle(x, a, h0, dy, dh_T), dtype, f"{impl} {shape} {dtype}")
+    ref64 = oracle(x, a, h0, dy, dh_T)
+    assert_close_to_oracle(out, ref_d, ref64, dtype, f"{impl} {shape} {dtype}", _interpreted(impl))
     assert out[0].dtype == dtype and out[1].dtype == torch.float32
 
 
@@ -92,7 +96,7 @@ def test_optional_state(impl, with_h0, output_final_state, h0_dtype, gen):
     out = outputs_and_grads(_impl(impl), x, a, h0, dy, dh_T, output_final_state)
     ref_d = reference_in_dtype(x, a, h0, dy, dh_T, output_final_state, _interpreted(impl))
     ref64 = oracle(x, a, h0, dy, dh_T, output_final_state)
-    assert_close_to_oracle(out, ref_d, ref64, dtype, impl)
+    assert_close_to_oracle(out, ref_d, ref64, dtype, impl, _interpreted(impl))
     if with_h0:
         assert out[4].dtype == h0_dtype
 
@@ -156,3 +160,18 @@ def test_reference_gradcheck():
 def test_nan_poisoning_is_active():
     """The autouse fixture must make fresh buffers NaN, or the tests above could pass on stale memory."""
     assert torch.isnan(torch.empty(4)).all()
+
+
+def test_triton_scan_compiles_without_graph_break(gen):
+    """The Triton scan is a custom op: torch.compile(fullgraph=True) traces through it, grads included."""
+    x, a, h0, dy, dh_T = make_inputs(2, 20, 5, torch.float32, gen, DEVICE)
+
+    def loss(x, a, h0):
+        h, h_T = linear_scan(x, a, h0, impl="triton", output_final_state=True)
+        return (h * dy).sum() + (h_T * dh_T).sum()
+
+    leaves = [t.clone().requires_grad_() for t in (x, a, h0)]
+    eager = torch.autograd.grad(loss(*leaves), leaves)
+    compiled = torch.autograd.grad(torch.compile(loss, backend="aot_eager", fullgraph=True)(*leaves), leaves)
+    for e, c in zip(eager, compiled):
+        torch.testing.assert_close(c, e)

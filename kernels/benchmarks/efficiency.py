@@ -1,0 +1,129 @@
+"""Efficiency benchmark: milliseconds and effective bandwidth of the scans, as a fraction of the
+device-to-device copy bandwidth measured in the same run.
+
+1. The seed's sweep: forward time vs sequence length 2^5 .. 2^17 at B=4, D=5120, fp16, for triton,
+   sequential and (up to 2^10) the PyTorch reference loop.
+2. Forward and forward+backward (through autograd) at training and long-sequence shapes.
+
+Minimal bytes: forward 3·N·s (read x, a; write h), forward+backward 8·N·s (N = B·T·D, s = element size).
+
+    python -m kernels.benchmarks.efficiency [--out kernels/benchmarks/results] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from kernels import linear_scan
+
+from .common import DEVICE, bench_ms, copy_bandwidth_gbs, print_table, run_info, scan_bytes, scan_inputs, write_csv
+
+SHAPES = [  # (B, T, D, dtype)
+    (8, 2048, 2048, torch.bfloat16),
+    (4, 16384, 5120, torch.float16),
+    (1, 131072, 512, torch.bfloat16),
+    (16, 1024, 1024, torch.bfloat16),
+]
+SWEEP = dict(B=4, D=5120, dtype=torch.float16, lengths=[2**k for k in range(5, 18)], reference_max_T=2**10)
+SMOKE_SHAPES = [(2, 40, 24, torch.bfloat16), (1, 300, 8, torch.float16)]
+SMOKE_SWEEP = dict(B=1, D=16, dtype=torch.float16, lengths=[2**k for k in range(5, 8)], reference_max_T=2**6)
+
+
+def time_scan(impl: str, B: int, T: int, D: int, dtype: torch.dtype, backward: bool) -> float:
+    x, a = scan_inputs(B, T, D, dtype)
+    if not backward:
+        return bench_ms(lambda: linear_scan(x, a, impl=impl))
+    x.requires_grad_(True)
+    a.requires_grad_(True)
+    dy = torch.randn_like(x)
+
+    def fwd_bwd():
+        h, _ = linear_scan(x, a, impl=impl)
+        torch.autograd.grad(h, (x, a), dy)
+
+    return bench_ms(fwd_bwd)
+
+
+def row(impl, B, T, D, dtype, backward, ms, copy_gbs) -> dict:
+    gbs = scan_bytes(B, T, D, dtype, backward) / ms / 1e6
+    return dict(impl=impl, pass_="fwd+bwd" if backward else "fwd", B=B, T=T, D=D, dtype=str(dtype).split(".")[-1],
+                ms=ms, GBps=gbs, frac_of_copy=gbs / copy_gbs)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (CPU + TRITON_INTERPRET=1 works)")
+    args = p.parse_args()
+    shapes, sweep = (SMOKE_SHAPES, SMOKE_SWEEP) if args.smoke else (SHAPES, SWEEP)
+    info = run_info()
+    copy_gbs = copy_bandwidth_gbs()
+    info["copy_GBps"] = copy_gbs
+    print(json.dumps(info))
+
+    sweep_rows = []
+    for T in sweep["lengths"]:
+        for impl in ("triton", "sequential", "reference"):
+            if impl == "reference" and T > sweep["reference_max_T"]:
+                continue
+            ms = time_scan(impl, sweep["B"], T, sweep["D"], sweep["dtype"], backward=False)
+            sweep_rows.append(row(impl, sweep["B"], T, sweep["D"], sweep["dtype"], False, ms, copy_gbs))
+        torch.cuda.empty_cache() if DEVICE == "cuda" else None
+    print(f"\nForward vs sequence length (B={sweep['B']}, D={sweep['D']}, {sweep['dtype']}):")
+    print_table(sweep_rows, ["impl", "T", "ms", "GBps", "frac_of_copy"])
+
+    shape_rows = []
+    for B, T, D, dtype in shapes:
+        for impl in ("triton", "sequential"):
+            for backward in (False, True):
+                ms = time_scan(impl, B, T, D, dtype, backward)
+                shape_rows.append(row(impl, B, T, D, dtype, backward, ms, copy_gbs))
+        torch.cuda.empty_cache() if DEVICE == "cuda" else None
+    print(f"\nTraining and long-sequence shapes (copy bandwidth {copy_gbs:.0f} GB/s, read + write):")
+    print_table(shape_rows, ["impl", "pass_", "B", "T", "D", "dtype", "ms", "GBps", "frac_of_copy"])
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / "efficiency_sweep.csv", sweep_rows)
+    write_csv(args.out / "efficiency_shapes.csv", shape_rows)
+    (args.out / "efficiency_run.json").write_text(json.dumps(info, indent=2))
+    plot(sweep_rows, shape_rows, info, args.out / "efficiency.png")
+
+
+def plot(sweep_rows, shape_rows, info, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for impl, style in (("triton", "o-"), ("sequential", "s-"), ("reference", "^--")):
+        rs = [r for r in sweep_rows if r["impl"] == impl]
+        if rs:
+            ax1.loglog([r["T"] for r in rs], [r["ms"] for r in rs], style, label=impl, base=2)
+    r0 = sweep_rows[0]
+    ax1.set(xlabel="sequence length T", ylabel="forward time (ms)",
+            title=f"Forward, B={r0['B']}, D={r0['D']}, {r0['dtype']}")
+    ax1.grid(True, which="both", alpha=0.3)
+    ax1.legend()
+
+    labels = sorted({(r["B"], r["T"], r["D"], r["dtype"]) for r in shape_rows}, key=lambda k: k[0] * k[1] * k[2])
+    width = 0.2
+    for i, (impl, pass_) in enumerate([(i, p) for i in ("triton", "sequential") for p in ("fwd", "fwd+bwd")]):
+        vals = [next(r["frac_of_copy"] for r in shape_rows if (r["B"], r["T"], r["D"], r["dtype"]) == k
+                     and r["impl"] == impl and r["pass_"] == pass_) for k in labels]
+        ax2.bar([j + (i - 1.5) * width for j in range(len(labels))], vals, width, label=f"{impl} {pass_}")
+    ax2.set_xticks(range(len(labels)), [f"({b},{t},{d})\n{dt}" for b, t, d, dt in labels], fontsize=8)
+    ax2.axhline(1.0, color="k", lw=0.8)
+    ax2.set(ylabel="fraction of copy bandwidth", title=f"Effective bandwidth / copy ({info['copy_GBps']:.0f} GB/s)")
+    ax2.legend(fontsize=8)
+    fig.suptitle(f"{info['gpu']}, torch {info['torch']}, triton {info['triton']}, {info['date']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

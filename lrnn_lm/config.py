@@ -41,13 +41,16 @@ class ModelConfig:
     conv_size: int = 4
     """Kernel size of the short causal depthwise convolution before the recurrence (1 disables it)."""
     gate_lower_bound: bool = True
-    """HGRN-style forget-gate lower bound that rises with depth (layer 0: 0, last layer: near 1)."""
+    """HGRN-style forget-gate lower bound that rises with depth, fixed at layer / n_layers (layer 0: 0, last
+    layer: 1 - 1/n_layers): a_t = lb + (1 - lb) sigmoid(f_t). False: lb = 0 in every layer."""
     mlp_expand: float = 8 / 3
     """SwiGLU hidden width = mlp_expand * d_model (rounded to a multiple of 8)."""
     n_heads: int = 4
     """Attention heads (mixer='attention' only)."""
     norm_eps: float = 1e-6
     """RMSNorm epsilon."""
+    dropout: float = 0.0
+    """Dropout on the embedding and on each mixer and MLP output before the residual add (training only)."""
     init_std: float = 0.02
     """Standard deviation of the embedding and linear-layer initialisation."""
     scan: ScanImpl = "auto"
@@ -66,7 +69,12 @@ class ModelConfig:
         _check(self.rnn_expand > 0, "model.rnn_expand", "> 0", self.rnn_expand)
         _check(self.mlp_expand > 0, "model.mlp_expand", "> 0", self.mlp_expand)
         _check(self.norm_eps > 0, "model.norm_eps", "> 0", self.norm_eps)
+        _check(0 <= self.dropout < 1, "model.dropout", "in [0, 1)", self.dropout)
         _check(self.init_std > 0, "model.init_std", "> 0", self.init_std)
+        for name in ("gate_lower_bound", "reset_at_doc_start"):
+            _check(isinstance(getattr(self, name), bool), f"model.{name}", "a bool", getattr(self, name))
+        _check(isinstance(self.eos_id, int) and 0 <= self.eos_id < self.vocab_size, "model.eos_id",
+               f"an integer in [0, vocab_size={self.vocab_size})", self.eos_id)
         if self.mixer == "attention":
             _check(self.d_model % self.n_heads == 0, "model.n_heads", f"a divisor of d_model={self.d_model}", self.n_heads)
             _check((self.d_model // self.n_heads) % 2 == 0, "model.n_heads", "an even head dim (rotary embedding)",

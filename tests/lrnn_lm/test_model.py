@@ -1,0 +1,264 @@
+"""The language model on the CPU: training path, decoding path, document resets, scan impls, params, errors."""
+
+import math
+
+import pytest
+import torch
+
+from lrnn_lm.attention import KVCache
+from lrnn_lm.config import ModelConfig
+from lrnn_lm.model import LinearRNNLM, RecurrentState, optimizer_param_groups
+
+VOCAB, EOS, T = 64, 0, 24
+EOS_POSITIONS = (0, 6, 13, 14)  # a document of one token (13), and one that opens the sequence
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    fields = dict(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, eos_id=EOS) | overrides
+    return ModelConfig(**fields)
+
+
+def tiny_model(dtype: torch.dtype = torch.float32, seed: int = 0, **overrides) -> LinearRNNLM:
+    torch.manual_seed(seed)
+    return LinearRNNLM(tiny_config(**overrides)).to(dtype)
+
+
+def packed_tokens(batch_size: int = 2, seq_len: int = T, seed: int = 1) -> torch.Tensor:
+    """(B, T) ids in [1, V) with EOS at EOS_POSITIONS in row 0 (row 1 has none: one long document)."""
+    tokens = torch.randint(1, VOCAB, (batch_size, seq_len), generator=torch.Generator().manual_seed(seed))
+    tokens[0, [p for p in EOS_POSITIONS if p < seq_len]] = EOS
+    return tokens
+
+
+def step_all(model: LinearRNNLM, tokens: torch.Tensor, state) -> tuple[torch.Tensor, list]:
+    """Feed tokens (B, T) one at a time -> (logits (B, T, V), final state)."""
+    logits = []
+    for t in range(tokens.shape[1]):
+        step_logits, state = model.step(tokens[:, t], state)
+        logits.append(step_logits)
+    return torch.stack(logits, dim=1), state
+
+
+# --- training path ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mixer", ["lrnn", "attention"])
+def test_forward_backward_reaches_every_parameter(mixer):
+    model = tiny_model(mixer=mixer)
+    tokens = packed_tokens()
+    logits = model(tokens)
+    assert logits.shape == (2, T, VOCAB) and logits.dtype == torch.float32
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+    assert math.isfinite(loss.item())
+    assert abs(loss.item() - math.log(VOCAB)) < 0.5  # near uniform at init
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("impl", ["auto", "triton", "sequential"])
+def test_scan_impls_agree_on_loss_and_gradients(impl):
+    tokens = packed_tokens(seq_len=40)  # T past one tile of the Triton scans (BLOCK_T = 32)
+    results = {}
+    for scan in ("reference", impl):
+        model = tiny_model(scan=scan)
+        logits = model(tokens)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+        loss.backward()
+        results[scan] = loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+    (ref_loss, ref_grads), (loss, grads) = results["reference"], results[impl]
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_gates_lower_bound_and_complement():
+    model = tiny_model(dtype=torch.float64, n_layers=4)
+    f = torch.linspace(-40, 40, 81, dtype=torch.float64)[:, None].expand(-1, 32)  # (81, R)
+    v = torch.ones_like(f)
+    for layer, block in enumerate(model.blocks):
+        mixer = block.mixer
+        assert mixer.lower_bound == layer / 4
+        a, x_in = mixer._gates(f, v, is_doc_start=None)  # x_in = (1 - a) * 1
+        assert (a >= layer / 4).all() and (a <= 1).all()
+        assert (x_in > 0).all()  # 1 - a stays positive where a rounds to 1
+        torch.testing.assert_close(a + x_in, torch.ones_like(a))
+    flat = tiny_model(gate_lower_bound=False, n_layers=4)
+    assert all(block.mixer.lower_bound == 0.0 for block in flat.blocks)
+
+
+# --- decoding path ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reset", [True, False])
+@pytest.mark.parametrize("conv_size", [1, 4])
+@pytest.mark.parametrize("mixer", ["lrnn", "attention"])
+def test_step_matches_forward(mixer, conv_size, reset):
+    model = tiny_model(torch.float64, mixer=mixer, conv_size=conv_size, reset_at_doc_start=reset)
+    tokens = packed_tokens()
+    with torch.no_grad():
+        step_logits, _ = step_all(model, tokens, model.init_state(2))
+        torch.testing.assert_close(step_logits, model(tokens), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("split", [1, 2, 7, 14, 15, T - 1])  # T0 < K-1; EOS in the conv tail
+@pytest.mark.parametrize("conv_size", [1, 4])
+@pytest.mark.parametrize("mixer", ["lrnn", "attention"])
+def test_prefill_then_step_matches_forward(mixer, conv_size, split):
+    model = tiny_model(torch.float64, mixer=mixer, conv_size=conv_size)
+    tokens = packed_tokens()
+    with torch.no_grad():
+        prefill_logits, state = model.prefill(tokens[:, :split])
+        step_logits, _ = step_all(model, tokens[:, split:], state)
+        full = model(tokens)
+    torch.testing.assert_close(prefill_logits, full[:, :split], rtol=0, atol=1e-10)
+    torch.testing.assert_close(step_logits, full[:, split:], rtol=0, atol=1e-10)
+
+
+def test_state_structure_and_size():
+    model = tiny_model(conv_size=4)
+    state = model.init_state(3)
+    assert len(state) == 2 and all(isinstance(s, RecurrentState) for s in state)
+    assert state[0].h.shape == (3, 32) and state[0].h.dtype == torch.float32
+    assert state[0].conv.shape == (3, 3, 32)
+    _, state = model.prefill(packed_tokens(batch_size=3, seq_len=T))
+    _, state = model.step(torch.ones(3, dtype=torch.long), state)
+    assert [tuple(t.shape) for t in state[0]] == [(3, 32), (3, 3, 32)]  # O(1): independent of T
+
+    attention = tiny_model(mixer="attention")
+    _, cache = attention.prefill(packed_tokens(seq_len=5))
+    assert isinstance(cache[0], KVCache) and cache[0].k.shape == (2, 4, 5, 8)
+
+
+def test_autocast_bf16_forward_and_step():
+    model = tiny_model(conv_size=4)
+    tokens = packed_tokens()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(tokens)
+        step_logits, state = step_all(model, tokens, model.init_state(2))
+    assert state[0].h.dtype == torch.float32  # the recurrence stays in float32 under autocast
+    torch.testing.assert_close(step_logits.float(), logits.float(), rtol=0, atol=0.05)
+
+
+# --- document resets ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reset", [True, False])
+@pytest.mark.parametrize("conv_size", [1, 4])
+def test_document_reset_isolates_later_documents(conv_size, reset):
+    model = tiny_model(conv_size=conv_size, reset_at_doc_start=reset)
+    start = 13  # EOS opens the document at 13 (and another at 14)
+    tokens = packed_tokens()
+    perturbed = tokens.clone()
+    perturbed[0, 1:start] = torch.randint(1, VOCAB, (start - 1,), generator=torch.Generator().manual_seed(7))
+    perturbed[0, 6] = EOS  # the earlier documents change, their boundaries do not
+    with torch.no_grad():
+        later, later_perturbed = model(tokens)[0, start:], model(perturbed)[0, start:]
+    if reset:
+        torch.testing.assert_close(later_perturbed, later, rtol=0, atol=0)
+    else:
+        assert (later_perturbed - later).abs().max() > 1e-4
+
+
+def test_document_reset_in_step_drops_the_previous_state():
+    model = tiny_model(conv_size=4)
+    eos = torch.full((2,), EOS)
+    with torch.no_grad():
+        _, state = model.prefill(packed_tokens(seq_len=10))
+        from_history, _ = model.step(eos, state)
+        from_scratch, _ = model.step(eos, model.init_state(2))
+    torch.testing.assert_close(from_history, from_scratch, rtol=0, atol=0)
+
+
+# --- parameters ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [dict(d_model=32, n_layers=2), dict(d_model=256, n_layers=4)])
+def test_attention_params_within_5_percent_of_lrnn(width):
+    lrnn = LinearRNNLM(tiny_config(**width)).num_params()
+    attention = LinearRNNLM(tiny_config(mixer="attention", **width)).num_params()
+    assert abs(attention - lrnn) / lrnn < 0.05
+
+
+def test_num_params_counts_the_tied_embedding_once():
+    cfg = tiny_config(conv_size=4)
+    V, D, R, K, F, L = cfg.vocab_size, cfg.d_model, cfg.d_rnn, cfg.conv_size, cfg.d_mlp, cfg.n_layers
+    mixer = 4 * D * R + R + (K * R + R) + R  # in/out projections, forget bias, conv, output norm
+    expected = V * D + L * (mixer + 3 * D * F + 2 * D) + D
+    assert LinearRNNLM(cfg).num_params() == expected
+
+
+def test_residual_projections_are_scaled_down_with_depth():
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=256, n_layers=4)
+    model = LinearRNNLM(cfg)
+    expected = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+    for block in model.blocks:
+        assert abs(block.mixer.out_proj.weight.std().item() / expected - 1) < 0.05
+        assert abs(block.mlp.out_proj.weight.std().item() / expected - 1) < 0.05
+        assert abs(block.mixer.in_proj.weight.std().item() / cfg.init_std - 1) < 0.05
+
+
+@pytest.mark.parametrize("mixer", ["lrnn", "attention"])
+def test_optimizer_param_groups_partition(mixer):
+    model = tiny_model(mixer=mixer)
+    decay, no_decay = optimizer_param_groups(model, weight_decay=0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    ids = [id(p) for group in (decay, no_decay) for p in group["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    decay_ids = {id(p) for p in decay["params"]}
+    for name, p in model.named_parameters():
+        is_matrix = name.endswith("_proj.weight")
+        assert (id(p) in decay_ids) == is_matrix, name
+    assert all(p.dim() == 2 for p in decay["params"])
+    torch.optim.AdamW(optimizer_param_groups(model, 0.1), lr=1e-3)  # accepted as is
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+
+
+def _state_of_batch_3(model):
+    return model.init_state(3)
+
+
+BAD_CALLS = {
+    "tokens 1-d": (lambda m: m(torch.ones(5, dtype=torch.long)), ValueError, "tokens: expected a non-empty 2-d"),
+    "tokens empty": (lambda m: m(torch.ones(2, 0, dtype=torch.long)), ValueError, "tokens: expected a non-empty"),
+    "tokens float": (lambda m: m(torch.ones(2, 5)), TypeError, "tokens: expected dtype torch.int64"),
+    "tokens not a tensor": (lambda m: m([[1, 2]]), TypeError, "tokens: expected a torch.Tensor"),
+    "token id >= vocab": (lambda m: m(torch.full((2, 5), VOCAB)), ValueError, r"tokens: expected ids in \[0, 64\)"),
+    "token id < 0": (lambda m: m(torch.full((2, 5), -1)), ValueError, r"tokens: expected ids in \[0, 64\)"),
+    "prefill id >= vocab": (lambda m: m.prefill(torch.full((1, 3), 99)), ValueError, "tokens: expected ids"),
+    "step token 2-d": (lambda m: m.step(torch.ones(3, 1, dtype=torch.long), _state_of_batch_3(m)), ValueError,
+                       "token: expected a non-empty 1-d"),
+    "step token int32": (lambda m: m.step(torch.ones(3, dtype=torch.int32), _state_of_batch_3(m)), TypeError,
+                         "token: expected dtype torch.int64"),
+    "step token id >= vocab": (lambda m: m.step(torch.full((3,), VOCAB), _state_of_batch_3(m)), ValueError,
+                               "token: expected ids"),
+    "state batch size": (lambda m: m.step(torch.ones(2, dtype=torch.long), _state_of_batch_3(m)), ValueError,
+                         r"state\[0\]: expected batch size 2 \(token's\), got 3"),
+    "state length": (lambda m: m.step(torch.ones(3, dtype=torch.long), _state_of_batch_3(m)[:1]), ValueError,
+                     "state: expected a list of 2 per-layer states"),
+    "state type": (lambda m: m.step(torch.ones(2, dtype=torch.long), [KVCache(torch.zeros(2), torch.zeros(2))] * 2),
+                   TypeError, r"state\[0\]: expected RecurrentState, got KVCache"),
+    "init_state batch size": (lambda m: m.init_state(0), ValueError, "batch_size: expected an integer >= 1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CALLS)
+def test_bad_input_raises(case):
+    call, error, match = BAD_CALLS[case]
+    with pytest.raises(error, match=match):
+        call(tiny_model())
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [(dict(eos_id=VOCAB), "model.eos_id"), (dict(eos_id=-1), "model.eos_id"),
+     (dict(reset_at_doc_start=1), "model.reset_at_doc_start"), (dict(gate_lower_bound="yes"), "model.gate_lower")],
+)
+def test_bad_model_config_raises(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(**overrides)

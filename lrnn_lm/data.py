@@ -1,0 +1,198 @@
+"""LightningDataModule: text splits -> cached BPE -> cached token ids -> windows of seq_len + 1 tokens.
+
+Packing. A split's documents, each opened by <|endoftext|> (id `eos_id`), are concatenated into one token
+stream s of N tokens. Window i is s[i·T : i·T + T + 1] with T = seq_len; its inputs are window[:-1] and its
+targets window[1:]. Consecutive windows overlap by one token, so every token after the first is a target
+exactly once, and the model's state starts from zero at each window (and is reset at every EOS).
+- train: the full windows, N-1 // T of them (the shorter tail is dropped), in a shuffled order drawn from
+  (seed, epoch) and sharded over ranks (see resumable_loader.py, which also keeps the data position).
+- validation / test: every window in order, the tail included; a batch pads the tail with
+  IGNORE_INDEX targets. This is the evaluation protocol of evaluate.py.
+
+Every batch also carries n_bytes, the UTF-8 bytes its targets stand for (see tokenizer.token_byte_lengths),
+so bits per byte = NLL / (ln 2 · bytes) is exact for any batch, any subset of batches and the whole split.
+
+Caching and ranks. `prepare_data` (Lightning runs it once per node, on local rank 0) checks the corpus,
+trains or reads the tokenizer and tokenizes each split with `datasets.map` into
+`<cache_dir>/tokens-<split>-<key>.arrow`. `setup` (every rank) reads both caches and fails if they are
+missing rather than tokenizing on every rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from datasets import Dataset, Features, Sequence, Value
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .config import DataConfig
+from .corpus import SPLITS, load_corpus
+from .resumable_loader import ResumableDataLoader, ShardedShuffleSampler
+from .tokenizer import cached_tokenizer, check_eos, token_byte_lengths
+
+IGNORE_INDEX = -100
+"""Target id of padding positions: skipped by the loss (F.cross_entropy's default ignore_index)."""
+
+
+class TokenWindows(torch.utils.data.Dataset):
+    """Windows of seq_len + 1 tokens cut from one token stream at stride seq_len (see the module docstring).
+
+    keep_tail: keep the last, shorter window (evaluation) or drop it (training: fixed-length blocks).
+    pad_to_multiple: append one-token windows (nothing to predict) until the count is a multiple of it, so
+        each of that many ranks evaluates the same number of batches and no window is counted twice.
+    """
+
+    def __init__(self, stream: np.ndarray, seq_len: int, *, keep_tail: bool = False, pad_to_multiple: int = 1):
+        self.stream, self.seq_len = stream, seq_len
+        n_targets = max(len(stream) - 1, 0)
+        self.n_windows = n_targets // seq_len + int(keep_tail and n_targets % seq_len > 0)
+        self.length = -(-self.n_windows // pad_to_multiple) * pad_to_multiple
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        """-> (n + 1,) token ids: n = seq_len, fewer for the tail, 0 for padding."""
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        if i >= self.n_windows:
+            return self.stream[:1]
+        return self.stream[i * self.seq_len : (i + 1) * self.seq_len + 1]
+
+
+@dataclass
+class WindowCollator:
+    """A list of B windows (n_i + 1,) -> {"inputs": (B, T), "targets": (B, T), "n_bytes": ()}, all int64.
+
+    T = max(n_i, 1). Shorter windows are padded: inputs with eos_id, targets with IGNORE_INDEX.
+    n_bytes is the UTF-8 bytes that the non-padding targets stand for.
+    """
+
+    eos_id: int
+    token_bytes: np.ndarray
+    """(V_tok,) bytes per token id, from tokenizer.token_byte_lengths."""
+
+    def __call__(self, windows: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        T = max(1, max(len(w) for w in windows) - 1)
+        inputs = np.full((len(windows), T), self.eos_id, dtype=np.int64)
+        targets = np.full((len(windows), T), IGNORE_INDEX, dtype=np.int64)
+        for row, w in enumerate(windows):
+            inputs[row, : len(w) - 1] = w[:-1]
+            targets[row, : len(w) - 1] = w[1:]
+        n_bytes = self.token_bytes[targets[targets != IGNORE_INDEX]].sum()
+        return {"inputs": torch.from_numpy(inputs), "targets": torch.from_numpy(targets),
+                "n_bytes": torch.tensor(n_bytes, dtype=torch.int64)}
+
+
+def encode_documents(texts: list[str], tokenizer: Tokenizer, eos_id: int) -> list[list[int]]:
+    """Token ids of each document, opened by EOS: [eos_id, *ids(text)]."""
+    return [[eos_id, *enc.ids] for enc in tokenizer.encode_batch_fast(texts)]
+
+
+def _encode_batch(batch: dict[str, list], *, text_column: str, tokenizer: Tokenizer, eos_id: int) -> dict[str, list]:
+    texts = batch[text_column]
+    return {"ids": encode_documents(texts, tokenizer, eos_id), "n_bytes": [len(t.encode("utf-8")) for t in texts]}
+
+
+class LMDataModule(L.LightningDataModule):
+    """Train / validation / test token windows for a `DataConfig` (see the module docstring).
+
+    tokenizer: use this one instead of the cached/trained one (evaluate.py passes the checkpoint's).
+    After setup(): `tokenizer`, `streams[split]` (N,) int32 token ids, and `stats[split]` with the split's
+    documents, tokens and UTF-8 bytes.
+    """
+
+    def __init__(self, data: DataConfig, vocab_size: int, eos_id: int = 0, seed: int = 0,
+                 tokenizer: Tokenizer | None = None):
+        super().__init__()
+        self.data, self.vocab_size, self.eos_id, self.seed = data, vocab_size, eos_id, seed
+        self.tokenizer = tokenizer
+        self.streams: dict[str, np.ndarray] = {}
+        self.stats: dict[str, dict[str, int]] = {}
+
+    def prepare_data(self) -> None:
+        self._tokenize(build=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.streams:
+            self.tokenizer, self.streams, self.stats = self._tokenize(build=False)
+            self.collate = WindowCollator(self.eos_id, token_byte_lengths(self.tokenizer))
+
+    def _tokenize(self, build: bool) -> tuple[Tokenizer, dict[str, np.ndarray], dict[str, dict[str, int]]]:
+        corpus = load_corpus(self.data)  # checks the source, column and splits before anything heavy
+        tokenizer = self.tokenizer or cached_tokenizer(corpus["train"], self.data.text_column, self.vocab_size,
+                                                       self.data.cache_dir, train_if_missing=build)
+        check_eos(tokenizer, self.eos_id)
+        if tokenizer.get_vocab_size() > self.vocab_size:
+            raise ValueError(f"model.vocab_size={self.vocab_size}: smaller than the tokenizer's "
+                             f"{tokenizer.get_vocab_size()} tokens")
+        encode = partial(_encode_batch, text_column=self.data.text_column, tokenizer=tokenizer, eos_id=self.eos_id)
+        streams, stats = {}, {}
+        for split in SPLITS:
+            docs = corpus[split]
+            path = self._token_cache_path(split, docs, tokenizer)
+            if not build and not path.exists():
+                raise FileNotFoundError(f"token cache {path} is missing: prepare_data() writes it on rank 0 first")
+            tokens = docs.map(encode, batched=True, remove_columns=docs.column_names, cache_file_name=str(path),
+                              load_from_cache_file=True, new_fingerprint=path.stem, desc=f"tokenize {split}",
+                              features=Features({"ids": Sequence(Value("int32")), "n_bytes": Value("int64")}))
+            streams[split] = pc.list_flatten(tokens.data.column("ids")).to_numpy()
+            stats[split] = {"documents": len(tokens), "tokens": len(streams[split]),
+                            "bytes": int(pc.sum(tokens.data.column("n_bytes")).as_py())}
+        return tokenizer, streams, stats
+
+    def _token_cache_path(self, split: str, docs: Dataset, tokenizer: Tokenizer) -> Path:
+        key = hashlib.sha256(f"{docs._fingerprint}|{self.eos_id}|{tokenizer.to_str()}".encode()).hexdigest()[:16]
+        return Path(self.data.cache_dir) / f"tokens-{split}-{key}.arrow"
+
+    def _world(self) -> tuple[int, int]:
+        return (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        world_size, rank = self._world()
+        windows = TokenWindows(self.streams["train"], self.data.seq_len)
+        if len(windows) < self.data.batch_size * world_size:
+            raise ValueError(
+                f"data: the train split has {len(windows)} windows of seq_len+1={self.data.seq_len + 1} tokens, fewer "
+                f"than one batch per device (batch_size {self.data.batch_size} x {world_size} devices); lower "
+                "data.seq_len or data.batch_size, or use more data")
+        sampler = ShardedShuffleSampler(windows, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed,
+                                        drop_last=True)
+        return ResumableDataLoader(windows, batch_size=self.data.batch_size, sampler=sampler, drop_last=True,
+                                   **self._loader_options())
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")
+
+    def eval_dataloader(self, split: str, batch_size: int | None = None) -> DataLoader:
+        """All windows of `split` in order, the tail included, sharded over ranks without repeats."""
+        world_size, rank = self._world()
+        windows = TokenWindows(self.streams[split], self.data.seq_len, keep_tail=True, pad_to_multiple=world_size)
+        sampler = DistributedSampler(windows, num_replicas=world_size, rank=rank, shuffle=False)
+        return DataLoader(windows, batch_size=batch_size or self.data.batch_size, sampler=sampler,
+                          **self._loader_options())
+
+    def _loader_options(self) -> dict:
+        workers = self.data.num_workers
+        return {"collate_fn": self.collate, "num_workers": workers, "persistent_workers": workers > 0,
+                "pin_memory": torch.cuda.is_available()}
+
+    def state_dict(self) -> dict[str, str]:
+        """Saved in every checkpoint, so generation and evaluation need no dataset or cache."""
+        return {"tokenizer": self.tokenizer.to_str()}
+
+    def load_state_dict(self, state: dict[str, str]) -> None:
+        if state["tokenizer"] != self.tokenizer.to_str():
+            raise ValueError("resume: the cached tokenizer differs from the checkpoint's; the data or the tokenizer "
+                             "settings changed since the checkpoint was written")

@@ -1,0 +1,83 @@
+"""Perplexity and bits per byte of a checkpoint.
+
+    python -m lrnn_lm.evaluate --ckpt runs/tiny/checkpoints/last.ckpt [--split validation|test|train]
+    python -m lrnn_lm.evaluate --ckpt runs/tiny/checkpoints/last.ckpt --text-file F.txt
+
+Protocol. This is the code that computes validation during training and the final test numbers
+(`LMDataModule.eval_dataloader` and `LitLM.test_step`):
+1. The documents evaluated (a split's, or the whole --text-file as one document) are tokenized with the
+   checkpoint's tokenizer, each opened by <|endoftext|>, and concatenated into one token stream.
+2. The stream is cut into consecutive windows of seq_len + 1 tokens (seq_len from the checkpoint's config)
+   that overlap by one token, so every token after the first is predicted exactly once, from the tokens
+   before it in its window. The recurrent state starts from zero at each window (and is reset at every
+   <|endoftext|>). The last window is shorter; it is evaluated, not dropped.
+3. With NLL the summed negative log-likelihood in nats over all predicted tokens (including the
+   <|endoftext|> that opens each document after the first), perplexity = exp(NLL / tokens) and
+   bits per byte = NLL / (ln 2 · bytes), bytes being the UTF-8 bytes of the evaluated text. The predicted
+   tokens stand for exactly those bytes (<|endoftext|> for none), so bits per byte does not depend on the
+   tokenizer and compares across vocabularies.
+Runs on one device: the GPU if there is one (in bf16-mixed when the config's precision is 'auto'), else the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader
+
+from .data import LMDataModule, TokenWindows, WindowCollator, encode_documents
+from .lit_module import LitLM, load_checkpoint
+from .tokenizer import token_byte_lengths
+from .train import resolve_precision
+
+
+def evaluate(module: LitLM, loader: DataLoader) -> dict[str, float | int]:
+    """-> {loss, ppl, bpb, tokens, bytes} of `module` over every batch of `loader`, on one device."""
+    precision = resolve_precision(replace(module.cfg.trainer, accelerator="auto"))  # where this machine runs it
+    trainer = L.Trainer(accelerator="auto", devices=1, precision=precision, logger=False,
+                        enable_model_summary=False, enable_progress_bar=False)
+    metrics = trainer.test(module, dataloaders=loader, verbose=False)[0]
+    return {k: float(metrics[f"test/{k}"]) for k in ("loss", "ppl", "bpb")} | {
+        k: int(metrics[f"test/{k}"]) for k in ("tokens", "bytes")}
+
+
+def text_file_loader(path: str | Path, tokenizer: Tokenizer, eos_id: int, seq_len: int, batch_size: int) -> DataLoader:
+    """The windows of one UTF-8 text file, read verbatim as a single document."""
+    text = Path(path).read_bytes().decode("utf-8")
+    stream = np.asarray(encode_documents([text], tokenizer, eos_id)[0], dtype=np.int32)
+    windows = TokenWindows(stream, seq_len, keep_tail=True)
+    return DataLoader(windows, batch_size=batch_size, collate_fn=WindowCollator(eos_id, token_byte_lengths(tokenizer)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lrnn_lm.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", required=True, help="a checkpoint written by train.py")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--split", choices=("validation", "test", "train"), default="validation",
+                        help="a split of the checkpoint's data.source (default: validation)")
+    source.add_argument("--text-file", help="evaluate this UTF-8 text file instead, as one document")
+    parser.add_argument("--batch-size", type=int, help="windows per batch (default: the checkpoint's data.batch_size)")
+    args = parser.parse_args(argv)
+
+    module, tokenizer = load_checkpoint(args.ckpt)
+    cfg = module.cfg
+    batch_size = args.batch_size or cfg.data.batch_size
+    if args.text_file:
+        loader = text_file_loader(args.text_file, tokenizer, cfg.model.eos_id, cfg.data.seq_len, batch_size)
+    else:
+        data = LMDataModule(cfg.data, cfg.model.vocab_size, cfg.model.eos_id, tokenizer=tokenizer)
+        data.prepare_data()
+        data.setup()
+        loader = data.eval_dataloader(args.split, batch_size)
+    result = {"evaluated": args.text_file or args.split, "ckpt": args.ckpt, **evaluate(module, loader)}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The typed config: every preset loads, bad values and unknown names fail naming the field, CLI overrides."""
+
+import pytest
+import yaml
+
+from lrnn_lm.config import CONFIG_DIR, Config, load_config, parse_overrides, resolve_config_path
+from lrnn_lm.model import LinearRNNLM
+
+PRESETS = sorted(CONFIG_DIR.glob("*.yaml"))
+
+
+def test_the_presets_exist():
+    assert {"tiny.yaml", "small.yaml", "tinystories.yaml"} <= {p.name for p in PRESETS}
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_preset_loads_and_builds(path):
+    cfg = load_config(path)
+    assert resolve_config_path(path.name) == path and resolve_config_path(path.stem) == path
+    assert cfg.trainer.compile is False  # until the kernels register as custom ops for torch.compile
+    assert cfg.model.eos_id == 0
+    if path.stem == "small":
+        assert 8e6 <= LinearRNNLM(cfg.model).num_params() <= 12e6  # "about 10M", the tied embedding once
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "names"),
+    [
+        (["--data.seq_len", "1"], ValueError, "data.seq_len"),
+        (["--optim.lr", "-1"], ValueError, "optim.lr"),
+        (["--trainer.logger", "tensorboard"], ValueError, "trainer.logger"),
+        (["--trainer.max_steps", "many"], TypeError, "trainer.max_steps"),
+        (["--data.batch_size", "2.5"], TypeError, "data.batch_size"),
+        (["--data.no_such_field", "1"], ValueError, "no_such_field"),
+        (["--nosuchsection.field", "1"], ValueError, "nosuchsection"),
+        (["--model.vocab_size", "0"], ValueError, "model.vocab_size"),
+    ],
+)
+def test_bad_values_name_the_field(overrides, error, names):
+    with pytest.raises(error, match=names):
+        load_config("tiny.yaml", overrides)
+
+
+def test_overrides_parse_as_yaml_scalars():
+    args = ["--model.d_model", "512", "--optim.lr", "1e-3", "--trainer.resume", "--data.max_train_docs", "null",
+            "data.source=corpus/*.txt", "--trainer.compile", "false"]
+    assert parse_overrides(args) == {
+        "model": {"d_model": 512},
+        "optim": {"lr": 1e-3},
+        "trainer": {"resume": True, "compile": False},
+        "data": {"max_train_docs": None, "source": "corpus/*.txt"},
+    }
+    cfg = load_config("tiny.yaml", args)
+    assert (cfg.model.d_model, cfg.optim.lr, cfg.trainer.resume) == (512, 1e-3, True)
+
+
+def test_round_trip_through_plain_dicts():
+    cfg = load_config("small.yaml")
+    assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("trainer: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(yaml.YAMLError):
+        load_config(path)

@@ -1,0 +1,174 @@
+"""Training on the CPU: the schedule, train.py → evaluate → generate, SIGKILL and resume, exact resume, NaN stop."""
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lrnn_lm.config import TrainerConfig, load_config
+from lrnn_lm.data import LMDataModule
+from lrnn_lm.evaluate import main as evaluate_main
+from lrnn_lm.generate import main as generate_main
+from lrnn_lm.lit_module import LitLM, warmup_cosine
+from lrnn_lm.train import main, make_logger, train
+
+from .tiny_run import ROOT, SCRIPT_ENV, Recorder, run_script, tiny_overrides, write_local_corpus
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The in-process runs: tiny models gain nothing from more threads, and lose a lot when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A local corpus with its tokenizer and token caches, shared by the module's runs (the first builds them)."""
+    return write_local_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def test_warmup_then_cosine_to_min_lr():
+    lr = [warmup_cosine(step, warmup_steps=10, max_steps=110, min_lr_ratio=0.1) for step in range(120)]
+    assert lr[0] == pytest.approx(0.1) and lr[9] == pytest.approx(1.0) and lr[10] == pytest.approx(1.0)
+    assert lr[60] == pytest.approx(0.55) and lr[110] == pytest.approx(0.1) and lr[119] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lr[10:], lr[11:]))
+
+
+def test_wandb_is_offline_unless_there_is_a_key(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    offline = make_logger(TrainerConfig(logger="wandb", run_dir=str(tmp_path)))
+    assert isinstance(offline, WandbLogger) and offline._wandb_init["mode"] == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    assert make_logger(TrainerConfig(logger="wandb", run_dir=str(tmp_path)))._wandb_init["mode"] == "online"
+    assert make_logger(TrainerConfig(logger="wandb", wandb_mode="offline"))._wandb_init["mode"] == "offline"
+    assert isinstance(make_logger(TrainerConfig(logger="csv", run_dir=str(tmp_path))), CSVLogger)
+    assert make_logger(TrainerConfig(logger="none")) is False
+
+
+def train_losses(run_dir, version=0) -> dict[int, float]:
+    with open(run_dir / "csv" / f"version_{version}" / "metrics.csv") as f:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r["train/loss"]}
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_then_generate(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    trained = run_script("train.py", *tiny_overrides(run, corpus, trainer__max_steps=40, trainer__val_every=20,
+                                                     trainer__checkpoint_every=20, optim__lr=0.01))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 40 and summary["tokens_seen"] == 40 * 4 * 32
+    assert all(math.isfinite(summary[s][k]) for s in ("validation", "test") for k in ("loss", "ppl", "bpb"))
+    assert "bits/byte" in trained.stdout
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.ckpt", "best.ckpt"}
+    losses = list(train_losses(run).values())
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5  # it learns
+
+    last = str(run / "checkpoints" / "last.ckpt")
+    evaluated = run_script("-m", "lrnn_lm.evaluate", "--ckpt", last, "--split", "test")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    result = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
+    assert result["bytes"] == summary["test"]["bytes"]
+    assert result["bpb"] == pytest.approx(summary["test"]["bpb"], rel=1e-6)  # the same protocol, the same numbers
+
+    text = "ROMEO: But soft, what light through yonder window breaks? — ¿ü\n"
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    evaluate_main(["--ckpt", last, "--text-file", str(tmp_path / "text.txt")])  # in-process: no second start-up
+    result = json.loads(capsys.readouterr().out)
+    assert result["bytes"] == len(text.encode("utf-8")) and math.isfinite(result["bpb"])
+
+    generate = ["--ckpt", last, "--prompt", "ROMEO:", "--max-new-tokens", "20"]
+    samples = []
+    for seed in ("0", "0", "1"):
+        generate_main([*generate, "--seed", seed])  # in-process: the CLI without another interpreter start
+        samples.append(capsys.readouterr().out)
+    assert all(s.startswith("ROMEO:") for s in samples) and len(samples[0]) > len("ROMEO:\n")
+    assert samples[0] == samples[1] != samples[2]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_continues_from_the_checkpoint(tmp_path, corpus):
+    run = tmp_path / "run"
+    args = tiny_overrides(run, corpus, trainer__max_steps=300, trainer__checkpoint_every=10, trainer__val_every=100)
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=os.environ | SCRIPT_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 180
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = torch.load(last, weights_only=True)["global_step"]
+    assert 10 <= killed_at < 300 and killed_at % 10 == 0
+
+    resumed = run_script("train.py", *args, "--trainer.resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restoring states from the checkpoint path" in resumed.stdout + resumed.stderr
+    assert torch.load(last, weights_only=True)["global_step"] == 300
+    assert min(train_losses(run, version=1)) == killed_at  # logged at the steps taken before the batch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpoint_at", ["mid-epoch", "end-of-epoch"])
+def test_resumed_run_sees_the_same_batches_and_ends_with_the_same_weights(tmp_path, corpus, checkpoint_at):
+    """Crash after a checkpoint, resume, and compare with an uninterrupted run, across an epoch boundary."""
+    def config(name, **fields):
+        overrides = tiny_overrides(tmp_path / name, corpus, data__seq_len=256, trainer__val_every=1000,
+                                   trainer__logger="none", **fields)
+        return load_config(None, overrides)
+
+    data = LMDataModule(config("probe").data, vocab_size=512)  # to count the batches of an epoch
+    data.prepare_data()
+    data.setup()
+    epoch = len(data.train_dataloader())  # batches per epoch
+    assert 5 <= epoch <= 50
+    every = epoch - 2 if checkpoint_at == "mid-epoch" else epoch
+    steps = dict(trainer__max_steps=epoch + 4, trainer__checkpoint_every=every)
+
+    uninterrupted = Recorder()
+    train(config("a", **steps), callbacks=[uninterrupted])
+
+    class CrashAfter(Recorder):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.global_step == every + 1:
+                raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config("b", **steps), callbacks=[CrashAfter()])
+    resumed = Recorder()
+    train(config("b", **steps, trainer__resume=True), callbacks=[resumed])
+
+    assert [step for step, _ in resumed.batches] == list(range(every + 1, epoch + 5))
+    assert resumed.batches == uninterrupted.batches[every:]
+    assert resumed.params == uninterrupted.params
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, corpus, monkeypatch):
+    nll = LitLM._nll
+
+    def nan_from_step_5(self, batch):
+        total, n_tokens = nll(self, batch)
+        return (total * float("nan") if self.training and self.global_step >= 5 else total), n_tokens
+
+    monkeypatch.setattr(LitLM, "_nll", nan_from_step_5)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"(?s)step 5: non-finite training loss.*last good checkpoint"):
+        main(tiny_overrides(run, corpus, trainer__max_steps=20, trainer__checkpoint_every=2,
+                            trainer__val_every=100, trainer__logger="none"))
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4
+    assert all(torch.isfinite(w).all() for w in ckpt["state_dict"].values())

@@ -175,3 +175,50 @@ def test_triton_scan_compiles_without_graph_break(gen):
     compiled = torch.autograd.grad(torch.compile(loss, backend="aot_eager", fullgraph=True)(*leaves), leaves)
     for e, c in zip(eager, compiled):
         torch.testing.assert_close(c, e)
+
+
+def _good(B=2, T=5, D=3, dtype=torch.float32):
+    return torch.randn(B, T, D, dtype=dtype), torch.rand(B, T, D, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "make_args, error, match",
+    [
+        (lambda: (torch.randn(2, 5), torch.rand(2, 5)), ValueError, r"^x: expected a 3-d tensor"),
+        (lambda: (torch.randn(2, 5, 3), torch.rand(2, 5, 4)), ValueError, r"^a: expected the shape of x"),
+        (lambda: (torch.randn(2, 0, 3), torch.rand(2, 0, 3)), ValueError, r"^x: expected B, T, D >= 1"),
+        (lambda: (torch.ones(2, 5, 3, dtype=torch.int64),) * 2, TypeError, r"^x: expected dtype in"),
+        (lambda: (_good()[0], _good()[1].double()), TypeError, r"^a: expected x's dtype"),
+        (lambda: (_good()[0].tolist(), _good()[1]), TypeError, r"^x: expected a torch.Tensor"),
+        (lambda: (*_good(), torch.zeros(2, 4)), ValueError, r"^h0: expected shape \(B, D\) = \(2, 3\)"),
+        (lambda: (*_good(), torch.zeros(2, 3, dtype=torch.float16)), TypeError, r"^h0: expected torch.float32"),
+        (lambda: (_good()[0], _good()[1].to("meta")), ValueError, r"^a: expected x's device"),
+        (lambda: (*_good(), torch.zeros(2, 3, device="meta")), ValueError, r"^h0: expected x's device"),
+    ],
+)
+@pytest.mark.parametrize("impl", ["triton", "sequential", "reference", "auto"])
+def test_bad_input_names_the_argument(make_args, error, match, impl):
+    with pytest.raises(error, match=match):
+        linear_scan(*make_args(), impl=impl)
+
+
+def test_bad_options_name_the_argument():
+    x, a = _good()
+    with pytest.raises(ValueError, match=r"^impl: expected one of"):
+        linear_scan(x, a, impl="cuda")
+    with pytest.raises(TypeError, match=r"^output_final_state: expected bool"):
+        linear_scan(x, a, output_final_state=1)
+
+
+@pytest.mark.parametrize("impl", ["triton", "sequential"])
+def test_triton_on_cpu_without_the_interpreter_says_how_to_fix_it(impl, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match=r"impl='auto' or\s+impl='reference'.*TRITON_INTERPRET=1"):
+        linear_scan(*_good(), impl=impl)
+
+
+def test_return_is_always_a_pair():
+    x, a = _good()
+    for impl in IMPLS[:3]:
+        out = linear_scan(x.to(DEVICE), a.to(DEVICE), impl=impl)
+        assert isinstance(out, tuple) and len(out) == 2 and out[1] is None

@@ -5,10 +5,9 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from ._env import triton_interpreter_on
 from .reference import linear_scan_reference
 from .torch_scan import linear_scan_torch
 
@@ -68,10 +67,6 @@ def linear_scan(
     from .sequential_scan import linear_scan_sequential
 
     return linear_scan_sequential(x, a, h0, output_final_state)
-
-
-def triton_interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _check_inputs(x, a, h0, impl, output_final_state) -> None:

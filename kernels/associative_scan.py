@@ -19,11 +19,12 @@ dh_t = dh_t^out + a_{t+1} dh_{t+1}; one pass writes dx = dh, da_t = dh_t h_{t-1}
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from ._env import triton_interpreter_on
 
 
 
@@ -300,13 +301,12 @@ INTERPRETER_CONFIG = triton.Config({"BLOCK_T": 16, "BLOCK_D": 16}, num_warps=1, 
 
 
 def _autotuned(kernel):
-    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    configs = [INTERPRETER_CONFIG] if interpreted else TILE_CONFIGS
+    configs = [INTERPRETER_CONFIG] if triton_interpreter_on() else TILE_CONFIGS
     return triton.autotune(configs=configs, key=["D"])(kernel)  # the autotuner adds the tensors' dtypes
 
 
 def _summary_config() -> dict:
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if triton_interpreter_on():
         return dict(INTERPRETER_CONFIG.kwargs, num_warps=1)
     return dict(BLOCK_T=64, BLOCK_D=64, num_warps=4)
 

@@ -1,4 +1,5 @@
-"""The autograd.Function every scan implementation shares: it saves (a, h, h0) and calls the launchers.
+"""The autograd.Function of the sequential and the CPU scans: it saves (a, h, h0) and calls the launchers.
+(The Triton associative scan registers the same pair as a torch.library custom op, for torch.compile.)
 
 An implementation is a pair of plain launcher functions:
 
@@ -22,7 +23,6 @@ class LinearScanFunction(torch.autograd.Function):
         h, h_T = forward(x, a, h0, output_final_state, **opts)
         ctx.save_for_backward(a, h, h0)
         ctx.backward_fn, ctx.opts = backward, opts
-        ctx.h0_dtype = None if h0 is None else h0.dtype
         if h_T is None:
             return h
         return h, h_T

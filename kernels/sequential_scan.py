@@ -91,11 +91,12 @@ def _seq_bwd_kernel(
     else:
         h_init = tl.zeros([BLOCK_D], dtype=tl.float32)
     # walk t = T-1 .. 0 with pointers at step t; a_{t+1} is 1 past the end so dh_T seeds step T
-    a_col += (T - 1) * stride_a_t
-    dh_col += (T - 1) * stride_dh_t
-    h_col += (T - 2) * D  # h_{t-1}
-    dx_col += (T - 1) * D
-    da_col += (T - 1) * D
+    last = (T - 1).to(tl.int64)  # 64-bit: (T - 1) * D may pass 2^31
+    a_col += last * stride_a_t
+    dh_col += last * stride_dh_t
+    h_col += (last - 1) * D  # h_{t-1}
+    dx_col += last * D
+    da_col += last * D
     a_next = tl.full([BLOCK_D], 1.0, dtype=tl.float32)
     for i in range(T):
         dh = tl.load(dh_col, mask=mask_d, other=0.0).to(tl.float32) + a_next * dh

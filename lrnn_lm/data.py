@@ -93,7 +93,9 @@ class WindowCollator:
 
 
 def encode_documents(texts: list[str], tokenizer: Tokenizer, eos_id: int) -> list[list[int]]:
-    """Token ids of each document, opened by EOS: [eos_id, *ids(text)]."""
+    """Token ids of each document, opened by EOS: [eos_id, *ids(text)]. A literal "<|endoftext|>" inside a text
+    is encoded as the text it is (encode_special_tokens), so only the separator we insert resets the state."""
+    tokenizer.encode_special_tokens = True
     return [[eos_id, *enc.ids] for enc in tokenizer.encode_batch_fast(texts)]
 
 

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module, tokenizer = load_checkpoint(args.ckpt)
     model, eos_id = module.model.to(device).eval(), module.cfg.model.eos_id
+    tokenizer.encode_special_tokens = True  # as in training: a literal "<|endoftext|>" is text
     prompt = torch.tensor([[eos_id, *tokenizer.encode(args.prompt).ids]], device=device)  # (1, T0)
     generator = None if args.seed is None else torch.Generator(device).manual_seed(args.seed)
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

@@ -11,7 +11,7 @@ import torch
 from lrnn_lm import tokenizer as tokenizer_module
 from lrnn_lm.config import DataConfig
 from lrnn_lm.corpus import embedded_plays, load_corpus
-from lrnn_lm.data import IGNORE_INDEX, LMDataModule, TokenWindows, WindowCollator
+from lrnn_lm.data import IGNORE_INDEX, LMDataModule, TokenWindows, WindowCollator, encode_documents
 from lrnn_lm.resumable_loader import ResumableDataLoader, ShardedShuffleSampler
 from lrnn_lm.tokenizer import EOS, cached_tokenizer, check_eos, token_byte_lengths, train_tokenizer
 
@@ -253,3 +253,13 @@ def test_too_little_data_for_one_batch_is_an_error(local_folder, tmp_path):
     dm = datamodule(local_folder, tmp_path, seq_len=4096)
     with pytest.raises(ValueError, match="fewer than one batch"):
         dm.train_dataloader()
+
+
+def test_a_literal_endoftext_in_a_document_stays_text():
+    """Only the separator the packer inserts may reset the state; the text's bytes are all accounted for."""
+    tokenizer = train_tokenizer(speeches(50), vocab_size=VOCAB)
+    text = "ROMEO: a <|endoftext|> b"
+    (ids,) = encode_documents([text], tokenizer, eos_id=0)
+    assert ids[0] == 0 and 0 not in ids[1:]
+    assert token_byte_lengths(tokenizer)[ids].sum() == len(text.encode("utf-8"))
+    assert tokenizer.decode(ids[1:]) == text

@@ -91,7 +91,7 @@ def _seq_bwd_kernel(
     else:
         h_init = tl.zeros([BLOCK_D], dtype=tl.float32)
     # walk t = T-1 .. 0 with pointers at step t; a_{t+1} is 1 past the end so dh_T seeds step T
-    last = (T - 1).to(tl.int64)  # 64-bit: (T - 1) * D may pass 2^31
+    last = tl.full([], T - 1, tl.int64)  # 64-bit: (T - 1) * D may pass 2^31 (not .to(): T=1 is a constexpr)
     a_col += last * stride_a_t
     dh_col += last * stride_dh_t
     h_col += (last - 1) * D  # h_{t-1}

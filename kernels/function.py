@@ -1,5 +1,6 @@
 """The autograd.Function of the sequential and the CPU scans: it saves (a, h, h0) and calls the launchers.
-(The Triton associative scan registers the same pair as a torch.library custom op, for torch.compile.)
+(The Triton associative scan uses it in eager mode, and registers the same pair as a torch.library custom op
+for torch.compile.)
 
 An implementation is a pair of plain launcher functions:
 

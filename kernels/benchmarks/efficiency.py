@@ -3,7 +3,8 @@ device-to-device copy bandwidth measured in the same run.
 
 1. The seed's sweep: forward time vs sequence length 2^5 .. 2^17 at B=4, D=5120, fp16, for triton,
    sequential and (up to 2^10) the PyTorch reference loop.
-2. Forward and forward+backward (through autograd) at training and long-sequence shapes.
+2. Forward and forward+backward through autograd at training and long-sequence shapes, eager (host dispatch
+   included) and replayed from a CUDA graph (GPU time only, as under torch.compile with CUDA graphs).
 
 Minimal bytes: forward 3·N·s (read x, a; write h), forward+backward 8·N·s (N = B·T·D, s = element size).
 
@@ -20,7 +21,7 @@ import torch
 
 from kernels import linear_scan
 
-from .common import DEVICE, bench_ms, copy_bandwidth_gbs, print_table, run_info, scan_bytes, scan_inputs, write_csv
+from .common import DEVICE, bench_graph_ms, bench_ms, copy_bandwidth_gbs, print_table, run_info, scan_bytes, scan_inputs, write_csv
 
 SHAPES = [  # (B, T, D, dtype)
     (8, 2048, 2048, torch.bfloat16),
@@ -33,9 +34,14 @@ SMOKE_SHAPES = [(2, 40, 24, torch.bfloat16), (1, 300, 8, torch.float16)]
 SMOKE_SWEEP = dict(B=1, D=16, dtype=torch.float16, lengths=[2**k for k in range(5, 8)], reference_max_T=2**6)
 
 
-def time_scan(impl: str, B: int, T: int, D: int, dtype: torch.dtype, backward: bool) -> float:
+PASSES = ("fwd", "fwd+bwd", "fwd+bwd graph")
+
+
+def time_scan(impl: str, B: int, T: int, D: int, dtype: torch.dtype, pass_: str = "fwd") -> float:
+    """Median ms of one pass through the public API: "fwd"; "fwd+bwd", forward and torch.autograd.grad in
+    eager mode (host dispatch included); "fwd+bwd graph", the same captured in a CUDA graph (GPU time only)."""
     x, a = scan_inputs(B, T, D, dtype)
-    if not backward:
+    if pass_ == "fwd":
         return bench_ms(lambda: linear_scan(x, a, impl=impl))
     x.requires_grad_(True)
     a.requires_grad_(True)
@@ -45,12 +51,12 @@ def time_scan(impl: str, B: int, T: int, D: int, dtype: torch.dtype, backward: b
         h, _ = linear_scan(x, a, impl=impl)
         torch.autograd.grad(h, (x, a), dy)
 
-    return bench_ms(fwd_bwd)
+    return bench_graph_ms(fwd_bwd) if pass_ == "fwd+bwd graph" else bench_ms(fwd_bwd)
 
 
-def row(impl, B, T, D, dtype, backward, ms, copy_gbs) -> dict:
-    gbs = scan_bytes(B, T, D, dtype, backward) / ms / 1e6
-    return dict(impl=impl, pass_="fwd+bwd" if backward else "fwd", B=B, T=T, D=D, dtype=str(dtype).split(".")[-1],
+def row(impl, B, T, D, dtype, pass_, ms, copy_gbs) -> dict:
+    gbs = scan_bytes(B, T, D, dtype, pass_ != "fwd") / ms / 1e6
+    return dict(impl=impl, pass_=pass_, B=B, T=T, D=D, dtype=str(dtype).split(".")[-1],
                 ms=ms, GBps=gbs, frac_of_copy=gbs / copy_gbs)
 
 
@@ -70,8 +76,8 @@ def main() -> None:
         for impl in ("triton", "sequential", "reference"):
             if impl == "reference" and T > sweep["reference_max_T"]:
                 continue
-            ms = time_scan(impl, sweep["B"], T, sweep["D"], sweep["dtype"], backward=False)
-            sweep_rows.append(row(impl, sweep["B"], T, sweep["D"], sweep["dtype"], False, ms, copy_gbs))
+            ms = time_scan(impl, sweep["B"], T, sweep["D"], sweep["dtype"])
+            sweep_rows.append(row(impl, sweep["B"], T, sweep["D"], sweep["dtype"], "fwd", ms, copy_gbs))
         torch.cuda.empty_cache() if DEVICE == "cuda" else None
     print(f"\nForward vs sequence length (B={sweep['B']}, D={sweep['D']}, {sweep['dtype']}):")
     print_table(sweep_rows, ["impl", "T", "ms", "GBps", "frac_of_copy"])
@@ -79,9 +85,9 @@ def main() -> None:
     shape_rows = []
     for B, T, D, dtype in shapes:
         for impl in ("triton", "sequential"):
-            for backward in (False, True):
-                ms = time_scan(impl, B, T, D, dtype, backward)
-                shape_rows.append(row(impl, B, T, D, dtype, backward, ms, copy_gbs))
+            for pass_ in PASSES:
+                ms = time_scan(impl, B, T, D, dtype, pass_)
+                shape_rows.append(row(impl, B, T, D, dtype, pass_, ms, copy_gbs))
         torch.cuda.empty_cache() if DEVICE == "cuda" else None
     print(f"\nTraining and long-sequence shapes (copy bandwidth {copy_gbs:.0f} GB/s, read + write):")
     print_table(shape_rows, ["impl", "pass_", "B", "T", "D", "dtype", "ms", "GBps", "frac_of_copy"])
@@ -111,11 +117,13 @@ def plot(sweep_rows, shape_rows, info, path: Path) -> None:
     ax1.legend()
 
     labels = sorted({(r["B"], r["T"], r["D"], r["dtype"]) for r in shape_rows}, key=lambda k: k[0] * k[1] * k[2])
-    width = 0.2
-    for i, (impl, pass_) in enumerate([(i, p) for i in ("triton", "sequential") for p in ("fwd", "fwd+bwd")]):
+    series = [(i, p) for i in ("triton", "sequential") for p in PASSES]
+    width = 0.8 / len(series)
+    for i, (impl, pass_) in enumerate(series):
         vals = [next(r["frac_of_copy"] for r in shape_rows if (r["B"], r["T"], r["D"], r["dtype"]) == k
                      and r["impl"] == impl and r["pass_"] == pass_) for k in labels]
-        ax2.bar([j + (i - 1.5) * width for j in range(len(labels))], vals, width, label=f"{impl} {pass_}")
+        ax2.bar([j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))], vals, width,
+                label=f"{impl} {pass_}")
     ax2.set_xticks(range(len(labels)), [f"({b},{t},{d})\n{dt}" for b, t, d, dt in labels], fontsize=8)
     ax2.axhline(1.0, color="k", lw=0.8)
     ax2.set(ylabel="fraction of copy bandwidth", title=f"Effective bandwidth / copy ({info['copy_GBps']:.0f} GB/s)")

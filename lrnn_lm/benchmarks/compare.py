@@ -27,6 +27,7 @@ from ..model import LinearRNNLM
 from ..sampling import sample
 
 CONTEXTS = [512, 2048, 8192, 32768]
+COMPILE_CONTEXTS = [2048, 8192]  # compiling takes ~25 s per model and shape
 TOKENS_PER_STEP = 65536
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU only for --smoke
 
@@ -132,7 +133,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--runs", type=Path, nargs="*", default=[], help="run dirs of finished train.py runs")
-    p.add_argument("--compile", action="store_true", help="also time the compiled linear RNN at context 2048")
+    p.add_argument("--compile", action="store_true",
+                   help=f"also time both mixers under torch.compile at contexts {COMPILE_CONTEXTS}")
+    p.add_argument("--parts", nargs="+", choices=["throughput", "generation"], default=["throughput", "generation"])
     p.add_argument("--quality-only", action="store_true", help="only tabulate --runs (no GPU work)")
     p.add_argument("--smoke", action="store_true", help="tiny contexts, runs on a CPU")
     args = p.parse_args()
@@ -153,22 +156,27 @@ def main() -> None:
         report_path.write_text(json.dumps(report, indent=2))
     if args.quality_only:
         return
-    thr = []
-    for context in contexts:
-        for mixer in ("lrnn", "attention"):
-            thr.append(train_throughput(mixer, context, tokens_per_step))
-            print(thr[-1], flush=True)
-    if args.compile:
-        thr.append(train_throughput("lrnn", 2048, tokens_per_step, compile_=True))
-        print(thr[-1], flush=True)
-    report["throughput"] = thr
-    print(markdown(thr, ["mixer", "context", "batch", "tokens_per_s", "step_ms", "peak_mem_gb"]))
-    prompt_len = 16 if args.smoke else 1024
-    gen = generation("lrnn", prompt_len, gen_lengths) + generation("attention", prompt_len, gen_lengths)
-    report["generation"] = gen
-    print(markdown(gen, ["mixer", "prompt", "new_tokens", "tokens_per_s", "peak_mem_above_weights_mb"]))
-    report_path.write_text(json.dumps(report, indent=2))
-    plot(thr, gen, info, args.out / "compare.png")
+    if "throughput" in args.parts:
+        thr = []
+        for context in contexts:
+            for mixer in ("lrnn", "attention"):
+                thr.append(train_throughput(mixer, context, tokens_per_step))
+                print(thr[-1], flush=True)
+        for context in (contexts[:2] if args.smoke else COMPILE_CONTEXTS) if args.compile else ():
+            for mixer in ("lrnn", "attention"):
+                thr.append(train_throughput(mixer, context, tokens_per_step, compile_=True))
+                print(thr[-1], flush=True)
+        report["throughput"] = thr
+        print(markdown(thr, ["mixer", "context", "batch", "tokens_per_s", "step_ms", "peak_mem_gb"]))
+        report_path.write_text(json.dumps(report, indent=2))
+    if "generation" in args.parts:
+        prompt_len = 16 if args.smoke else 1024
+        gen = generation("lrnn", prompt_len, gen_lengths) + generation("attention", prompt_len, gen_lengths)
+        report["generation"] = gen
+        print(markdown(gen, ["mixer", "prompt", "new_tokens", "tokens_per_s", "peak_mem_above_weights_mb"]))
+        report_path.write_text(json.dumps(report, indent=2))
+    if "throughput" in report and "generation" in report:
+        plot(report["throughput"], report["generation"], info, args.out / "compare.png")
 
 
 def plot(thr, gen, info, path: Path) -> None:
@@ -178,12 +186,14 @@ def plot(thr, gen, info, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for mixer, style in (("lrnn", "o-"), ("attention", "s-")):
+    for mixer, style in (("lrnn", "o-"), ("attention", "s-"), ("lrnn+compile", "o--"), ("attention+compile", "s--")):
         rs = [r for r in thr if r["mixer"] == mixer]
         axes[0].semilogx([r["context"] for r in rs], [r["tokens_per_s"] / 1e6 for r in rs], style, label=mixer,
                          base=2)
         axes[1].semilogx([r["context"] for r in rs], [r["peak_mem_gb"] for r in rs], style, label=mixer, base=2)
         gs = [r for r in gen if r["mixer"] == mixer]
+        if not gs:
+            continue
         axes[2].plot([r["new_tokens"] for r in gs], [r["peak_mem_above_weights_mb"] for r in gs], style, label=mixer)
     axes[0].set(xlabel="context", ylabel="training tokens/s (M)", title=f"{info['tokens_per_step']} tokens per step")
     axes[1].set(xlabel="context", ylabel="peak memory (GB)", title="training memory")

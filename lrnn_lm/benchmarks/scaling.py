@@ -1,0 +1,89 @@
+"""Data-parallel scaling: the same preset on 1 GPU and on N GPUs (DDP), the per-GPU batch held fixed.
+
+    python -m lrnn_lm.benchmarks.scaling --config small.yaml --gpus 1 2 [--steps 400] [--out DIR] [--field value ...]
+
+Extra `--section.field value` arguments go to every train.py run (e.g. --data.batch_size 256).
+
+Each run is a plain `train.py` subprocess (so DDP launches exactly as a user's run does) with the CSV
+logger; tokens/s per GPU is Lightning's ThroughputMonitor figure (`train/device/items_per_sec`, rank 0,
+over a 100-step window), the median of its values after the first window. Validation is off during fit so
+that only training steps are timed; each run still evaluates the final weights (not timed here).
+Scaling efficiency at N GPUs = tokens/s per GPU at N / tokens/s per GPU at 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(config: str, gpus: int, steps: int, run_dir: Path, extra: list[str]) -> dict:
+    cmd = [sys.executable, str(REPO / "train.py"), "--config", config,
+           "--trainer.devices", str(gpus), "--trainer.strategy", "ddp" if gpus > 1 else "auto",
+           "--trainer.max_steps", str(steps), "--trainer.val_every", str(10 * steps),
+           "--trainer.checkpoint_every", str(steps), "--trainer.logger", "csv", "--trainer.log_every", "10",
+           "--trainer.run_dir", str(run_dir), *extra]
+    print(" ".join(cmd), flush=True)
+    # Its own process group, ended with this script: a run left behind (DDP ranks included) would keep the
+    # GPUs busy and spoil every measurement after it.
+    proc = subprocess.Popen(cmd, env=os.environ | {"PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    try:
+        if proc.wait() != 0:
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+    metrics = sorted(run_dir.glob("csv/version_*/metrics.csv"))[-1]
+    with open(metrics) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/device/items_per_sec")]
+    per_gpu = [float(r["train/device/items_per_sec"]) for r in rows[1:]]  # the first window holds warm-up
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return dict(gpus=gpus, steps=steps, tokens_per_s_per_gpu=statistics.median(per_gpu),
+                tokens_per_s=gpus * statistics.median(per_gpu), windows=len(per_gpu),
+                val_bpb=summary["validation"]["bpb"], wall_time_s=summary["wall_time_s"])
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` and schedulers: clean up the child runs
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", default="small.yaml")
+    p.add_argument("--gpus", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--runs", type=Path, default=Path("runs/scaling"))
+    p.add_argument("--append", action="store_true", help="add to the runs already in OUT/scaling.json")
+    args, extra = p.parse_known_args()
+    info = dict(gpu=torch.cuda.get_device_name(), gpus_visible=torch.cuda.device_count(),
+                date=datetime.date.today().isoformat(), torch=torch.__version__,
+                triton=__import__("triton").__version__, lightning=__import__("lightning").__version__,
+                nccl=".".join(map(str, torch.cuda.nccl.version())), config=args.config, extra=extra)
+    print(json.dumps(info), flush=True)
+    report = args.out / "scaling.json"
+    rows = json.loads(report.read_text())["runs"] if args.append and report.exists() else []
+    rows += [run(args.config, n, args.steps, args.runs / f"{n}gpu", extra) for n in args.gpus]
+    base = min(rows, key=lambda r: r["gpus"])["tokens_per_s_per_gpu"]
+    for r in rows:
+        r["scaling_efficiency"] = r["tokens_per_s_per_gpu"] / base
+    print("| GPUs | tokens/s | tokens/s per GPU | scaling efficiency |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['gpus']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_gpu']:,.0f} | "
+              f"{r['scaling_efficiency']:.3f} |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(dict(info=info, runs=rows), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

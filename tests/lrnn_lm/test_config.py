@@ -17,7 +17,8 @@ def test_the_presets_exist():
 def test_preset_loads_and_builds(path):
     cfg = load_config(path)
     assert resolve_config_path(path.name) == path and resolve_config_path(path.stem) == path
-    assert cfg.trainer.compile is False  # compiling is not yet timed against eager on these presets
+    # the GPU presets compile on CUDA (3.6x faster steps, README); the CPU preset never does
+    assert cfg.trainer.compile == (False if path.stem == "tiny" else "auto")
     assert cfg.model.eos_id == 0
     if path.stem == "small":
         assert 8e6 <= LinearRNNLM(cfg.model).num_params() <= 12e6  # "about 10M", the tied embedding once

@@ -66,10 +66,11 @@ def main() -> None:
     p.add_argument("--runs", type=Path, default=Path("runs/scaling"))
     p.add_argument("--append", action="store_true", help="add to the runs already in OUT/scaling.json")
     args, extra = p.parse_known_args()
-    info = dict(gpu=torch.cuda.get_device_name(), gpus_visible=torch.cuda.device_count(),
+    cuda = torch.cuda.is_available()  # without it (tests), the runs use the CPU: --trainer.accelerator cpu
+    info = dict(gpu=torch.cuda.get_device_name() if cuda else "cpu", gpus_visible=torch.cuda.device_count(),
                 date=datetime.date.today().isoformat(), torch=torch.__version__,
                 triton=__import__("triton").__version__, lightning=__import__("lightning").__version__,
-                nccl=".".join(map(str, torch.cuda.nccl.version())), config=args.config, extra=extra)
+                nccl=".".join(map(str, torch.cuda.nccl.version())) if cuda else None, config=args.config, extra=extra)
     print(json.dumps(info), flush=True)
     report = args.out / "scaling.json"
     rows = json.loads(report.read_text())["runs"] if args.append and report.exists() else []

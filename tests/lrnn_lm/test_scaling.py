@@ -1,0 +1,25 @@
+"""The scaling benchmark's plumbing on the CPU: it runs train.py, reads Lightning's throughput log and reports."""
+
+from __future__ import annotations
+
+import json
+
+from .tiny_run import run_script, tiny_overrides, write_local_corpus
+
+SET_BY_THE_SCRIPT = {"--trainer.run_dir", "--trainer.logger", "--trainer.log_every"}
+
+
+def test_scaling_reports_tokens_per_second_per_device(tmp_path):
+    corpus = write_local_corpus(tmp_path / "corpus")
+    pairs = tiny_overrides(tmp_path / "unused", corpus)
+    extra = [arg for k, v in zip(pairs[::2], pairs[1::2]) if k not in SET_BY_THE_SCRIPT for arg in (k, v)]
+    out_dir = tmp_path / "out"
+    # ThroughputMonitor reports once 100 steps fill its window: 130 steps give 4 reports, the first dropped
+    done = run_script("-m", "lrnn_lm.benchmarks.scaling", "--config", "tiny.yaml", "--gpus", "1", "--steps", "130",
+                      "--out", str(out_dir), "--runs", str(tmp_path / "runs"), *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out_dir / "scaling.json").read_text())
+    (run,) = report["runs"]
+    assert run["gpus"] == 1 and run["steps"] == 130 and run["windows"] == 3
+    assert run["tokens_per_s_per_gpu"] > 0 and run["scaling_efficiency"] == 1.0
+    assert report["info"]["config"] == "tiny.yaml" and "| 1 |" in done.stdout

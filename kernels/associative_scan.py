@@ -471,9 +471,10 @@ def linear_scan_associative(x, a, h0=None, output_final_state=False, *, chunk_t=
     chunk_t: rows of T per program (None: chosen by shape; < T forces the T-parallel path).
 
     Under torch.compile the scan is the custom op above. In eager mode the same launchers run through a plain
-    autograd.Function, which skips the custom op's Python dispatch: 67 µs of host time per forward and
-    ~450 µs per forward + backward on an H100 host (scratch probe, 2026-11-25), more than the kernels take
-    at small shapes.
+    autograd.Function, which skips the custom op's Python dispatch: on an H100 host the custom op's forward took
+    138 µs of host time against 71 µs for the launcher alone, and its forward + backward 774 µs against 322 µs
+    for the sequential scan's autograd.Function (`kernels/benchmarks/host_time.py`, results/host_time_h100.log):
+    more than the kernels take at small shapes.
     """
     if torch.compiler.is_compiling():
         h, h_T = _scan_fwd_op(x, a, h0, chunk_t or 0)

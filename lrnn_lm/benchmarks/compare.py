@@ -166,16 +166,17 @@ def main() -> None:
             for mixer in ("lrnn", "attention"):
                 thr.append(train_throughput(mixer, context, tokens_per_step, compile_=True))
                 print(thr[-1], flush=True)
-        report["throughput"] = thr
+        report["throughput"], report["throughput_info"] = thr, info
         print(markdown(thr, ["mixer", "context", "batch", "tokens_per_s", "step_ms", "peak_mem_gb"]))
         report_path.write_text(json.dumps(report, indent=2))
     if "generation" in args.parts:
         prompt_len = 16 if args.smoke else 1024
         gen = generation("lrnn", prompt_len, gen_lengths) + generation("attention", prompt_len, gen_lengths)
-        report["generation"] = gen
+        report["generation"], report["generation_info"] = gen, info
         print(markdown(gen, ["mixer", "prompt", "new_tokens", "tokens_per_s", "peak_mem_above_weights_mb"]))
         report_path.write_text(json.dumps(report, indent=2))
-    if "throughput" in report and "generation" in report:
+    measured_together = report.get("throughput_info") == report.get("generation_info")  # same card, day, versions
+    if "throughput" in report and "generation" in report and measured_together:
         plot(report["throughput"], report["generation"], info, args.out / "compare.png")
 
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The README's GPU figures, reproduced in one go on a host with 2 H100s (about 15 minutes):
+# The README's GPU measurements, rerun in one go with the current presets on a host with 2 H100s
+# (about 15 minutes; not yet run as a whole):
 #   OUT=some/dir bash lrnn_lm/benchmarks/h100_run.sh
-# Phases run one after another, so no measurement shares a GPU or the host's CPUs with another job
-# (compiling kernels on the CPU slows every host-bound measurement beside it).
+# Timed phases run one after another, so no timing shares a GPU or the host's CPUs with another job
+# (compiling kernels on the CPU slows every host-bound measurement beside it). The two training runs share
+# the host (one GPU each); their wall times include compiling. The README's scaling figure was taken eager
+# at 64 sequences per GPU; this script measures the compiled model at 256 per GPU.
 set -uo pipefail
 OUT=${OUT:-results}
 mkdir -p "$OUT"

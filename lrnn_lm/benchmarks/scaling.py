@@ -46,10 +46,13 @@ def run(config: str, gpus: int, steps: int, run_dir: Path, extra: list[str]) -> 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait()
-    metrics = sorted(run_dir.glob("csv/version_*/metrics.csv"))[-1]
+    # this run's log: CSVLogger adds version_N each time a run dir is reused
+    metrics = max(run_dir.glob("csv/version_*/metrics.csv"), key=lambda m: int(m.parent.name.split("_")[1]))
     with open(metrics) as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/device/items_per_sec")]
     per_gpu = [float(r["train/device/items_per_sec"]) for r in rows[1:]]  # the first window holds warm-up
+    if not per_gpu:
+        raise ValueError(f"steps: expected enough steps for two 100-step throughput windows (>= 120), got {steps}")
     summary = json.loads((run_dir / "summary.json").read_text())
     return dict(gpus=gpus, steps=steps, tokens_per_s_per_gpu=statistics.median(per_gpu),
                 tokens_per_s=gpus * statistics.median(per_gpu), windows=len(per_gpu),
@@ -73,9 +76,19 @@ def main() -> None:
                 nccl=".".join(map(str, torch.cuda.nccl.version())) if cuda else None, config=args.config, extra=extra)
     print(json.dumps(info), flush=True)
     report = args.out / "scaling.json"
-    rows = json.loads(report.read_text())["runs"] if args.append and report.exists() else []
+    rows = []
+    if args.append and report.exists():
+        previous = json.loads(report.read_text())
+        keys = ("gpu", "config", "extra")
+        if any(previous["info"][k] != info[k] for k in keys):
+            raise ValueError(f"--append: expected the runs in {report} to share this GPU, config and arguments, got "
+                             f"{previous['info']}")
+        rows = previous["runs"]
     rows += [run(args.config, n, args.steps, args.runs / f"{n}gpu", extra) for n in args.gpus]
-    base = min(rows, key=lambda r: r["gpus"])["tokens_per_s_per_gpu"]
+    one_gpu = [r for r in rows if r["gpus"] == 1]
+    if not one_gpu:
+        raise ValueError(f"--gpus: expected a 1-GPU run (here or appended to) as the baseline, got {args.gpus}")
+    base = one_gpu[-1]["tokens_per_s_per_gpu"]
     for r in rows:
         r["scaling_efficiency"] = r["tokens_per_s_per_gpu"] / base
     print("| GPUs | tokens/s | tokens/s per GPU | scaling efficiency |\n|---|---|---|---|")

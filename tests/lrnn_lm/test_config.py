@@ -17,7 +17,7 @@ def test_the_presets_exist():
 def test_preset_loads_and_builds(path):
     cfg = load_config(path)
     assert resolve_config_path(path.name) == path and resolve_config_path(path.stem) == path
-    # the GPU presets compile on CUDA (3.6x faster steps, README); the CPU preset never does
+    # the GPU presets compile on CUDA (3.6x faster steps at 32 x 2048 tokens, README); the CPU preset never does
     assert cfg.trainer.compile == (False if path.stem == "tiny" else "auto")
     assert cfg.model.eos_id == 0
     if path.stem == "small":

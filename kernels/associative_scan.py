@@ -43,6 +43,20 @@ def _row(tile, rows, r):
 
 
 @triton.jit
+def _load_pair_tile(a_cols, v_cols, t, t_start, t_end, T, mask_d, stride_a_t, stride_v_t, REVERSE: tl.constexpr):
+    """Rows t of the scan's pairs: (a_t, v_t), or (a_{t+1}, v_t) in REVERSE; identity (1, 0) outside the chunk."""
+    in_chunk = (t >= t_start) & (t < t_end)
+    mask = in_chunk[:, None] & mask_d[None, :]
+    v = tl.load(v_cols[None, :] + t[:, None] * stride_v_t, mask=mask, other=0.0)
+    if REVERSE:
+        a_mask = (in_chunk & (t + 1 < T))[:, None] & mask_d[None, :]
+        a = tl.load(a_cols[None, :] + (t + 1)[:, None] * stride_a_t, mask=a_mask, other=1.0)
+    else:
+        a = tl.load(a_cols[None, :] + t[:, None] * stride_a_t, mask=mask, other=1.0)
+    return a, v
+
+
+@triton.jit
 def _scan_fwd_kernel(
     # pointers
     x_ptr, a_ptr,  # (B, T, D) inputs, any strides
@@ -82,18 +96,15 @@ def _scan_fwd_kernel(
     # latency hides behind the arithmetic. Padding rows get the identity (a=1, x=0), so a tile's last
     # row holds the last valid state.
     t = (t_start + rows).to(tl.int64)
-    mask = (t < t_end)[:, None] & mask_d[None, :]
-    x_next = tl.load(x_cols[None, :] + t[:, None] * stride_x_t, mask=mask, other=0.0)
-    a_next = tl.load(a_cols[None, :] + t[:, None] * stride_a_t, mask=mask, other=1.0)
+    a_next, x_next = _load_pair_tile(a_cols, x_cols, t, t_start, t_end, T, mask_d, stride_a_t, stride_x_t, False)
     for t0 in range(t_start, t_end, BLOCK_T):
         x, a = x_next.to(tl.float32), a_next.to(tl.float32)
-        t_store, mask_store = t, mask
+        t_store = t
         t = t + BLOCK_T
-        mask = (t < t_end)[:, None] & mask_d[None, :]
-        x_next = tl.load(x_cols[None, :] + t[:, None] * stride_x_t, mask=mask, other=0.0)
-        a_next = tl.load(a_cols[None, :] + t[:, None] * stride_a_t, mask=mask, other=1.0)
+        a_next, x_next = _load_pair_tile(a_cols, x_cols, t, t_start, t_end, T, mask_d, stride_a_t, stride_x_t, False)
         A, H = tl.associative_scan((a, x), axis=0, combine_fn=_combine)
         h = A * carry[None, :] + H
+        mask_store = (t_store < t_end)[:, None] & mask_d[None, :]
         tl.store(h_cols[None, :] + t_store[:, None] * D, h.to(h_ptr.dtype.element_ty), mask=mask_store)
         carry = _row(h, rows, BLOCK_T - 1)
 
@@ -103,14 +114,10 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
-def _load_bwd_tile(a_cols, dh_cols, h_cols, t, t_end, T, D, mask_d, stride_a_t, stride_dh_t):
-    """Rows t of (a_{t+1}, dh_t^out, h_{t-1}), masked to 0 <= t < t_end; a is 1 where t+1 = T or masked."""
-    in_chunk = (t >= 0) & (t < t_end)
-    mask = in_chunk[:, None] & mask_d[None, :]
-    next_mask = (in_chunk & (t + 1 < T))[:, None] & mask_d[None, :]
-    prev_mask = (in_chunk & (t >= 1))[:, None] & mask_d[None, :]
-    a_next = tl.load(a_cols[None, :] + (t + 1)[:, None] * stride_a_t, mask=next_mask, other=1.0)
-    dh_out = tl.load(dh_cols[None, :] + t[:, None] * stride_dh_t, mask=mask, other=0.0)
+def _load_bwd_tile(a_cols, dh_cols, h_cols, t, t_start, t_end, T, D, mask_d, stride_a_t, stride_dh_t):
+    """Rows t of (a_{t+1}, dh_t^out, h_{t-1}): the reverse scan's pairs, and the states before them (0 at t = 0)."""
+    a_next, dh_out = _load_pair_tile(a_cols, dh_cols, t, t_start, t_end, T, mask_d, stride_a_t, stride_dh_t, True)
+    prev_mask = ((t >= t_start) & (t < t_end) & (t >= 1))[:, None] & mask_d[None, :]
     h_prev = tl.load(h_cols[None, :] + (t - 1)[:, None] * D, mask=prev_mask, other=0.0)
     return a_next, dh_out, h_prev
 
@@ -163,12 +170,13 @@ def _scan_bwd_kernel(
     # dh_T seeds row T-1. Padding rows get the identity (a=1, dh=0).
     n_tiles = tl.cdiv(t_end - t_start, BLOCK_T)
     t = (t_start + (n_tiles - 1) * BLOCK_T + rows).to(tl.int64)
-    a_nxt, dh_nxt, h_nxt = _load_bwd_tile(a_cols, dh_cols, h_cols, t, t_end, T, D, mask_d, stride_a_t, stride_dh_t)
+    a_nxt, dh_nxt, h_nxt = _load_bwd_tile(a_cols, dh_cols, h_cols, t, t_start, t_end, T, D, mask_d, stride_a_t,
+                                              stride_dh_t)
     for _ in range(n_tiles):
         a_next, dh_out, h_prev = a_nxt.to(tl.float32), dh_nxt.to(tl.float32), h_nxt.to(tl.float32)
         t_cur = t
         t = t - BLOCK_T
-        a_nxt, dh_nxt, h_nxt = _load_bwd_tile(a_cols, dh_cols, h_cols, t, t_end, T, D, mask_d, stride_a_t,
+        a_nxt, dh_nxt, h_nxt = _load_bwd_tile(a_cols, dh_cols, h_cols, t, t_start, t_end, T, D, mask_d, stride_a_t,
                                               stride_dh_t)
         A, G = tl.associative_scan((a_next, dh_out), axis=0, combine_fn=_combine, reverse=True)
         dh = A * carry[None, :] + G
@@ -184,20 +192,6 @@ def _scan_bwd_kernel(
         if pid_c == 0:
             a_first = tl.load(a_cols, mask=mask_d, other=0.0).to(tl.float32)
             tl.store(dh0_ptr + b * D + offs_d, (a_first * carry).to(dh0_ptr.dtype.element_ty), mask=mask_d)
-
-
-@triton.jit
-def _load_pair_tile(a_cols, v_cols, t, t_start, t_end, T, mask_d, stride_a_t, stride_v_t, REVERSE: tl.constexpr):
-    """Rows t of the scan's pairs: (a_t, v_t), or (a_{t+1}, v_t) in REVERSE; identity (1, 0) outside the chunk."""
-    in_chunk = (t >= t_start) & (t < t_end)
-    mask = in_chunk[:, None] & mask_d[None, :]
-    v = tl.load(v_cols[None, :] + t[:, None] * stride_v_t, mask=mask, other=0.0)
-    if REVERSE:
-        a_mask = (in_chunk & (t + 1 < T))[:, None] & mask_d[None, :]
-        a = tl.load(a_cols[None, :] + (t + 1)[:, None] * stride_a_t, mask=a_mask, other=1.0)
-    else:
-        a = tl.load(a_cols[None, :] + t[:, None] * stride_a_t, mask=mask, other=1.0)
-    return a, v
 
 
 @triton.jit

@@ -19,15 +19,15 @@ dh_t = dh_t^out + a_{t+1} dh_{t+1}; one pass writes dx = dh, da_t = dh_t h_{t-1}
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
-import triton.testing
 
 from ._env import triton_interpreter_on
 from .function import apply_scan
-
 
 
 @triton.jit
@@ -38,22 +38,78 @@ def _combine(a_l, h_l, a_r, h_r):
 
 @triton.jit
 def _row(tile, rows, r):
-    """tile[r, :] of a (BLOCK_T, BLOCK_D) tile, as a (BLOCK_D,) vector."""
+    """tile[r, :] of a (BLOCK_T, BLOCK_D) tile, as a (BLOCK_D,) vector (in-thread: every row is in each thread)."""
     return tl.sum(tl.where(rows[:, None] == r, tile, 0.0), axis=0)
 
 
 @triton.jit
-def _load_pair_tile(a_cols, v_cols, t, t_start, t_end, T, mask_d, stride_a_t, stride_v_t, REVERSE: tl.constexpr):
-    """Rows t of the scan's pairs: (a_t, v_t), or (a_{t+1}, v_t) in REVERSE; identity (1, 0) outside the chunk."""
-    in_chunk = (t >= t_start) & (t < t_end)
-    mask = in_chunk[:, None] & mask_d[None, :]
-    v = tl.load(v_cols[None, :] + t[:, None] * stride_v_t, mask=mask, other=0.0)
-    if REVERSE:
-        a_mask = (in_chunk & (t + 1 < T))[:, None] & mask_d[None, :]
-        a = tl.load(a_cols[None, :] + (t + 1)[:, None] * stride_a_t, mask=a_mask, other=1.0)
+def _thread_columns(BLOCK_D: tl.constexpr, VEC: tl.constexpr):
+    """tl.arange(0, BLOCK_D), declared contiguous in runs of VEC only.
+
+    Triton lays a tile out by the contiguity of its addresses: with runs of VEC, each thread holds VEC
+    adjacent channels (one VEC-wide load per row) and the 32 lanes of a warp sit side by side along D, so
+    every row of the tile lives in every thread. The scan down T then runs in registers: no shuffles, no
+    shared memory, no barriers. With the full contiguity, Triton would spread T across lanes and warps.
+    """
+    return tl.max_contiguous(tl.multiple_of(tl.arange(0, BLOCK_D), VEC), VEC)
+
+
+@triton.jit
+def _tile_offsets(rows, cols, stride_t: tl.constexpr, stride_d: tl.constexpr):
+    """(BLOCK_T, BLOCK_D) int32 offsets within a tile. The strides are compile-time constants, so each row's
+    part folds into the load's immediate offset: one address register per thread, not one per row."""
+    return rows[:, None] * stride_t + cols[None, :] * stride_d
+
+
+@triton.jit
+def _load_pair_tile(a_first, v_first, t0, t_start, t_end, T, rows, cols, mask_cols,
+                    stride_a_t: tl.constexpr, stride_a_d: tl.constexpr,
+                    stride_v_t: tl.constexpr, stride_v_d: tl.constexpr,
+                    REVERSE: tl.constexpr, WHOLE: tl.constexpr, EVEN_D: tl.constexpr):
+    """Rows t = t0 + rows of the scan's pairs: (a_t, v_t), or (a_{t+1}, v_t) in REVERSE; the identity (1, 0)
+    outside [t_start, t_end) and for a_T. *_first point at row 0 of the program's channels; t0 is an int32
+    scalar; mask_cols (1, BLOCK_D) masks channels past D. WHOLE: the caller knows every row is inside the
+    chunk (and, in REVERSE, that t + 1 < T), so only channels are masked; EVEN_D: none are past D."""
+    v_tile = v_first + t0.to(tl.int64) * stride_v_t + _tile_offsets(rows, cols, stride_v_t, stride_v_d)
+    a_t0 = t0 + 1 if REVERSE else t0
+    a_tile = a_first + a_t0.to(tl.int64) * stride_a_t + _tile_offsets(rows, cols, stride_a_t, stride_a_d)
+    if WHOLE and EVEN_D:
+        v = tl.load(v_tile)
+        a = tl.load(a_tile)
+    elif WHOLE:
+        v = tl.load(v_tile, mask=mask_cols, other=0.0)
+        a = tl.load(a_tile, mask=mask_cols, other=1.0)
     else:
-        a = tl.load(a_cols[None, :] + t[:, None] * stride_a_t, mask=mask, other=1.0)
+        in_chunk = (rows >= t_start - t0) & (rows < t_end - t0)
+        a_end = tl.minimum(t_end, T - 1) if REVERSE else t_end  # rows t < a_end read a real gate
+        v = tl.load(v_tile, mask=in_chunk[:, None] & mask_cols, other=0.0)
+        a = tl.load(a_tile, mask=(in_chunk & (rows < a_end - t0))[:, None] & mask_cols, other=1.0)
     return a, v
+
+
+@triton.jit
+def _scan_tile(a, v, carry, rows, FIRST_ROW: tl.constexpr, LAST_ROW: tl.constexpr):
+    """Scan a (BLOCK_T, BLOCK_D) tile of pairs in float32 from the state `carry` entering at row FIRST_ROW
+    -> (states (BLOCK_T, BLOCK_D), the state at row LAST_ROW (BLOCK_D,)). The carry is folded into the first
+    row's value, v + a carry, so one scan of (a, v) gives the states."""
+    a, v = a.to(tl.float32), v.to(tl.float32)
+    v = tl.where(rows[:, None] == FIRST_ROW, v + a * carry[None, :], v)  # a select: free in the other rows
+    _, h = tl.associative_scan((a, v), axis=0, combine_fn=_combine)
+    return h, _row(h, rows, LAST_ROW)
+
+
+@triton.jit
+def _store_tile(out_first, value, t0, t_end, rows, cols, mask_cols, D: tl.constexpr, WHOLE: tl.constexpr,
+                EVEN_D: tl.constexpr):
+    """Store rows t0 + rows < t_end of a (BLOCK_T, BLOCK_D) tile into a contiguous (., D) output."""
+    out_tile = out_first + t0.to(tl.int64) * D + _tile_offsets(rows, cols, D, 1)
+    value = value.to(out_tile.dtype.element_ty)
+    if WHOLE and EVEN_D:
+        tl.store(out_tile, value)
+    elif WHOLE:
+        tl.store(out_tile, value, mask=mask_cols)
+    else:
+        tl.store(out_tile, value, mask=(rows < t_end - t0)[:, None] & mask_cols)
 
 
 @triton.jit
@@ -64,62 +120,82 @@ def _scan_fwd_kernel(
     h_ptr,  # (B, T, D) output, contiguous
     h_T_ptr,  # (B, D) fp32 final state, contiguous; unused if not STORE_FINAL
     # sizes
-    T, D, CHUNK_T,
-    # strides, in elements
-    stride_x_b, stride_x_t, stride_x_d,
-    stride_a_b, stride_a_t, stride_a_d,
+    T, D: tl.constexpr, CHUNK_T,
+    # strides, in elements (T and D strides are compile-time: see _tile_offsets)
+    stride_x_b, stride_x_t: tl.constexpr, stride_x_d: tl.constexpr,
+    stride_a_b, stride_a_t: tl.constexpr, stride_a_d: tl.constexpr,
     stride_init_b, stride_init_c, stride_init_d,
     # meta-parameters
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
+    EVEN_D: tl.constexpr,  # D % BLOCK_D == 0: no channel masks
     HAS_INIT: tl.constexpr,  # h0 given (one chunk) or the T-parallel path's chunk states
     STORE_FINAL: tl.constexpr,  # write h_T (the last chunk's program does)
 ):
     pid_d, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b = pid_b.to(tl.int64)
-    offs_d = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
-    mask_d = offs_d < D
+    d0 = pid_d * BLOCK_D
+    cols = _thread_columns(BLOCK_D, VEC)
+    mask_d = cols < D - d0
+    mask_cols = mask_d[None, :]
     rows = tl.arange(0, BLOCK_T)
     t_start = pid_c * CHUNK_T
     t_end = tl.minimum(t_start + CHUNK_T, T)
-
-    x_cols = x_ptr + b * stride_x_b + offs_d * stride_x_d
-    a_cols = a_ptr + b * stride_a_b + offs_d * stride_a_d
-    h_cols = h_ptr + b * T * D + offs_d
+    x_first = x_ptr + b * stride_x_b + d0.to(tl.int64) * stride_x_d
+    a_first = a_ptr + b * stride_a_b + d0.to(tl.int64) * stride_a_d
+    h_first = h_ptr + b * T * D + d0
 
     if HAS_INIT:
-        init = init_ptr + b * stride_init_b + pid_c * stride_init_c + offs_d * stride_init_d
+        init = init_ptr + b * stride_init_b + pid_c * stride_init_c + (d0 + cols) * stride_init_d
         carry = tl.load(init, mask=mask_d, other=0.0).to(tl.float32)
     else:
         carry = tl.zeros([BLOCK_D], dtype=tl.float32)
 
-    # Software pipelining by hand: the loads of tile i+1 are issued before tile i's scan, so memory
-    # latency hides behind the arithmetic. Padding rows get the identity (a=1, x=0), so a tile's last
-    # row holds the last valid state.
-    t = (t_start + rows).to(tl.int64)
-    a_next, x_next = _load_pair_tile(a_cols, x_cols, t, t_start, t_end, T, mask_d, stride_a_t, stride_x_t, False)
-    for t0 in range(t_start, t_end, BLOCK_T):
-        x, a = x_next.to(tl.float32), a_next.to(tl.float32)
-        t_store = t
-        t = t + BLOCK_T
-        a_next, x_next = _load_pair_tile(a_cols, x_cols, t, t_start, t_end, T, mask_d, stride_a_t, stride_x_t, False)
-        A, H = tl.associative_scan((a, x), axis=0, combine_fn=_combine)
-        h = A * carry[None, :] + H
-        mask_store = (t_store < t_end)[:, None] & mask_d[None, :]
-        tl.store(h_cols[None, :] + t_store[:, None] * D, h.to(h_ptr.dtype.element_ty), mask=mask_store)
-        carry = _row(h, rows, BLOCK_T - 1)
+    # Every tile but the last is whole: its loads need no row masks, and Triton's pipeliner streams them
+    # through shared memory (cp.async), STAGES - 1 tiles ahead of the scan. The last tile is masked; its
+    # padding rows get the identity (a=1, x=0), so its last row holds the last valid state.
+    n_tiles = tl.cdiv(t_end - t_start, BLOCK_T)
+    for i in tl.range(0, n_tiles - 1, num_stages=STAGES):
+        t0 = t_start + i * BLOCK_T
+        a, x = _load_pair_tile(a_first, x_first, t0, t_start, t_end, T, rows, cols, mask_cols,
+                               stride_a_t, stride_a_d, stride_x_t, stride_x_d, False, True, EVEN_D)
+        h, carry = _scan_tile(a, x, carry, rows, 0, BLOCK_T - 1)
+        _store_tile(h_first, h, t0, t_end, rows, cols, mask_cols, D, True, EVEN_D)
+    t0 = t_start + (n_tiles - 1) * BLOCK_T
+    a, x = _load_pair_tile(a_first, x_first, t0, t_start, t_end, T, rows, cols, mask_cols,
+                           stride_a_t, stride_a_d, stride_x_t, stride_x_d, False, False, EVEN_D)
+    h, carry = _scan_tile(a, x, carry, rows, 0, BLOCK_T - 1)
+    _store_tile(h_first, h, t0, t_end, rows, cols, mask_cols, D, False, EVEN_D)
 
     if STORE_FINAL:
         if pid_c == tl.num_programs(1) - 1:
-            tl.store(h_T_ptr + b * D + offs_d, carry, mask=mask_d)
+            tl.store(h_T_ptr + b * D + d0 + cols, carry, mask=mask_d)
 
 
 @triton.jit
-def _load_bwd_tile(a_cols, dh_cols, h_cols, t, t_start, t_end, T, D, mask_d, stride_a_t, stride_dh_t):
-    """Rows t of (a_{t+1}, dh_t^out, h_{t-1}): the reverse scan's pairs, and the states before them (0 at t = 0)."""
-    a_next, dh_out = _load_pair_tile(a_cols, dh_cols, t, t_start, t_end, T, mask_d, stride_a_t, stride_dh_t, True)
-    prev_mask = ((t >= t_start) & (t < t_end) & (t >= 1))[:, None] & mask_d[None, :]
-    h_prev = tl.load(h_cols[None, :] + (t - 1)[:, None] * D, mask=prev_mask, other=0.0)
-    return a_next, dh_out, h_prev
+def _bwd_tile(a_first, dh_first, h_first, dx_first, da_first, h0, carry, t0, t_start, t_end, T, rows, cols,
+              mask_cols, D: tl.constexpr, stride_a_t: tl.constexpr, stride_a_d: tl.constexpr,
+              stride_dh_t: tl.constexpr, stride_dh_d: tl.constexpr, BLOCK_T: tl.constexpr, HAS_H0: tl.constexpr,
+              WHOLE: tl.constexpr, EVEN_D: tl.constexpr):
+    """One tile of the backward, rows t = t0 + rows: dh = reverse scan of (a_{t+1}, dh_t^out) from `carry`
+    (dh at the tile's end); stores dx = dh and da = dh h_{t-1} -> dh at the tile's first row."""
+    a_next, dh_out = _load_pair_tile(a_first, dh_first, t0, t_start, t_end, T, rows, cols, mask_cols,
+                                     stride_a_t, stride_a_d, stride_dh_t, stride_dh_d, True, WHOLE, EVEN_D)
+    # h_{t-1}: the rows above the tile, one more than the tile, which the next tile down reads again (L2).
+    # Whole tiles never hold t = 0 (the caller keeps the chunk's first tile for the masked path).
+    h_tile = h_first + (t0 - 1).to(tl.int64) * D + _tile_offsets(rows, cols, D, 1)
+    if WHOLE and EVEN_D:
+        h_prev = tl.load(h_tile).to(tl.float32)
+    elif WHOLE:
+        h_prev = tl.load(h_tile, mask=mask_cols, other=0.0).to(tl.float32)
+    else:
+        prev_rows = (rows >= 1 - t0) & (rows >= t_start - t0) & (rows < t_end - t0)
+        h_prev = tl.load(h_tile, mask=prev_rows[:, None] & mask_cols, other=0.0).to(tl.float32)
+        if HAS_H0:
+            h_prev = tl.where((rows == -t0)[:, None], h0[None, :], h_prev)
+    dh, carry = _scan_tile(a_next, dh_out, carry, rows, BLOCK_T - 1, 0)
+    _store_tile(dx_first, dh, t0, t_end, rows, cols, mask_cols, D, WHOLE, EVEN_D)
+    _store_tile(da_first, dh * h_prev, t0, t_end, rows, cols, mask_cols, D, WHOLE, EVEN_D)
+    return carry
 
 
 @triton.jit
@@ -133,65 +209,66 @@ def _scan_bwd_kernel(
     dx_ptr, da_ptr,  # (B, T, D) outputs, contiguous
     dh0_ptr,  # (B, D) output, contiguous; unused if not HAS_H0
     # sizes
-    T, D, CHUNK_T,
-    # strides, in elements
-    stride_a_b, stride_a_t, stride_a_d,
+    T, D: tl.constexpr, CHUNK_T,
+    # strides, in elements (T and D strides are compile-time: see _tile_offsets)
+    stride_a_b, stride_a_t: tl.constexpr, stride_a_d: tl.constexpr,
     stride_h0_b, stride_h0_d,
-    stride_dh_b, stride_dh_t, stride_dh_d,
+    stride_dh_b, stride_dh_t: tl.constexpr, stride_dh_d: tl.constexpr,
     stride_init_b, stride_init_c, stride_init_d,
     # meta-parameters
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
+    EVEN_D: tl.constexpr,  # D % BLOCK_D == 0: no channel masks
     HAS_H0: tl.constexpr, HAS_INIT: tl.constexpr,
 ):
     pid_d, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b = pid_b.to(tl.int64)
-    offs_d = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
-    mask_d = offs_d < D
-    rows = tl.arange(0, BLOCK_T)
+    d0 = pid_d * BLOCK_D
+    cols = _thread_columns(BLOCK_D, VEC)
+    mask_d = cols < D - d0
+    mask_cols = mask_d[None, :]
+    # Row i of a tile holds time t0 + BLOCK_T - 1 - i, so a forward scan down the tile runs backward in time.
+    # (The offsets are compile-time constants: the flip costs nothing, where `reverse=True` shuffles lanes.)
+    rows = BLOCK_T - 1 - tl.arange(0, BLOCK_T)  # time offset of each row
     t_start = pid_c * CHUNK_T
     t_end = tl.minimum(t_start + CHUNK_T, T)
-
-    a_cols = a_ptr + b * stride_a_b + offs_d * stride_a_d
-    dh_cols = dh_ptr + b * stride_dh_b + offs_d * stride_dh_d
-    h_cols = h_ptr + b * T * D + offs_d
-    dx_cols = dx_ptr + b * T * D + offs_d
-    da_cols = da_ptr + b * T * D + offs_d
+    a_first = a_ptr + b * stride_a_b + d0.to(tl.int64) * stride_a_d
+    dh_first = dh_ptr + b * stride_dh_b + d0.to(tl.int64) * stride_dh_d
+    h_first = h_ptr + b * T * D + d0
+    dx_first = dx_ptr + b * T * D + d0
+    da_first = da_ptr + b * T * D + d0
     if HAS_H0:
-        h0 = tl.load(h0_ptr + b * stride_h0_b + offs_d * stride_h0_d, mask=mask_d, other=0.0).to(tl.float32)
+        h0 = tl.load(h0_ptr + b * stride_h0_b + (d0 + cols) * stride_h0_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
 
     if HAS_INIT:
-        init = init_ptr + b * stride_init_b + pid_c * stride_init_c + offs_d * stride_init_d
+        init = init_ptr + b * stride_init_b + pid_c * stride_init_c + (d0 + cols) * stride_init_d
         carry = tl.load(init, mask=mask_d, other=0.0).to(tl.float32)  # dh at t_end
     else:
         carry = tl.zeros([BLOCK_D], dtype=tl.float32)
 
-    # Walk the chunk's tiles from the last to the first, loading tile i-1 before scanning tile i (see the
-    # forward). Element t of the reverse scan is (a_{t+1}, dh_t^out); a_{T} past the end is 1 so that
-    # dh_T seeds row T-1. Padding rows get the identity (a=1, dh=0).
+    # The chunk's last tile first (masked: it may be partial, and a_T past the end is 1 so that dh_T seeds
+    # row T-1), then the whole tiles down to the second, pipelined as in the forward, then the first tile
+    # (masked: it may hold t = 0, where h_{t-1} is h0).
     n_tiles = tl.cdiv(t_end - t_start, BLOCK_T)
-    t = (t_start + (n_tiles - 1) * BLOCK_T + rows).to(tl.int64)
-    a_nxt, dh_nxt, h_nxt = _load_bwd_tile(a_cols, dh_cols, h_cols, t, t_start, t_end, T, D, mask_d, stride_a_t,
-                                              stride_dh_t)
-    for _ in range(n_tiles):
-        a_next, dh_out, h_prev = a_nxt.to(tl.float32), dh_nxt.to(tl.float32), h_nxt.to(tl.float32)
-        t_cur = t
-        t = t - BLOCK_T
-        a_nxt, dh_nxt, h_nxt = _load_bwd_tile(a_cols, dh_cols, h_cols, t, t_start, t_end, T, D, mask_d, stride_a_t,
-                                              stride_dh_t)
-        A, G = tl.associative_scan((a_next, dh_out), axis=0, combine_fn=_combine, reverse=True)
-        dh = A * carry[None, :] + G
-        if HAS_H0:
-            h_prev = tl.where((t_cur == 0)[:, None], h0[None, :], h_prev)
-        mask = (t_cur < t_end)[:, None] & mask_d[None, :]
-        tl.store(dx_cols[None, :] + t_cur[:, None] * D, dh.to(dx_ptr.dtype.element_ty), mask=mask)
-        tl.store(da_cols[None, :] + t_cur[:, None] * D, (dh * h_prev).to(da_ptr.dtype.element_ty), mask=mask)
-        carry = _row(dh, rows, 0)
+    carry = _bwd_tile(a_first, dh_first, h_first, dx_first, da_first, h0, carry, t_start + (n_tiles - 1) * BLOCK_T,
+                      t_start, t_end, T, rows, cols, mask_cols, D, stride_a_t, stride_a_d, stride_dh_t, stride_dh_d,
+                      BLOCK_T, HAS_H0, False, EVEN_D)
+    for i in tl.range(0, n_tiles - 2, num_stages=STAGES):
+        t0 = t_start + (n_tiles - 2 - i) * BLOCK_T
+        carry = _bwd_tile(a_first, dh_first, h_first, dx_first, da_first, h0, carry, t0, t_start, t_end, T, rows,
+                          cols, mask_cols, D, stride_a_t, stride_a_d, stride_dh_t, stride_dh_d, BLOCK_T, HAS_H0, True,
+                          EVEN_D)
+    if n_tiles > 1:
+        carry = _bwd_tile(a_first, dh_first, h_first, dx_first, da_first, h0, carry, t_start, t_start, t_end, T,
+                          rows, cols, mask_cols, D, stride_a_t, stride_a_d, stride_dh_t, stride_dh_d, BLOCK_T, HAS_H0,
+                          False, EVEN_D)
 
     if HAS_H0:
         # dh0 = a_1 dh_1; only the first chunk's program holds dh_1
         if pid_c == 0:
-            a_first = tl.load(a_cols, mask=mask_d, other=0.0).to(tl.float32)
-            tl.store(dh0_ptr + b * D + offs_d, (a_first * carry).to(dh0_ptr.dtype.element_ty), mask=mask_d)
+            a_1 = tl.load(a_first + cols * stride_a_d, mask=mask_d, other=0.0).to(tl.float32)
+            tl.store(dh0_ptr + b * D + d0 + cols, (a_1 * carry).to(dh0_ptr.dtype.element_ty), mask=mask_d)
 
 
 @triton.jit
@@ -201,42 +278,55 @@ def _chunk_summary_kernel(
     a_ptr,  # (B, T, D) gates, any strides
     A_ptr, V_ptr,  # (B, C, D) fp32 outputs: the chunk's gate product and its scan from a zero state
     # sizes
-    T, D, CHUNK_T,
+    T, D: tl.constexpr, CHUNK_T,
     # strides, in elements
-    stride_v_b, stride_v_t, stride_v_d,
-    stride_a_b, stride_a_t, stride_a_d,
+    stride_v_b, stride_v_t: tl.constexpr, stride_v_d: tl.constexpr,
+    stride_a_b, stride_a_t: tl.constexpr, stride_a_d: tl.constexpr,
     # meta-parameters
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
+    EVEN_D: tl.constexpr,  # D % BLOCK_D == 0: no channel masks
     REVERSE: tl.constexpr,  # backward: pairs (a_{t+1}, dh_t^out), combined from the chunk's end
 ):
     pid_d, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b = pid_b.to(tl.int64)
-    offs_d = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
-    mask_d = offs_d < D
-    rows = tl.arange(0, BLOCK_T)
+    d0 = pid_d * BLOCK_D
+    cols = _thread_columns(BLOCK_D, VEC)
+    mask_d = cols < D - d0
+    mask_cols = mask_d[None, :]
+    rows = BLOCK_T - 1 - tl.arange(0, BLOCK_T) if REVERSE else tl.arange(0, BLOCK_T)  # as in _scan_bwd_kernel
     t_start = pid_c * CHUNK_T
     t_end = tl.minimum(t_start + CHUNK_T, T)
-    v_cols = v_ptr + b * stride_v_b + offs_d * stride_v_d
-    a_cols = a_ptr + b * stride_a_b + offs_d * stride_a_d
+    v_first = v_ptr + b * stride_v_b + d0.to(tl.int64) * stride_v_d
+    a_first = a_ptr + b * stride_a_b + d0.to(tl.int64) * stride_a_d
+    end = 0 if REVERSE else BLOCK_T - 1  # time offset of the row a tile's scan ends at
 
+    # The masked last tile (first in REVERSE) and the whole tiles, pipelined, as in the scan kernels.
     acc_A = tl.full([BLOCK_D], 1.0, dtype=tl.float32)
     acc_V = tl.zeros([BLOCK_D], dtype=tl.float32)
     n_tiles = tl.cdiv(t_end - t_start, BLOCK_T)
-    step = -BLOCK_T if REVERSE else BLOCK_T
-    t = (t_start + (n_tiles - 1 if REVERSE else 0) * BLOCK_T + rows).to(tl.int64)
-    a_nxt, v_nxt = _load_pair_tile(a_cols, v_cols, t, t_start, t_end, T, mask_d, stride_a_t, stride_v_t, REVERSE)
-    for _ in range(n_tiles):
-        a, v = a_nxt.to(tl.float32), v_nxt.to(tl.float32)
-        t += step
-        a_nxt, v_nxt = _load_pair_tile(a_cols, v_cols, t, t_start, t_end, T, mask_d, stride_a_t, stride_v_t,
-                                       REVERSE)
-        A, V = tl.associative_scan((a, v), axis=0, combine_fn=_combine, reverse=REVERSE)
-        end = 0 if REVERSE else BLOCK_T - 1
+    last = t_start + (n_tiles - 1) * BLOCK_T
+    if REVERSE:
+        a, v = _load_pair_tile(a_first, v_first, last, t_start, t_end, T, rows, cols, mask_cols,
+                               stride_a_t, stride_a_d, stride_v_t, stride_v_d, True, False, EVEN_D)
+        A, V = tl.associative_scan((a.to(tl.float32), v.to(tl.float32)), axis=0, combine_fn=_combine)
+        acc_A, acc_V = _row(A, rows, end), _row(V, rows, end)
+    for i in tl.range(0, n_tiles - 1, num_stages=STAGES):
+        t0 = t_start + (n_tiles - 2 - i if REVERSE else i) * BLOCK_T
+        a, v = _load_pair_tile(a_first, v_first, t0, t_start, t_end, T, rows, cols, mask_cols,
+                               stride_a_t, stride_a_d, stride_v_t, stride_v_d, REVERSE, True, EVEN_D)
+        A, V = tl.associative_scan((a.to(tl.float32), v.to(tl.float32)), axis=0, combine_fn=_combine)
+        A_tile, V_tile = _row(A, rows, end), _row(V, rows, end)
+        acc_V = A_tile * acc_V + V_tile
+        acc_A = A_tile * acc_A
+    if not REVERSE:
+        a, v = _load_pair_tile(a_first, v_first, last, t_start, t_end, T, rows, cols, mask_cols,
+                               stride_a_t, stride_a_d, stride_v_t, stride_v_d, False, False, EVEN_D)
+        A, V = tl.associative_scan((a.to(tl.float32), v.to(tl.float32)), axis=0, combine_fn=_combine)
         A_tile, V_tile = _row(A, rows, end), _row(V, rows, end)
         acc_V = A_tile * acc_V + V_tile
         acc_A = A_tile * acc_A
 
-    out = b * tl.num_programs(1) * D + pid_c * D + offs_d
+    out = b * tl.num_programs(1) * D + pid_c * D + d0 + cols
     tl.store(A_ptr + out, acc_A, mask=mask_d)
     tl.store(V_ptr + out, acc_V, mask=mask_d)
 
@@ -279,45 +369,28 @@ def _chunk_carry_kernel(
 # Launchers: allocate outputs, choose the path and the tiles, launch.
 # --------------------------------------------------------------------------------------------------
 
-# Tiles measured on an H100 (kernels/benchmarks/NOTES.md); the autotuner picks one per (D, dtype) on
-# first use. T is deliberately not a key: sequence lengths vary from batch to batch.
-TILE_CONFIGS = [
-    triton.Config({"BLOCK_T": 64, "BLOCK_D": 32}, num_warps=2, num_stages=1),
-    triton.Config({"BLOCK_T": 64, "BLOCK_D": 64}, num_warps=4, num_stages=1),
-    triton.Config({"BLOCK_T": 32, "BLOCK_D": 64}, num_warps=4, num_stages=1),
-    triton.Config({"BLOCK_T": 128, "BLOCK_D": 32}, num_warps=4, num_stages=1),
-    triton.Config({"BLOCK_T": 64, "BLOCK_D": 16}, num_warps=1, num_stages=1),  # untried: more programs per SM
-]
+# Tiles per element size, measured by `python -m kernels.benchmarks.tune --write-table` on an H100 (see
+# kernels/benchmarks/NOTES.md, attempt 8): BLOCK_T rows, VEC adjacent channels per thread, STAGES of the
+# cp.async pipeline, num_warps per program. A table costs no host time per call and no tuning on first use.
+TILES_PATH = Path(__file__).with_name("tiles.json")
+# The interpreter runs layouts as plain arrays: small tiles keep CPU tests quick and still span several.
+INTERPRETER_TILE = dict(BLOCK_T=16, BLOCK_D=16, VEC=1, STAGES=1, num_warps=1)
 MIN_CHUNK_T = 512  # the T-parallel path never makes chunks shorter than this (summary overhead)
-MAX_BLOCK_D = 64  # the widest channel tile above, for counting programs
+CARRY_BLOCK_D = 128  # channels per program of the (tiny) carry kernel
 
 
-# The interpreter cannot time configs; small tiles keep CPU tests quick and still span several tiles.
-INTERPRETER_CONFIG = triton.Config({"BLOCK_T": 16, "BLOCK_D": 16}, num_warps=1, num_stages=1)
+@functools.lru_cache(maxsize=None)
+def _tile_table() -> dict:
+    return json.loads(TILES_PATH.read_text())
 
 
-def _time_config(kernel_call, quantiles=None, **_):
-    """The autotuner's timer: triton's do_bench with 5 ms of warm-up and 20 ms of repeats (defaults: 25 and 100).
-    do_bench sizes its repeat count by the kernel's time but clears L2 (a 256 MB write) before each repeat, so
-    for a microsecond kernel the defaults mostly time flushes; and every new key (D, dtypes, optional
-    arguments) times all 5 configs on its first call."""
-    return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
-
-
-def _autotuned(kernel):
-    configs = [INTERPRETER_CONFIG] if triton_interpreter_on() else TILE_CONFIGS
-    # key: the autotuner adds the tensors' dtypes
-    return triton.autotune(configs=configs, key=["D"], do_bench=_time_config)(kernel)
-
-
-def _summary_config() -> dict:
+def tile_config(dtype: torch.dtype) -> dict:
+    """Kernel meta-parameters for one dtype: BLOCK_T, BLOCK_D (= 32 lanes · VEC · num_warps), VEC, STAGES,
+    num_warps."""
     if triton_interpreter_on():
-        return dict(INTERPRETER_CONFIG.kwargs, num_warps=1)
-    return dict(BLOCK_T=64, BLOCK_D=64, num_warps=4)
-
-
-_scan_fwd = _autotuned(_scan_fwd_kernel)
-_scan_bwd = _autotuned(_scan_bwd_kernel)
+        return dict(INTERPRETER_TILE)
+    tile = _tile_table()[str(dtype.itemsize)]
+    return {k: tile[k] for k in ("BLOCK_T", "BLOCK_D", "VEC", "STAGES", "num_warps")}
 
 
 @functools.lru_cache(maxsize=None)
@@ -327,64 +400,65 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _chunk_len(B: int, T: int, D: int, num_sms: int) -> int:
-    """Rows per chunk: all of T when B · D gives every SM a program, else enough chunks for 2 waves."""
-    programs = B * triton.cdiv(D, MAX_BLOCK_D)
+def _chunk_len(B: int, T: int, D: int, block_d: int, num_sms: int) -> int:
+    """Rows per chunk: all of T when B · D gives every SM a program, else enough chunks for 4 programs per SM."""
+    programs = B * triton.cdiv(D, block_d)
     if programs >= num_sms:
         return T
-    n_chunks = min(triton.cdiv(2 * num_sms, programs), T // MIN_CHUNK_T)
+    n_chunks = min(triton.cdiv(4 * num_sms, programs), T // MIN_CHUNK_T)
     if n_chunks <= 1:
         return T
     return triton.cdiv(triton.cdiv(T, n_chunks), 256) * 256
 
 
-def _launch(kernel, tuned, config, n_chunks, B, D, *args, **constexprs):
-    """Launch `tuned` (autotuned tiles), or the plain kernel with an explicit config (benchmarks)."""
-    if config is None:
-        grid = lambda meta: (triton.cdiv(D, meta["BLOCK_D"]), n_chunks, B)  # noqa: E731
-        tuned[grid](*args, **constexprs)
-    else:
-        kernel[(triton.cdiv(D, config["BLOCK_D"]), n_chunks, B)](*args, **constexprs, **config)
+def _check_int32_offsets(config: dict, *tensors) -> None:
+    """The kernels address a tile by 32-bit offsets from its first row: BLOCK_T · stride_t + BLOCK_D · stride_d."""
+    for t in tensors:
+        if t is not None and config["BLOCK_T"] * abs(t.stride(1)) + config["BLOCK_D"] * abs(t.stride(2)) >= 2**31:
+            raise ValueError(f"strides {t.stride()}: expected a tile ({config['BLOCK_T']} rows, "
+                             f"{config['BLOCK_D']} channels) to span < 2**31 elements; pass a contiguous tensor")
 
 
-def _chunk_states(v, a, start, chunk_t: int, reverse: bool, final=None) -> torch.Tensor:
+def _chunk_states(v, a, start, chunk_t: int, reverse: bool, config: dict, final=None) -> torch.Tensor:
     """The T-parallel path's first two kernels: summaries, then the state entering each chunk (B, C, D) fp32."""
     B, T, D = v.shape
     C = triton.cdiv(T, chunk_t)
     A_c = torch.empty(B, C, D, dtype=torch.float32, device=v.device)
     V_c = torch.empty(B, C, D, dtype=torch.float32, device=v.device)
     init = torch.empty(B, C, D, dtype=torch.float32, device=v.device)
-    cfg = _summary_config()
-    n_d = triton.cdiv(D, cfg["BLOCK_D"])
-    _chunk_summary_kernel[(n_d, C, B)](
-        v, a, A_c, V_c, T, D, chunk_t, *v.stride(), *a.stride(), REVERSE=reverse, **cfg,
+    _chunk_summary_kernel[(triton.cdiv(D, config["BLOCK_D"]), C, B)](
+        v, a, A_c, V_c, T, D, chunk_t, *v.stride(), *a.stride(), REVERSE=reverse, EVEN_D=D % config["BLOCK_D"] == 0,
+        **config,
     )
     start_strides = start.stride() if start is not None else (0, 0)
-    _chunk_carry_kernel[(n_d, B)](
-        A_c, V_c, start, init, final, C, D, *start_strides, BLOCK_D=cfg["BLOCK_D"],
+    _chunk_carry_kernel[(triton.cdiv(D, CARRY_BLOCK_D), B)](
+        A_c, V_c, start, init, final, C, D, *start_strides, BLOCK_D=CARRY_BLOCK_D,
         HAS_START=start is not None, STORE_FINAL=final is not None, REVERSE=reverse,
     )
     return init
 
 
 def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None):
-    """x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None."""
+    """x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None.
+
+    chunk_t: rows of T per program (None: by shape). config: tile meta-parameters (None: `tile_config`)."""
     B, T, D = x.shape
-    chunk_t = chunk_t or _chunk_len(B, T, D, _num_sms(x.device))
+    config = config or tile_config(x.dtype)
+    _check_int32_offsets(config, x, a)
+    chunk_t = chunk_t or _chunk_len(B, T, D, config["BLOCK_D"], _num_sms(x.device))
     h = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     h_T = torch.empty(B, D, dtype=torch.float32, device=x.device) if output_final_state else None
     n_chunks = triton.cdiv(T, chunk_t)
     if n_chunks > 1:
-        init = _chunk_states(x, a, h0, chunk_t, reverse=False, final=h_T)
+        init = _chunk_states(x, a, h0, chunk_t, reverse=False, config=config, final=h_T)
         init_strides, store_final = init.stride(), False
     else:
         init = h0
         init_strides = (h0.stride(0), 0, h0.stride(1)) if h0 is not None else (0, 0, 0)
         store_final = output_final_state
-    _launch(
-        _scan_fwd_kernel, _scan_fwd, config, n_chunks, B, D,
+    _scan_fwd_kernel[(triton.cdiv(D, config["BLOCK_D"]), n_chunks, B)](
         x, a, init, h, h_T, T, D, chunk_t, *x.stride(), *a.stride(), *init_strides,
-        HAS_INIT=init is not None, STORE_FINAL=store_final,
+        HAS_INIT=init is not None, STORE_FINAL=store_final, EVEN_D=D % config["BLOCK_D"] == 0, **config,
     )
     return h, h_T
 
@@ -392,22 +466,23 @@ def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None
 def associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=None, config=None):
     """a, h, dh: (B, T, D); h0, dh_T: (B, D) | None -> dx, da: (B, T, D) a.dtype, dh0: (B, D) h0.dtype | None."""
     B, T, D = a.shape
-    chunk_t = chunk_t or _chunk_len(B, T, D, _num_sms(a.device))
+    config = config or tile_config(a.dtype)
+    _check_int32_offsets(config, a, dh, h)
+    chunk_t = chunk_t or _chunk_len(B, T, D, config["BLOCK_D"], _num_sms(a.device))
     dx = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
     da = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
     dh0 = torch.empty(B, D, dtype=h0.dtype, device=a.device) if h0 is not None else None
     n_chunks = triton.cdiv(T, chunk_t)
     if n_chunks > 1:
-        init = _chunk_states(dh, a, dh_T, chunk_t, reverse=True)
+        init = _chunk_states(dh, a, dh_T, chunk_t, reverse=True, config=config)
         init_strides = init.stride()
     else:
         init = dh_T
         init_strides = (dh_T.stride(0), 0, dh_T.stride(1)) if dh_T is not None else (0, 0, 0)
     h0_strides = h0.stride() if h0 is not None else (0, 0)
-    _launch(
-        _scan_bwd_kernel, _scan_bwd, config, n_chunks, B, D,
+    _scan_bwd_kernel[(triton.cdiv(D, config["BLOCK_D"]), n_chunks, B)](
         a, h, h0, dh, init, dx, da, dh0, T, D, chunk_t, *a.stride(), *h0_strides, *dh.stride(), *init_strides,
-        HAS_H0=h0 is not None, HAS_INIT=init is not None,
+        HAS_H0=h0 is not None, HAS_INIT=init is not None, EVEN_D=D % config["BLOCK_D"] == 0, **config,
     )
     return dx, da, dh0
 
@@ -418,7 +493,9 @@ def associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=None, config=None):
 
 
 @torch.library.custom_op("lrnn::associative_scan_fwd", mutates_args=())
-def _scan_fwd_op(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None, chunk_t: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _scan_fwd_op(
+    x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None, chunk_t: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """-> h (B, T, D) x.dtype, h_T (B, D) fp32 (always written: B·D floats cost nothing)."""
     return associative_scan_fwd(x, a, h0, True, chunk_t=chunk_t or None)
 

@@ -21,7 +21,8 @@ import torch
 
 from kernels import linear_scan
 
-from .common import DEVICE, bench_graph_ms, bench_ms, copy_bandwidth_gbs, print_table, run_info, scan_bytes, scan_inputs, write_csv
+from .common import (DEVICE, bench_graph_ms, bench_ms, copy_bandwidth_gbs, print_table, run_info, scan_bytes,
+                     scan_inputs, write_csv)
 
 SHAPES = [  # (B, T, D, dtype)
     (8, 2048, 2048, torch.bfloat16),

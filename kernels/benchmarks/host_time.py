@@ -13,7 +13,7 @@ import time
 import torch
 
 from kernels import linear_scan
-from kernels.associative_scan import associative_scan_fwd
+from kernels.associative_scan import associative_scan_fwd, tile_config
 
 
 def per_call_us(fn, n: int = 300) -> float:
@@ -32,7 +32,7 @@ def main() -> None:
     a = torch.rand_like(x)
     xg, ag = x.clone().requires_grad_(), a.clone().requires_grad_()
     dy = torch.randn_like(x)
-    cfg = dict(BLOCK_T=64, BLOCK_D=32, num_warps=2, num_stages=1)
+    cfg = tile_config(x.dtype)
 
     def fwd_bwd(impl):
         return lambda: torch.autograd.grad(linear_scan(xg, ag, impl=impl)[0], (xg, ag), dy)

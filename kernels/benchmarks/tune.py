@@ -1,90 +1,97 @@
-"""Sweep the associative scan's tiles (BLOCK_T, BLOCK_D, num_warps, num_stages) and the sequential
-scan's BLOCK_D at the benchmark shapes; print the best per (kernel, shape) and save every row as CSV.
+"""Sweep the associative scan's tiles and write the tile table the launchers read (kernels/tiles.json).
 
-    python -m kernels.benchmarks.tune --out kernels/benchmarks/results
+A tile is (BLOCK_T rows, VEC channels per thread, STAGES of the cp.async pipeline, num_warps); a program
+covers BLOCK_D = 32 · VEC · num_warps channels. Each candidate runs forward and backward at the benchmark
+shapes of its element size; the table keeps, per element size, the tile with the best geometric mean of
+the forward and backward fractions of copy bandwidth. The T-parallel path's chunk length is swept at the
+long-sequence shape (printed and saved, not tabled: `_chunk_len` decides it).
+
+    python -m kernels.benchmarks.tune [--out kernels/benchmarks/results] [--write-table]
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import itertools
+import json
+import math
 from pathlib import Path
 
 import torch
 
-from kernels.associative_scan import associative_scan_bwd, associative_scan_fwd
-from kernels.sequential_scan import sequential_scan_bwd, sequential_scan_fwd
+from kernels.associative_scan import TILES_PATH, associative_scan_bwd, associative_scan_fwd
 
-from .common import bench_ms, copy_bandwidth_gbs, run_info, scan_bytes, scan_inputs
+from .common import bench_ms, copy_bandwidth_gbs, run_info, scan_bytes, scan_inputs, write_csv
 
-SHAPES = [  # (B, T, D, dtype)
-    (8, 2048, 2048, torch.bfloat16),
-    (1, 131072, 512, torch.bfloat16),
-    (16, 1024, 1024, torch.bfloat16),
-]
+SHAPES = {  # element size -> (B, T, D, dtype)
+    2: [(8, 2048, 2048, torch.bfloat16), (4, 16384, 5120, torch.float16), (16, 1024, 1024, torch.bfloat16),
+        (4, 256, 5120, torch.float16)],
+    4: [(8, 2048, 2048, torch.float32), (16, 1024, 1024, torch.float32)],
+}
+CANDIDATES = {  # element size -> (BLOCK_T, VEC, STAGES, num_warps)
+    2: [(32, 2, 3, 1), (32, 2, 4, 1), (16, 2, 4, 1), (16, 2, 6, 1), (64, 2, 3, 1), (64, 2, 2, 1), (8, 2, 8, 1),
+        (16, 4, 3, 1), (32, 2, 3, 2)],
+    4: [(32, 2, 3, 1), (32, 2, 4, 1), (16, 2, 4, 1), (64, 2, 2, 1), (16, 4, 3, 1), (32, 1, 3, 1)],
+}
+LONG = (1, 131072, 512, torch.bfloat16)
+CHUNKS = [512, 1024, 2048, 4096, 8192]
 
 
-def configs():
-    for bt, bd, w, s in itertools.product([16, 32, 64, 128], [32, 64, 128, 256], [1, 2, 4, 8], [1]):
-        if not 8 <= bt * bd // (32 * w) <= 64:  # elements per thread
-            continue
-        yield dict(BLOCK_T=bt, BLOCK_D=bd, num_warps=w, num_stages=s)
+def tile(bt: int, vec: int, stages: int, warps: int) -> dict:
+    return dict(BLOCK_T=bt, BLOCK_D=32 * vec * warps, VEC=vec, STAGES=stages, num_warps=warps)
+
+
+def measure(B, T, D, dtype, config, copy, chunk_t=None) -> dict:
+    x, a = scan_inputs(B, T, D, dtype)
+    dy = torch.randn_like(x)
+    h, _ = associative_scan_fwd(x, a, None, False, chunk_t=chunk_t, config=config)
+    fwd_bytes = scan_bytes(B, T, D, dtype, False)
+    bwd_bytes = scan_bytes(B, T, D, dtype, True) - fwd_bytes
+    fwd = bench_ms(lambda: associative_scan_fwd(x, a, None, False, chunk_t=chunk_t, config=config), rep_ms=40)
+    bwd = bench_ms(lambda: associative_scan_bwd(a, h, None, dy, None, chunk_t=chunk_t, config=config), rep_ms=40)
+    return dict(B=B, T=T, D=D, dtype=str(dtype).split(".")[-1], chunk_t=chunk_t or T, **config,
+                fwd_ms=fwd, fwd_frac=fwd_bytes / fwd / 1e6 / copy, bwd_ms=bwd, bwd_frac=bwd_bytes / bwd / 1e6 / copy)
+
+
+def _line(r: dict, columns: list[str]) -> str:
+    return " ".join(f"{c}={r[c]:.3f}" if isinstance(r[c], float) else f"{c}={r[c]}" for c in columns)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, default=Path("kernels/benchmarks/results"))
+    p.add_argument("--write-table", action="store_true", help=f"write the best tiles to {TILES_PATH}")
     args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
     info = run_info()
     copy = copy_bandwidth_gbs()
-    print(info, f"copy {copy:.0f} GB/s")
-    rows = []
-    for B, T, D, dtype in SHAPES:
-        x, a = scan_inputs(B, T, D, dtype)
-        dy = torch.randn_like(x)
-        h, _ = associative_scan_fwd(x, a, None, False)
-        for kernel in ("fwd", "bwd"):
-            fwd_bytes = scan_bytes(B, T, D, dtype, False)
-            nbytes = fwd_bytes if kernel == "fwd" else scan_bytes(B, T, D, dtype, True) - fwd_bytes
-            for chunk in ("auto", "none") if B * D < 132 * 256 else ("auto",):
-                chunk_t = None if chunk == "auto" else T
-                for cfg in configs():
-                    if kernel == "fwd":
-                        fn = lambda: associative_scan_fwd(x, a, None, False, chunk_t=chunk_t, config=cfg)  # noqa: E731
-                    else:
-                        fn = lambda: associative_scan_bwd(a, h, None, dy, None, chunk_t=chunk_t, config=cfg)  # noqa: E731
-                    try:
-                        ms = bench_ms(fn, rep_ms=40)
-                    except Exception as e:  # out of resources etc.
-                        print("skip", cfg, type(e).__name__)
-                        continue
-                    rows.append(dict(kernel=f"assoc_{kernel}", B=B, T=T, D=D, dtype=str(dtype), chunk=chunk, **cfg,
-                                     ms=ms, frac=nbytes / ms / 1e6 / copy))
-            for bd in (64, 128) if T <= 2048 else ():
-                if kernel == "fwd":
-                    fn = lambda: sequential_scan_fwd(x, a, None, False, block_d=bd)  # noqa: E731
-                else:
-                    fn = lambda: sequential_scan_bwd(a, h, None, dy, None, block_d=bd)  # noqa: E731
-                ms = bench_ms(fn, rep_ms=40)
-                rows.append(dict(kernel=f"seq_{kernel}", B=B, T=T, D=D, dtype=str(dtype), chunk="-", BLOCK_T=1,
-                                 BLOCK_D=bd, num_warps=4, num_stages=0, ms=ms, frac=nbytes / ms / 1e6 / copy))
-            best = {}
-            for r in rows:
-                if (r["B"], r["T"], r["D"]) == (B, T, D) and r["kernel"].endswith(kernel):
-                    k = (r["kernel"], r["chunk"])
-                    if k not in best or r["ms"] < best[k]["ms"]:
-                        best[k] = r
-            for k, r in sorted(best.items()):
-                print(f"{B}x{T}x{D} {dtype} {k}: {r['ms']:.4f} ms frac {r['frac']:.3f} "
-                      f"BT{r['BLOCK_T']} BD{r['BLOCK_D']} w{r['num_warps']} s{r['num_stages']}", flush=True)
-        del x, a, dy, h
-        torch.cuda.empty_cache()
-    with open(args.out / "tune.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    print(info, f"copy {copy:.0f} GB/s", flush=True)
+    rows, table = [], {}
+    columns = ["B", "T", "D", "dtype", "chunk_t", "BLOCK_T", "VEC", "STAGES", "num_warps", "fwd_frac", "bwd_frac"]
+    for size, shapes in SHAPES.items():
+        scores = {}
+        for cand in CANDIDATES[size]:
+            config = tile(*cand)
+            fracs = []
+            for B, T, D, dtype in shapes:
+                r = measure(B, T, D, dtype, config, copy)
+                rows.append(r)
+                fracs += [r["fwd_frac"], r["bwd_frac"]]
+                print(_line(r, columns), flush=True)
+            scores[cand] = math.exp(sum(map(math.log, fracs)) / len(fracs))
+            print(f"element size {size}, tile {cand}: geometric mean {scores[cand]:.3f}", flush=True)
+            write_csv(args.out / "tune.csv", rows)
+        best = max(scores, key=scores.get)
+        table[str(size)] = dict(tile(*best), score=round(scores[best], 4))
+        print(f"best for element size {size}: {table[str(size)]}", flush=True)
+    for chunk_t in CHUNKS:
+        best = {k: v for k, v in table["2"].items() if k != "score"}
+        r = measure(*LONG, best, copy, chunk_t=chunk_t)
+        rows.append(r)
+        print(_line(r, columns), flush=True)
+    write_csv(args.out / "tune.csv", rows)
+    if args.write_table:
+        table["measured"] = f"{info['gpu']}, {info['date']}, torch {info['torch']}, triton {info['triton']}"
+        TILES_PATH.write_text(json.dumps(table, indent=1) + "\n")
+        print(f"wrote {TILES_PATH}")
 
 
 if __name__ == "__main__":

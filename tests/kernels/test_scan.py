@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kernels import linear_scan, triton_interpreter_on
-from kernels.associative_scan import INTERPRETER_CONFIG, TILE_CONFIGS, _chunk_len, linear_scan_associative
+from kernels.associative_scan import _chunk_len, linear_scan_associative, tile_config
 from kernels.reference import linear_scan_reference
 
 from .conftest import DEVICE
@@ -30,7 +30,7 @@ TOLERANCE = {
     torch.float16: dict(factor=2.0, floor=2.0**-12),
 }
 NAMES = ["h", "h_T", "dx", "da", "dh0"]
-BLOCK_T = (INTERPRETER_CONFIG if DEVICE == "cpu" else TILE_CONFIGS[0]).kwargs["BLOCK_T"]
+BLOCK_T = tile_config(torch.bfloat16)["BLOCK_T"]
 SHAPES = [  # (B, T, D)
     (1, 1, 1),
     (2, 3, 5),
@@ -43,6 +43,8 @@ SHAPES = [  # (B, T, D)
 def _impl(name):
     if name == "triton-tparallel":  # force the T-parallel path (chunks of 16 rows) at a small size
         return lambda x, a, h0, fs: linear_scan_associative(x, a, h0, fs, chunk_t=16)
+    if name == "triton-tparallel-2tiles":  # chunks of two tiles: whole (pipelined) tiles inside chunks too
+        return lambda x, a, h0, fs: linear_scan_associative(x, a, h0, fs, chunk_t=2 * BLOCK_T)
     return functools.partial(_public, impl=name)
 
 
@@ -50,7 +52,7 @@ def _public(x, a, h0, fs, impl):
     return linear_scan(x, a, h0, impl=impl, output_final_state=fs)
 
 
-IMPLS = ["triton", "sequential", "auto", "triton-tparallel"]
+IMPLS = ["triton", "sequential", "auto", "triton-tparallel", "triton-tparallel-2tiles"]
 
 
 def _interpreted(impl: str) -> bool:
@@ -136,10 +138,10 @@ def test_non_finite_inputs_propagate_like_the_reference(impl, gen):
 
 
 def test_t_parallel_path_is_chosen_by_shape():
-    sms = 132
-    assert _chunk_len(1, 131072, 512, sms) < 131072  # 8 channel tiles cannot fill 132 SMs
-    assert _chunk_len(8, 2048, 2048, sms) == 2048  # 256 programs: one chunk each
-    assert _chunk_len(1, 300, 512, sms) == 300  # too short to split
+    sms, block_d = 132, 64
+    assert _chunk_len(1, 131072, 512, block_d, sms) < 131072  # 8 channel tiles cannot fill 132 SMs
+    assert _chunk_len(8, 2048, 2048, block_d, sms) == 2048  # 256 programs: one chunk each
+    assert _chunk_len(1, 300, 512, block_d, sms) == 300  # too short to split
 
 
 def test_reference_gradcheck():
@@ -221,3 +223,15 @@ def test_return_is_always_a_pair():
     for impl in IMPLS[:3]:
         out = linear_scan(x.to(DEVICE), a.to(DEVICE), impl=impl)
         assert isinstance(out, tuple) and len(out) == 2 and out[1] is None
+
+
+def test_tile_table_is_consistent():
+    """The committed tile table (written by kernels/benchmarks/tune.py) covers every dtype's element size, and
+    each program's channel count is 32 lanes · VEC · num_warps, which the kernels' layout relies on."""
+    from kernels.associative_scan import _tile_table
+
+    table = _tile_table()
+    for dtype in DTYPES:
+        tile = table[str(dtype.itemsize)]
+        assert tile["BLOCK_D"] == 32 * tile["VEC"] * tile["num_warps"]
+        assert tile["BLOCK_T"] >= 1 and tile["STAGES"] >= 1

@@ -2,12 +2,14 @@
 
     python -m lrnn_lm.evaluate --ckpt runs/tiny/checkpoints/last.ckpt [--split validation|test|train]
     python -m lrnn_lm.evaluate --ckpt runs/tiny/checkpoints/last.ckpt --text-file F.txt
+    python -m lrnn_lm.evaluate --ckpt runs/tiny/checkpoints/last.ckpt --seq-len 256   # shorter windows
 
 Protocol. This is the code that computes validation during training and the final test numbers
 (`LMDataModule.eval_dataloader` and `LitLM.test_step`):
 1. The documents evaluated (a split's, or the whole --text-file as one document) are tokenized with the
    checkpoint's tokenizer, each opened by <|endoftext|>, and concatenated into one token stream.
-2. The stream is cut into consecutive windows of seq_len + 1 tokens (seq_len from the checkpoint's config)
+2. The stream is cut into consecutive windows of seq_len + 1 tokens (seq_len from the checkpoint's config,
+   or --seq-len, e.g. to compare models trained at different contexts on equal windows)
    that overlap by one token, so every token after the first is predicted exactly once, from the tokens
    before it in its window. The recurrent state starts from zero at each window (and is reset at every
    <|endoftext|>). The last window is shorter; it is evaluated, not dropped.
@@ -63,19 +65,22 @@ def main(argv: list[str] | None = None) -> None:
                         help="a split of the checkpoint's data.source (default: validation)")
     source.add_argument("--text-file", help="evaluate this UTF-8 text file instead, as one document")
     parser.add_argument("--batch-size", type=int, help="windows per batch (default: the checkpoint's data.batch_size)")
+    parser.add_argument("--seq-len", type=int, help="tokens predicted per window (default: the checkpoint's data.seq_len)")
     args = parser.parse_args(argv)
 
     module, tokenizer = load_checkpoint(args.ckpt)
     cfg = module.cfg
     batch_size = args.batch_size or cfg.data.batch_size
+    data_cfg = cfg.data if args.seq_len is None else replace(cfg.data, seq_len=args.seq_len)  # validated on replace
     if args.text_file:
-        loader = text_file_loader(args.text_file, tokenizer, cfg.model.eos_id, cfg.data.seq_len, batch_size)
+        loader = text_file_loader(args.text_file, tokenizer, cfg.model.eos_id, data_cfg.seq_len, batch_size)
     else:
-        data = LMDataModule(cfg.data, cfg.model.vocab_size, cfg.model.eos_id, tokenizer=tokenizer)
+        data = LMDataModule(data_cfg, cfg.model.vocab_size, cfg.model.eos_id, tokenizer=tokenizer)
         data.prepare_data()
         data.setup()
         loader = data.eval_dataloader(args.split, batch_size)
-    result = {"evaluated": args.text_file or args.split, "ckpt": args.ckpt, **evaluate(module, loader)}
+    result = {"evaluated": args.text_file or args.split, "ckpt": args.ckpt, "seq_len": data_cfg.seq_len,
+              **evaluate(module, loader)}
     print(json.dumps(result, indent=2))
 
 

@@ -83,6 +83,14 @@ def test_train_then_evaluate_then_generate(tmp_path, corpus, capsys):
     assert result["bytes"] == summary["test"]["bytes"]
     assert result["bpb"] == pytest.approx(summary["test"]["bpb"], rel=1e-6)  # the same protocol, the same numbers
 
+    # shorter windows (--seq-len): the same tokens predicted, each from less context
+    evaluate_main(["--ckpt", last, "--split", "test", "--seq-len", "8"])
+    short = json.loads(capsys.readouterr().out)
+    assert short["seq_len"] == 8 and (short["tokens"], short["bytes"]) == (result["tokens"], result["bytes"])
+    assert math.isfinite(short["bpb"]) and short["bpb"] != pytest.approx(result["bpb"], rel=1e-6)
+    with pytest.raises(ValueError, match="seq_len"):
+        evaluate_main(["--ckpt", last, "--split", "test", "--seq-len", "1"])
+
     text = "ROMEO: But soft, what light through yonder window breaks? — ¿ü\n"
     (tmp_path / "text.txt").write_text(text, encoding="utf-8")
     evaluate_main(["--ckpt", last, "--text-file", str(tmp_path / "text.txt")])  # in-process: no second start-up

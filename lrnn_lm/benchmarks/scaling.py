@@ -1,6 +1,7 @@
 """Data-parallel scaling: the same preset on 1 GPU and on N GPUs (DDP), the per-GPU batch held fixed.
 
     python -m lrnn_lm.benchmarks.scaling --config small.yaml --gpus 1 2 [--steps 400] [--out DIR] [--field value ...]
+    python -m lrnn_lm.benchmarks.scaling --gpus 1 2 --steps 400 --measure-only   # re-read runs/scaling/{1,2}gpu
 
 Extra `--section.field value` arguments go to every train.py run (e.g. --data.batch_size 256).
 
@@ -46,6 +47,11 @@ def run(config: str, gpus: int, steps: int, run_dir: Path, extra: list[str]) -> 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait()
+    return measure(gpus, steps, run_dir)
+
+
+def measure(gpus: int, steps: int, run_dir: Path) -> dict:
+    """The figures of one finished run in run_dir."""
     # this run's log: CSVLogger adds version_N each time a run dir is reused
     metrics = max(run_dir.glob("csv/version_*/metrics.csv"), key=lambda m: int(m.parent.name.split("_")[1]))
     with open(metrics) as f:
@@ -68,6 +74,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--runs", type=Path, default=Path("runs/scaling"))
     p.add_argument("--append", action="store_true", help="add to the runs already in OUT/scaling.json")
+    p.add_argument("--measure-only", action="store_true", help="re-read the finished runs in RUNS, train nothing")
     args, extra = p.parse_known_args()
     cuda = torch.cuda.is_available()  # without it (tests), the runs use the CPU: --trainer.accelerator cpu
     info = dict(gpu=torch.cuda.get_device_name() if cuda else "cpu", gpus_visible=torch.cuda.device_count(),
@@ -84,7 +91,10 @@ def main() -> None:
             raise ValueError(f"--append: expected the runs in {report} to share this GPU, config and arguments, got "
                              f"{previous['info']}")
         rows = previous["runs"]
-    rows += [run(args.config, n, args.steps, args.runs / f"{n}gpu", extra) for n in args.gpus]
+    if args.measure_only:
+        rows += [measure(n, args.steps, args.runs / f"{n}gpu") for n in args.gpus]
+    else:
+        rows += [run(args.config, n, args.steps, args.runs / f"{n}gpu", extra) for n in args.gpus]
     one_gpu = [r for r in rows if r["gpus"] == 1]
     if not one_gpu:
         raise ValueError(f"--gpus: expected a 1-GPU run (here or appended to) as the baseline, got {args.gpus}")

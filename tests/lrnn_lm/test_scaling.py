@@ -23,3 +23,10 @@ def test_scaling_reports_tokens_per_second_per_device(tmp_path):
     assert run["gpus"] == 1 and run["steps"] == 130 and run["windows"] == 3
     assert run["tokens_per_s_per_gpu"] > 0 and run["scaling_efficiency"] == 1.0
     assert report["info"]["config"] == "tiny.yaml" and "| 1 |" in done.stdout
+
+    # --measure-only re-reads the finished run: the same figures, nothing trained
+    again = run_script("-m", "lrnn_lm.benchmarks.scaling", "--config", "tiny.yaml", "--gpus", "1", "--steps", "130",
+                       "--out", str(tmp_path / "again"), "--runs", str(tmp_path / "runs"), "--measure-only", *extra)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "again" / "scaling.json").read_text())["runs"] == report["runs"]
+    assert len(list((tmp_path / "runs" / "1gpu" / "csv").glob("version_*"))) == 1

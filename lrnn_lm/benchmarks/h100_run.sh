@@ -4,8 +4,8 @@
 #   OUT=some/dir bash lrnn_lm/benchmarks/h100_run.sh
 # Timed phases run one after another, so no timing shares a GPU or the host's CPUs with another job
 # (compiling kernels on the CPU slows every host-bound measurement beside it). The two training runs share
-# the host (one GPU each); their wall times include compiling. The README's scaling figure was taken eager
-# at 64 sequences per GPU; this script measures the compiled model at 256 per GPU.
+# the host (one GPU each); their wall times include compiling. (The README's runs of 2026-11-26 ran these
+# phases as separate jobs, the two training runs one after the other on one H100, and scaling on 2 H200s.)
 set -uo pipefail
 OUT=${OUT:-results}
 mkdir -p "$OUT"
@@ -31,7 +31,13 @@ wait
 
 CUDA_VISIBLE_DEVICES=0 python3 -m lrnn_lm.benchmarks.compare --compile --runs runs/small_lrnn runs/small_attention \
   --out "$OUT/compare" > "$OUT/compare.log" 2>&1
-python3 -m lrnn_lm.benchmarks.scaling --config small.yaml --gpus 1 2 --steps 250 --data.batch_size 256 \
+python3 -m lrnn_lm.benchmarks.scaling --config small.yaml --gpus 1 2 1 2 --steps 400 --data.batch_size 32 \
   --out "$OUT/scaling" > "$OUT/scaling.log" 2>&1
-for run in small_lrnn small_attention; do cp "runs/$run/summary.json" "$OUT/summary_$run.json"; done
+for run in small_lrnn small_attention; do
+  cp "runs/$run/summary.json" "$OUT/summary_$run.json"
+  for split in validation test; do  # the anchor was scored on 256-token windows
+    python3 -m lrnn_lm.evaluate --ckpt "runs/$run/checkpoints/best.ckpt" --split $split --seq-len 256 \
+      > "$OUT/eval256_${run}_$split.json"
+  done
+done
 tail -n 25 "$OUT"/*.log

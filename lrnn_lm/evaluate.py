@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="a split of the checkpoint's data.source (default: validation)")
     source.add_argument("--text-file", help="evaluate this UTF-8 text file instead, as one document")
     parser.add_argument("--batch-size", type=int, help="windows per batch (default: the checkpoint's data.batch_size)")
-    parser.add_argument("--seq-len", type=int, help="tokens predicted per window (default: the checkpoint's data.seq_len)")
+    parser.add_argument("--seq-len", type=int,
+                        help="tokens predicted per window (default: the checkpoint's data.seq_len)")
     args = parser.parse_args(argv)
 
     module, tokenizer = load_checkpoint(args.ckpt)

@@ -150,8 +150,9 @@ def _scan_fwd_kernel(
     else:
         carry = tl.zeros([BLOCK_D], dtype=tl.float32)
 
-    # Every tile but the last is whole: its loads need no row masks, and Triton's pipeliner streams them
-    # through shared memory (cp.async), STAGES - 1 tiles ahead of the scan. The last tile is masked; its
+    # Every tile but the last is whole: its loads need no row masks, and Triton's software pipeliner issues
+    # them STAGES - 1 tiles ahead of the scan (through shared memory by cp.async, or into registers: the
+    # compiler chooses; `python -m kernels.benchmarks.sass` shows which). The last tile is masked; its
     # padding rows get the identity (a=1, x=0), so its last row holds the last valid state.
     n_tiles = tl.cdiv(t_end - t_start, BLOCK_T)
     for i in tl.range(0, n_tiles - 1, num_stages=STAGES):
@@ -371,7 +372,7 @@ def _chunk_carry_kernel(
 
 # Tiles per element size, measured by `python -m kernels.benchmarks.tune --write-table` on an H100 (see
 # kernels/benchmarks/NOTES.md, attempt 8): BLOCK_T rows, VEC adjacent channels per thread, STAGES of the
-# cp.async pipeline, num_warps per program. A table costs no host time per call and no tuning on first use.
+# load pipeline, num_warps per program. A table costs no host time per call and no tuning on first use.
 TILES_PATH = Path(__file__).with_name("tiles.json")
 # The interpreter runs layouts as plain arrays: small tiles keep CPU tests quick and still span several.
 INTERPRETER_TILE = dict(BLOCK_T=16, BLOCK_D=16, VEC=1, STAGES=1, num_warps=1)

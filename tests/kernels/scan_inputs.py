@@ -57,8 +57,13 @@ def _round_like_the_kernels(t: torch.Tensor, dtype: torch.dtype, interpreted: bo
 
 def reference_in_dtype(x, a, h0, dy, dh_T, output_final_state, interpreted):
     """The reference loop's outputs and gradients, each rounded once to its tensor's dtype: the error
-    budget of an exact fp32-accumulating scan that stores in the input dtype."""
+    budget of an exact fp32-accumulating scan that stores in the input dtype. Like the kernels, whose
+    backward reads the h the forward stored, da_t = dh_t h_{t-1} takes h_{t-1} rounded to x's dtype."""
     f32 = [t.float() if t is not None else None for t in (x, a, h0)]
-    out = outputs_and_grads(linear_scan_reference, *f32, dy.float(), dh_T, output_final_state)
+    out = [t.detach() if t is not None else None
+           for t in outputs_and_grads(linear_scan_reference, *f32, dy.float(), dh_T, output_final_state)]
+    h_stored = _round_like_the_kernels(out[0], x.dtype, interpreted).float()  # (B, T, D)
+    h_first = f32[2][:, None] if h0 is not None else torch.zeros_like(h_stored[:, :1])  # (B, 1, D): h_0
+    out[3] = out[2] * torch.cat([h_first, h_stored[:, :-1]], dim=1)  # da = dh ⊙ h_{t-1}, dh = dx
     dtypes = [x.dtype, torch.float32, x.dtype, a.dtype, h0.dtype if h0 is not None else None]
-    return [None if t is None else _round_like_the_kernels(t.detach(), d, interpreted) for t, d in zip(out, dtypes)]
+    return [None if t is None else _round_like_the_kernels(t, d, interpreted) for t, d in zip(out, dtypes)]

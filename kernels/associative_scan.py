@@ -12,8 +12,10 @@ Two paths, chosen by shape:
   1. `_chunk_summary_kernel` reduces each chunk to its pair (A_c, H_c) = (prod a, scan from zero);
   2. `_chunk_carry_kernel` walks the chunks in order and turns the pairs into each chunk's initial state;
   3. `_scan_fwd_kernel` rescans every chunk from its initial state.
-The backward is the same machinery run in reverse (`REVERSE`), seeded by dh_T:
-dh_t = dh_t^out + a_{t+1} dh_{t+1}; one pass writes dx = dh, da_t = dh_t h_{t-1} and dh0 = a_1 dh_1.
+The backward runs the same machinery from the end of T (its tiles time-flipped; the summary kernel's
+`REVERSE`), seeded by dh_T: dh_t = dh_t^out + a_{t+1} dh_{t+1}; one pass writes dx = dh,
+da_t = dh_t h_{t-1} and dh0 = a_1 dh_1.
+Formulas count steps t = 1..T with h_0 the initial state; the code counts rows 0..T-1 (row t is step t+1).
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def _scan_fwd_kernel(
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     EVEN_D: tl.constexpr,  # D % BLOCK_D == 0: no channel masks
     HAS_INIT: tl.constexpr,  # h0 given (one chunk) or the T-parallel path's chunk states
-    STORE_FINAL: tl.constexpr,  # write h_T (the last chunk's program does)
+    STORE_FINAL: tl.constexpr,  # write h_T (one-chunk path; on the T-parallel path the carry kernel does)
 ):
     pid_d, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b = pid_b.to(tl.int64)
@@ -181,7 +183,7 @@ def _bwd_tile(a_first, dh_first, h_first, dx_first, da_first, h0, carry, t0, t_s
     (dh at the tile's end); stores dx = dh and da = dh h_{t-1} -> dh at the tile's first row."""
     a_next, dh_out = _load_pair_tile(a_first, dh_first, t0, t_start, t_end, T, rows, cols, mask_cols,
                                      stride_a_t, stride_a_d, stride_dh_t, stride_dh_d, True, WHOLE, EVEN_D)
-    # h_{t-1}: the rows above the tile, one more than the tile, which the next tile down reads again (L2).
+    # h_{t-1}: the tile's rows shifted up by one (row t0 - 1 is the previous tile's last row: an L2 hit).
     # Whole tiles never hold t = 0 (the caller keeps the chunk's first tile for the masked path).
     h_tile = h_first + (t0 - 1).to(tl.int64) * D + _tile_offsets(rows, cols, D, 1)
     if WHOLE and EVEN_D:
@@ -372,7 +374,8 @@ def _chunk_carry_kernel(
 
 # Tiles per element size, measured by `python -m kernels.benchmarks.tune --write-table` on an H100 (see
 # kernels/benchmarks/NOTES.md, attempt 8): BLOCK_T rows, VEC adjacent channels per thread, STAGES of the
-# load pipeline, num_warps per program. A table costs no host time per call and no tuning on first use.
+# load pipeline, num_warps per program; "score" is the geometric mean of the forward and backward fractions
+# of copy bandwidth over tune.py's shapes. A table costs no host time per call and no tuning on first use.
 TILES_PATH = Path(__file__).with_name("tiles.json")
 # The interpreter runs layouts as plain arrays: small tiles keep CPU tests quick and still span several.
 INTERPRETER_TILE = dict(BLOCK_T=16, BLOCK_D=16, VEC=1, STAGES=1, num_warps=1)
@@ -382,12 +385,15 @@ CARRY_BLOCK_D = 128  # channels per program of the (tiny) carry kernel
 
 @functools.lru_cache(maxsize=None)
 def _tile_table() -> dict:
+    """kernels/tiles.json: {"2" | "4" (bytes per element): tile dict, "measured": where and when}."""
     return json.loads(TILES_PATH.read_text())
 
 
 def tile_config(dtype: torch.dtype) -> dict:
     """Kernel meta-parameters for one dtype: BLOCK_T, BLOCK_D (= 32 lanes · VEC · num_warps), VEC, STAGES,
     num_warps."""
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"dtype: expected torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
     if triton_interpreter_on():
         return dict(INTERPRETER_TILE)
     tile = _tile_table()[str(dtype.itemsize)]
@@ -396,13 +402,15 @@ def tile_config(dtype: torch.dtype) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 1 elsewhere (the interpreter)."""
     if device.type != "cuda":
         return 1
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _chunk_len(B: int, T: int, D: int, block_d: int, num_sms: int) -> int:
-    """Rows per chunk: all of T when B · D gives every SM a program, else enough chunks for 4 programs per SM."""
+    """Rows per chunk: all of T when B · D gives every SM a program, else enough chunks for 4 programs per SM
+    (each at least MIN_CHUNK_T rows, rounded up to a multiple of 256)."""
     programs = B * triton.cdiv(D, block_d)
     if programs >= num_sms:
         return T
@@ -412,16 +420,25 @@ def _chunk_len(B: int, T: int, D: int, block_d: int, num_sms: int) -> int:
     return triton.cdiv(triton.cdiv(T, n_chunks), 256) * 256
 
 
-def _check_int32_offsets(config: dict, *tensors) -> None:
-    """The kernels address a tile by 32-bit offsets from its first row: BLOCK_T · stride_t + BLOCK_D · stride_d."""
-    for t in tensors:
+def _check_int32_offsets(config: dict, **tensors: torch.Tensor | None) -> None:
+    """The kernels address a tile of each (B, T, D) tensor by 32-bit offsets from its first row:
+    BLOCK_T · stride_t + BLOCK_D · stride_d must stay below 2**31."""
+    for name, t in tensors.items():
         if t is not None and config["BLOCK_T"] * abs(t.stride(1)) + config["BLOCK_D"] * abs(t.stride(2)) >= 2**31:
-            raise ValueError(f"strides {t.stride()}: expected a tile ({config['BLOCK_T']} rows, "
-                             f"{config['BLOCK_D']} channels) to span < 2**31 elements; pass a contiguous tensor")
+            raise ValueError(f"{name}: expected strides whose tile ({config['BLOCK_T']} rows, {config['BLOCK_D']} "
+                             f"channels) spans < 2**31 elements, got strides {t.stride()}; pass a contiguous tensor")
+
+
+def _check_chunk_t(chunk_t) -> None:
+    if chunk_t is not None and (not isinstance(chunk_t, int) or isinstance(chunk_t, bool) or chunk_t < 1):
+        raise ValueError(f"chunk_t: expected None or an int >= 1, got {chunk_t!r}")
 
 
 def _chunk_states(v, a, start, chunk_t: int, reverse: bool, config: dict, final=None) -> torch.Tensor:
-    """The T-parallel path's first two kernels: summaries, then the state entering each chunk (B, C, D) fp32."""
+    """The T-parallel path's first two kernels: summaries, then the state entering each chunk.
+
+    v, a: (B, T, D) values (x, or dh^out when reverse) and gates; start: (B, D) h0 (or dh_T when reverse) | None;
+    final: (B, D) fp32 | None, written with h_T (forward). -> (B, C, D) fp32, C = cdiv(T, chunk_t)."""
     B, T, D = v.shape
     C = triton.cdiv(T, chunk_t)
     A_c = torch.empty(B, C, D, dtype=torch.float32, device=v.device)
@@ -445,7 +462,8 @@ def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None
     chunk_t: rows of T per program (None: by shape). config: tile meta-parameters (None: `tile_config`)."""
     B, T, D = x.shape
     config = config or tile_config(x.dtype)
-    _check_int32_offsets(config, x, a)
+    _check_int32_offsets(config, x=x, a=a)
+    _check_chunk_t(chunk_t)
     chunk_t = chunk_t or _chunk_len(B, T, D, config["BLOCK_D"], _num_sms(x.device))
     h = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     h_T = torch.empty(B, D, dtype=torch.float32, device=x.device) if output_final_state else None
@@ -468,7 +486,10 @@ def associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=None, config=None):
     """a, h, dh: (B, T, D); h0, dh_T: (B, D) | None -> dx, da: (B, T, D) a.dtype, dh0: (B, D) h0.dtype | None."""
     B, T, D = a.shape
     config = config or tile_config(a.dtype)
-    _check_int32_offsets(config, a, dh, h)
+    if not h.is_contiguous():
+        raise ValueError(f"h: expected the forward's contiguous output, got strides {h.stride()}")
+    _check_int32_offsets(config, a=a, dh=dh)
+    _check_chunk_t(chunk_t)
     chunk_t = chunk_t or _chunk_len(B, T, D, config["BLOCK_D"], _num_sms(a.device))
     dx = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
     da = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
@@ -523,12 +544,14 @@ def _(a, h, h0, dh, dh_T, chunk_t):
 
 
 def _setup_context(ctx, inputs, output):
+    """Saves a (B, T, D), h (B, T, D) and h0 (B, D) | None: the backward needs no second forward."""
     x, a, h0, chunk_t = inputs
     ctx.save_for_backward(a, output[0], h0)
     ctx.chunk_t = chunk_t
 
 
 def _backward(ctx, dh, dh_T):
+    """dh (B, T, D), dh_T (B, D) | None -> gradients of (x, a, h0, chunk_t)."""
     a, h, h0 = ctx.saved_tensors
     dx, da, dh0 = _scan_bwd_op(a, h, h0, dh, dh_T, ctx.chunk_t)
     return dx, da, dh0 if h0 is not None else None, None
@@ -540,13 +563,15 @@ _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 def linear_scan_associative(x, a, h0=None, output_final_state=False, *, chunk_t=None):
     """`kernels.linear_scan(impl="triton")` without the input checks.
 
+    x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None.
     chunk_t: rows of T per program (None: chosen by shape; < T forces the T-parallel path).
 
     Under torch.compile the scan is the custom op above. In eager mode the same launchers run through a plain
-    autograd.Function, which skips the custom op's Python dispatch: on an H100 host the custom op's forward took
-    138 µs of host time against 71 µs for the launcher alone, and its forward + backward 774 µs against 322 µs
-    for the sequential scan's autograd.Function (`kernels/benchmarks/host_time.py`, results/host_time_h100.log):
-    more than the kernels take at small shapes.
+    autograd.Function, which skips the custom op's Python dispatch: on an H100 host (2026-11-25, with the
+    autotuner of the time) the custom op's forward took 138 µs of host time against 71 µs for the launcher
+    alone, and its forward + backward 774 µs, against 322 µs for the sequential scan through the plain
+    autograd.Function (`kernels/benchmarks/host_time.py`, results/host_time_h100.log): more than the kernels
+    take at small shapes.
     """
     if torch.compiler.is_compiling():
         h, h_T = _scan_fwd_op(x, a, h0, chunk_t or 0)

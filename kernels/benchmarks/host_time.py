@@ -42,7 +42,7 @@ def main() -> None:
         "torch.empty": lambda: torch.empty(1, 32, 64, device="cuda"),
         "linear_scan triton fwd": lambda: linear_scan(x, a, impl="triton"),
         "linear_scan sequential fwd": lambda: linear_scan(x, a, impl="sequential"),
-        "associative_scan_fwd launcher (autotuned)": lambda: associative_scan_fwd(x, a, None, False),
+        "associative_scan_fwd launcher (table tile)": lambda: associative_scan_fwd(x, a, None, False),
         "associative_scan_fwd launcher (explicit config)": lambda: associative_scan_fwd(x, a, None, False, config=cfg),
         "linear_scan triton fwd+bwd": fwd_bwd("triton"),
         "linear_scan sequential fwd+bwd": fwd_bwd("sequential"),

@@ -5,8 +5,10 @@
 Triton compiles for a target it is told about (here CUDA sm_90) on any machine, and ships `cuobjdump`.
 For each kernel (forward, backward, chunk summary) at each element size's tile, this prints the register
 count, local memory (spills), shared memory, the number of warp shuffles (SHFL) and barriers (BAR) in the
-SASS, cp.async copies (LDGSTS, the pipelined loads) and plain global loads and stores (LDG, STG).
-The tile scan is meant to run in registers: no SHFL, and no BAR beyond those of the load pipeline.
+SASS, cp.async copies (LDGSTS: loads pipelined through shared memory) and plain global loads and stores
+(LDG, STG; the pipeliner may also issue LDGs ahead into registers). The forward and backward tile scans are
+meant to run in registers: no SHFL, and no BAR beyond those of a cp.async pipeline. (The chunk summary
+reduces its tile's gate product across rows too, which may shuffle.)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from kernels import associative_scan as scan
 
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 FP32_POINTERS = {"h_T_ptr", "init_ptr", "A_ptr", "V_ptr"}
-KERNELS = {  # name: (kernel, its constexpr flags), the flags of a training step's one-chunk launch
+KERNELS = {  # name: (kernel, its constexpr flags): one-chunk forward with h_T, backward with h0 and dh_T
     "fwd": (scan._scan_fwd_kernel, dict(HAS_INIT=False, STORE_FINAL=True)),
     "bwd": (scan._scan_bwd_kernel, dict(HAS_H0=True, HAS_INIT=True)),
     "summary": (scan._chunk_summary_kernel, dict(REVERSE=False)),
@@ -40,8 +42,8 @@ def compile_sm90(kernel, dtype: str, D: int, tile: dict, flags: dict) -> str:
     for i, (name, param) in enumerate(inspect.signature(kernel.fn).parameters.items()):
         if param.annotation in (triton.language.constexpr, "tl.constexpr"):
             signature[name] = "constexpr"
-            constexprs[name] = ({"D": D, **tile, "EVEN_D": D % tile["BLOCK_D"] == 0, **flags}.get(name)
-                                or (D if name.endswith("_t") else 1))  # stride_*_t = D, stride_*_d = 1
+            given = {"D": D, **tile, "EVEN_D": D % tile["BLOCK_D"] == 0, **flags}
+            constexprs[name] = given[name] if name in given else (D if name.endswith("_t") else 1)  # strides
         elif name.endswith("_ptr"):
             signature[name] = "*fp32" if name in FP32_POINTERS else f"*{dtype}"
             attrs[(i,)] = [["tt.divisibility", 16]]

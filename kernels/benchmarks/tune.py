@@ -1,6 +1,6 @@
 """Sweep the associative scan's tiles and write the tile table the launchers read (kernels/tiles.json).
 
-A tile is (BLOCK_T rows, VEC channels per thread, STAGES of the cp.async pipeline, num_warps); a program
+A tile is (BLOCK_T rows, VEC channels per thread, STAGES of the load pipeline, num_warps); a program
 covers BLOCK_D = 32 · VEC · num_warps channels. Each candidate runs forward and backward at the benchmark
 shapes of its element size; the table keeps, per element size, the tile with the best geometric mean of
 the forward and backward fractions of copy bandwidth. The T-parallel path's chunk length is swept at the
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.associative_scan import TILES_PATH, associative_scan_bwd, associative_scan_fwd
+from kernels.associative_scan import TILES_PATH, _chunk_len, _num_sms, associative_scan_bwd, associative_scan_fwd
 
 from .common import bench_ms, copy_bandwidth_gbs, run_info, scan_bytes, scan_inputs, write_csv
 
@@ -40,16 +40,19 @@ def tile(bt: int, vec: int, stages: int, warps: int) -> dict:
     return dict(BLOCK_T=bt, BLOCK_D=32 * vec * warps, VEC=vec, STAGES=stages, num_warps=warps)
 
 
-def measure(B, T, D, dtype, config, copy, chunk_t=None) -> dict:
+def measure(B, T, D, dtype, config, copy_gbs, chunk_t=None) -> dict:
+    """Forward and backward (no h0, no dh_T) of (B, T, D) `dtype` inputs with tile `config`: ms and fractions
+    of `copy_gbs` (GB/s). chunk_t None: the launchers choose, as in the model (recorded as chosen)."""
     x, a = scan_inputs(B, T, D, dtype)
-    dy = torch.randn_like(x)
+    dh = torch.randn_like(x)
+    chunk_t = chunk_t or _chunk_len(B, T, D, config["BLOCK_D"], _num_sms(x.device))
     h, _ = associative_scan_fwd(x, a, None, False, chunk_t=chunk_t, config=config)
     fwd_bytes = scan_bytes(B, T, D, dtype, False)
     bwd_bytes = scan_bytes(B, T, D, dtype, True) - fwd_bytes
     fwd = bench_ms(lambda: associative_scan_fwd(x, a, None, False, chunk_t=chunk_t, config=config), rep_ms=40)
-    bwd = bench_ms(lambda: associative_scan_bwd(a, h, None, dy, None, chunk_t=chunk_t, config=config), rep_ms=40)
-    return dict(B=B, T=T, D=D, dtype=str(dtype).split(".")[-1], chunk_t=chunk_t or T, **config,
-                fwd_ms=fwd, fwd_frac=fwd_bytes / fwd / 1e6 / copy, bwd_ms=bwd, bwd_frac=bwd_bytes / bwd / 1e6 / copy)
+    bwd = bench_ms(lambda: associative_scan_bwd(a, h, None, dh, None, chunk_t=chunk_t, config=config), rep_ms=40)
+    return dict(B=B, T=T, D=D, dtype=str(dtype).split(".")[-1], chunk_t=chunk_t, **config, fwd_ms=fwd,
+                fwd_frac=fwd_bytes / fwd / 1e6 / copy_gbs, bwd_ms=bwd, bwd_frac=bwd_bytes / bwd / 1e6 / copy_gbs)
 
 
 def _line(r: dict, columns: list[str]) -> str:

@@ -211,6 +211,18 @@ def test_bad_options_name_the_argument():
         linear_scan(x, a, output_final_state=1)
 
 
+@pytest.mark.parametrize("chunk_t", [0, -5, 2.0, True])
+def test_bad_chunk_t_names_the_argument(chunk_t):
+    x, a = (t.to(DEVICE) for t in _good())
+    with pytest.raises(ValueError, match=r"^chunk_t: expected None or an int >= 1"):
+        linear_scan_associative(x, a, chunk_t=chunk_t)
+
+
+def test_tile_config_rejects_other_dtypes():
+    with pytest.raises(TypeError, match=r"^dtype: expected torch.float32"):
+        tile_config(torch.float64)
+
+
 @pytest.mark.parametrize("impl", ["triton", "sequential"])
 def test_triton_on_cpu_without_the_interpreter_says_how_to_fix_it(impl, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")

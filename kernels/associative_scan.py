@@ -275,6 +275,18 @@ def _scan_bwd_kernel(
 
 
 @triton.jit
+def _tile_summary(a_first, v_first, t0, t_start, t_end, T, rows, cols, mask_cols, end,
+                  stride_a_t: tl.constexpr, stride_a_d: tl.constexpr, stride_v_t: tl.constexpr,
+                  stride_v_d: tl.constexpr, REVERSE: tl.constexpr, WHOLE: tl.constexpr, EVEN_D: tl.constexpr):
+    """The pair (A, V) (BLOCK_D,) fp32 that one tile of pairs (rows t0 + rows, loaded as `_load_pair_tile`)
+    amounts to: its scan's row `end`."""
+    a, v = _load_pair_tile(a_first, v_first, t0, t_start, t_end, T, rows, cols, mask_cols,
+                           stride_a_t, stride_a_d, stride_v_t, stride_v_d, REVERSE, WHOLE, EVEN_D)
+    A, V = tl.associative_scan((a.to(tl.float32), v.to(tl.float32)), axis=0, combine_fn=_combine)
+    return _row(A, rows, end), _row(V, rows, end)
+
+
+@triton.jit
 def _chunk_summary_kernel(
     # pointers
     v_ptr,  # (B, T, D) values: x (forward) or dh^out (backward), any strides
@@ -309,23 +321,17 @@ def _chunk_summary_kernel(
     n_tiles = tl.cdiv(t_end - t_start, BLOCK_T)
     last = t_start + (n_tiles - 1) * BLOCK_T
     if REVERSE:
-        a, v = _load_pair_tile(a_first, v_first, last, t_start, t_end, T, rows, cols, mask_cols,
-                               stride_a_t, stride_a_d, stride_v_t, stride_v_d, True, False, EVEN_D)
-        A, V = tl.associative_scan((a.to(tl.float32), v.to(tl.float32)), axis=0, combine_fn=_combine)
-        acc_A, acc_V = _row(A, rows, end), _row(V, rows, end)
+        acc_A, acc_V = _tile_summary(a_first, v_first, last, t_start, t_end, T, rows, cols, mask_cols, end,
+                                     stride_a_t, stride_a_d, stride_v_t, stride_v_d, True, False, EVEN_D)
     for i in tl.range(0, n_tiles - 1, num_stages=STAGES):
         t0 = t_start + (n_tiles - 2 - i if REVERSE else i) * BLOCK_T
-        a, v = _load_pair_tile(a_first, v_first, t0, t_start, t_end, T, rows, cols, mask_cols,
-                               stride_a_t, stride_a_d, stride_v_t, stride_v_d, REVERSE, True, EVEN_D)
-        A, V = tl.associative_scan((a.to(tl.float32), v.to(tl.float32)), axis=0, combine_fn=_combine)
-        A_tile, V_tile = _row(A, rows, end), _row(V, rows, end)
+        A_tile, V_tile = _tile_summary(a_first, v_first, t0, t_start, t_end, T, rows, cols, mask_cols, end,
+                                       stride_a_t, stride_a_d, stride_v_t, stride_v_d, REVERSE, True, EVEN_D)
         acc_V = A_tile * acc_V + V_tile
         acc_A = A_tile * acc_A
     if not REVERSE:
-        a, v = _load_pair_tile(a_first, v_first, last, t_start, t_end, T, rows, cols, mask_cols,
-                               stride_a_t, stride_a_d, stride_v_t, stride_v_d, False, False, EVEN_D)
-        A, V = tl.associative_scan((a.to(tl.float32), v.to(tl.float32)), axis=0, combine_fn=_combine)
-        A_tile, V_tile = _row(A, rows, end), _row(V, rows, end)
+        A_tile, V_tile = _tile_summary(a_first, v_first, last, t_start, t_end, T, rows, cols, mask_cols, end,
+                                       stride_a_t, stride_a_d, stride_v_t, stride_v_d, False, False, EVEN_D)
         acc_V = A_tile * acc_V + V_tile
         acc_A = A_tile * acc_A
 

@@ -73,8 +73,11 @@ class LitLM(L.LightningModule):
         # Under 16-mixed, GradScaler makes inf gradients on purpose when the scale overflows and skips that
         # step itself; only a non-finite loss is a failure there.
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        finite = bool(torch.isfinite(self._loss) & (torch.isfinite(grad_norm) | (scaler is not None)))
-        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+        finite = torch.isfinite(self._loss) & (torch.isfinite(grad_norm) | (scaler is not None))  # () on the device
+        # One host sync per step: the flags are gathered on the device (a collective under DDP) and read once,
+        # so every rank takes the same decision. (Reading the flag first and then reducing it, as
+        # strategy.reduce_boolean_decision does, costs two syncs.)
+        if not bool(self.all_gather(finite).all()):
             raise FloatingPointError(
                 f"step {self.global_step}: non-finite training loss ({self._loss.item()}) or gradient norm "
                 f"({grad_norm.item()}); stopped before the optimizer step, so no checkpoint holds this state")

@@ -36,3 +36,22 @@ def test_two_ranks_see_different_batches_and_keep_equal_weights(tmp_path):
     assert [[step for step, _ in rank["batches"]] for rank in resumed] == [[7, 8, 9], [7, 8, 9]]
     assert resumed[0]["params"] == resumed[1]["params"]
     assert not {d for _, d in resumed[0]["batches"]} & {d for _, d in resumed[1]["batches"]}
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path, monkeypatch):
+    # Rank 1 alone sees a NaN loss at step 3 (its gradients stay finite): the guard's decision is collective,
+    # so both ranks stop before that optimizer step, nothing hangs, and last.ckpt is step 3's good state.
+    write_local_corpus(tmp_path / "corpus")
+    monkeypatch.setenv("TINY_RUN_NAN_AT", "1:3")
+    args = tiny_overrides(tmp_path / "run", tmp_path / "corpus", trainer__devices=2, trainer__strategy="ddp",
+                          model__scan="reference", trainer__checkpoint_every=3, trainer__val_every=100,
+                          trainer__max_steps=9)
+    (tmp_path / "records").mkdir()
+    done = run_script("tests/lrnn_lm/tiny_run.py", str(tmp_path / "records"), *args, timeout=180)
+    assert done.returncode != 0
+    assert (tmp_path / "records" / "rank0.stopped").read_text() == "3", done.stderr[-4000:]  # its own loss was fine
+    assert "step 3: non-finite training loss (nan)" in done.stderr, done.stderr[-4000:]
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3
+    assert all(torch.isfinite(w).all() for w in ckpt["state_dict"].values())

@@ -80,8 +80,32 @@ class Recorder(L.Callback):
             (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
+def poison_loss_flag(rank: int, step: int, out_dir: Path) -> None:
+    """From now on, rank `rank` sees a NaN training loss at global step `step`, in the non-finite guard only:
+    its gradients stay finite, so the other ranks learn of it only through the guard's collective decision.
+    Each rank whose guard stops the run writes out_dir/rank{r}.stopped (the step) before the error goes on."""
+    from lrnn_lm.lit_module import LitLM
+
+    guard = LitLM.on_before_optimizer_step
+
+    def poisoned(self, optimizer):
+        if self.global_rank == rank and self.global_step == step:
+            self._loss = torch.full_like(self._loss, float("nan"))
+        try:
+            guard(self, optimizer)
+        except FloatingPointError:
+            (Path(out_dir) / f"rank{self.global_rank}.stopped").write_text(str(self.global_step))
+            raise
+
+    LitLM.on_before_optimizer_step = poisoned
+
+
 if __name__ == "__main__":
     from lrnn_lm.config import load_config
-    from lrnn_lm.train import train
+    from lrnn_lm.train import main, train
 
-    train(load_config(None, sys.argv[2:]), callbacks=[Recorder(Path(sys.argv[1]))])
+    if "TINY_RUN_NAN_AT" in os.environ:  # "rank:step": through train.py's main, which turns the error into an exit
+        poison_loss_flag(*map(int, os.environ["TINY_RUN_NAN_AT"].split(":")), Path(sys.argv[1]))
+        main(sys.argv[2:])
+    else:
+        train(load_config(None, sys.argv[2:]), callbacks=[Recorder(Path(sys.argv[1]))])

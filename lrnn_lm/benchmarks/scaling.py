@@ -3,7 +3,9 @@
     python -m lrnn_lm.benchmarks.scaling --config small.yaml --gpus 1 2 [--steps 400] [--out DIR] [--field value ...]
     python -m lrnn_lm.benchmarks.scaling --gpus 1 2 --steps 400 --measure-only   # re-read runs/scaling/{1,2}gpu
 
-Extra `--section.field value` arguments go to every train.py run (e.g. --data.batch_size 256).
+Extra `--section.field value` arguments go to every train.py run, e.g. --data.batch_size 128: a per-GPU step
+long enough (~94 ms on an H200 for small.yaml at 128 x 2048 tokens) that host time between steps does not
+decide the figure. At 32 x 2048 tokens the 1-GPU baseline itself varies by ±20 % from launch to launch.
 
 Each run is a plain `train.py` subprocess (so DDP launches exactly as a user's run does) with the CSV
 logger; tokens/s per GPU is Lightning's ThroughputMonitor figure (`train/device/items_per_sec`, rank 0,

@@ -2,6 +2,10 @@
 
     python -m kernels.benchmarks.sass [--d 2048]     # the tiles of kernels/tiles.json, contiguous (B, T, D)
 
+The integer arguments (T, the chunk length, batch strides) are declared multiples of 16, as Triton's JIT
+specialises them when they are (T % 16 == 0 here). Without that, a batch stride of unknown alignment caps the
+pointers' alignment at one element, and 2-byte loads are too narrow for cp.async: a different kernel.
+
 Triton compiles for a target it is told about (here CUDA sm_90) on any machine, and ships `cuobjdump`.
 For each kernel (forward, backward, chunk summary) at each element size's tile, this prints the register
 count, local memory (spills), shared memory, the number of warp shuffles (SHFL) and barriers (BAR) in the
@@ -47,8 +51,9 @@ def compile_sm90(kernel, dtype: str, D: int, tile: dict, flags: dict) -> str:
         elif name.endswith("_ptr"):
             signature[name] = "*fp32" if name in FP32_POINTERS else f"*{dtype}"
             attrs[(i,)] = [["tt.divisibility", 16]]
-        else:
+        else:  # T, chunk length, batch strides: multiples of 16 at such shapes, which Triton's JIT specialises on
             signature[name] = "i32"
+            attrs[(i,)] = [["tt.divisibility", 16]]
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", 90, 32), options={"num_warps": tile["num_warps"]})
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -70,7 +75,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--d", type=int, default=2048, help="channels (a compile-time constant of the kernels)")
     args = p.parse_args()
-    print(f"triton {triton.__version__}, target sm_90, D={args.d}, contiguous inputs")
+    print(f"triton {triton.__version__}, target sm_90, D={args.d}, contiguous inputs, integer arguments % 16 == 0")
     for size, dtype in DTYPES.items():
         tile = {k: v for k, v in scan._tile_table()[str(size)].items() if k != "score"}
         for name, (kernel, flags) in KERNELS.items():

@@ -50,8 +50,10 @@ def _thread_columns(BLOCK_D: tl.constexpr, VEC: tl.constexpr):
 
     Triton lays a tile out by the contiguity of its addresses: with runs of VEC, each thread holds VEC
     adjacent channels (one VEC-wide load per row) and the 32 lanes of a warp sit side by side along D, so
-    every row of the tile lives in every thread. The scan down T then runs in registers: no shuffles, no
-    shared memory, no barriers. With the full contiguity, Triton would spread T across lanes and warps.
+    every row of the tile lives in every thread (when BLOCK_D = 32 · VEC · num_warps). The scan down T then
+    runs in registers: no shuffles, no shared memory, no barriers. With half that BLOCK_D, the spare lanes
+    split the rows in two: wider loads, one shuffle level. With the full contiguity, Triton would spread T
+    across lanes and warps.
     """
     return tl.max_contiguous(tl.multiple_of(tl.arange(0, BLOCK_D), VEC), VEC)
 
@@ -396,8 +398,8 @@ def _tile_table() -> dict:
 
 
 def tile_config(dtype: torch.dtype) -> dict:
-    """Kernel meta-parameters for one dtype: BLOCK_T, BLOCK_D (= 32 lanes · VEC · num_warps), VEC, STAGES,
-    num_warps."""
+    """Kernel meta-parameters for one dtype: BLOCK_T, BLOCK_D (32 lanes · VEC · num_warps, or half that: see
+    _thread_columns), VEC, STAGES, num_warps."""
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"dtype: expected torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
     if triton_interpreter_on():

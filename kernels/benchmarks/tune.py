@@ -1,7 +1,9 @@
 """Sweep the associative scan's tiles and write the tile table the launchers read (kernels/tiles.json).
 
-A tile is (BLOCK_T rows, VEC channels per thread, STAGES of the load pipeline, num_warps); a program
-covers BLOCK_D = 32 · VEC · num_warps channels. Each candidate runs forward and backward at the benchmark
+A tile is (BLOCK_T rows, BLOCK_D channels, VEC channels per thread, STAGES of the load pipeline, num_warps).
+With BLOCK_D = 32 · VEC · num_warps every thread holds whole columns of the tile (the scan runs in registers);
+with half that, rows are split over two lanes (8-byte loads at 64 channels for 2-byte dtypes, one shuffle
+level in the scan: NOTES #11). Each candidate runs forward and backward at the benchmark
 shapes of its element size; the table keeps, per element size, the tile with the best geometric mean of
 the forward and backward fractions of copy bandwidth. The T-parallel path's chunk length is swept at the
 long-sequence shape (printed and saved, not tabled: `_chunk_len` decides it).
@@ -27,17 +29,19 @@ SHAPES = {  # element size -> (B, T, D, dtype)
         (4, 256, 5120, torch.float16)],
     4: [(8, 2048, 2048, torch.float32), (16, 1024, 1024, torch.float32)],
 }
-CANDIDATES = {  # element size -> (BLOCK_T, VEC, STAGES, num_warps)
-    2: [(32, 2, 3, 1), (32, 2, 4, 1), (16, 2, 4, 1), (16, 2, 6, 1), (64, 2, 3, 1), (64, 2, 2, 1), (8, 2, 8, 1),
-        (16, 4, 3, 1), (32, 2, 3, 2)],
-    4: [(32, 2, 3, 1), (32, 2, 4, 1), (16, 2, 4, 1), (64, 2, 2, 1), (16, 4, 3, 1), (32, 1, 3, 1)],
+CANDIDATES = {  # element size -> (BLOCK_T, BLOCK_D, VEC, STAGES, num_warps)
+    2: [(32, 64, 2, 3, 1), (32, 64, 2, 4, 1), (16, 64, 2, 4, 1), (16, 64, 2, 6, 1), (64, 64, 2, 3, 1),
+        (64, 64, 2, 2, 1), (8, 64, 2, 8, 1), (16, 128, 4, 3, 1), (32, 128, 2, 3, 2),
+        (64, 64, 4, 4, 1), (64, 64, 4, 3, 1), (32, 64, 4, 4, 1)],
+    4: [(32, 64, 2, 3, 1), (32, 64, 2, 4, 1), (16, 64, 2, 4, 1), (64, 64, 2, 2, 1), (16, 128, 4, 3, 1),
+        (32, 32, 1, 3, 1), (32, 64, 4, 4, 1)],
 }
 LONG = (1, 131072, 512, torch.bfloat16)
 CHUNKS = [512, 1024, 2048, 4096, 8192]
 
 
-def tile(bt: int, vec: int, stages: int, warps: int) -> dict:
-    return dict(BLOCK_T=bt, BLOCK_D=32 * vec * warps, VEC=vec, STAGES=stages, num_warps=warps)
+def tile(block_t: int, block_d: int, vec: int, stages: int, warps: int) -> dict:
+    return dict(BLOCK_T=block_t, BLOCK_D=block_d, VEC=vec, STAGES=stages, num_warps=warps)
 
 
 def measure(B, T, D, dtype, config, copy_gbs, chunk_t=None) -> dict:
@@ -68,7 +72,8 @@ def main() -> None:
     copy = copy_bandwidth_gbs()
     print(info, f"copy {copy:.0f} GB/s", flush=True)
     rows, table = [], {}
-    columns = ["B", "T", "D", "dtype", "chunk_t", "BLOCK_T", "VEC", "STAGES", "num_warps", "fwd_frac", "bwd_frac"]
+    columns = ["B", "T", "D", "dtype", "chunk_t", "BLOCK_T", "BLOCK_D", "VEC", "STAGES", "num_warps", "fwd_frac",
+               "bwd_frac"]
     for size, shapes in SHAPES.items():
         scores = {}
         for cand in CANDIDATES[size]:

@@ -237,13 +237,24 @@ def test_return_is_always_a_pair():
         assert isinstance(out, tuple) and len(out) == 2 and out[1] is None
 
 
-def test_tile_table_is_consistent():
-    """The committed tile table (written by kernels/benchmarks/tune.py) covers every dtype's element size, and
-    each program's channel count is 32 lanes · VEC · num_warps, which the kernels' layout relies on."""
+def _is_valid_tile(t: dict) -> bool:
+    """Powers of two (tl.arange), and BLOCK_D = 32 lanes · VEC · num_warps (whole columns per thread) or half
+    that (rows over two lanes), as the kernels' layout is built for (associative_scan._thread_columns)."""
+    powers_of_two = all(v >= 1 and v & (v - 1) == 0 for v in (t["BLOCK_T"], t["BLOCK_D"], t["VEC"], t["num_warps"]))
+    lanes_wide = 32 * t["VEC"] * t["num_warps"]
+    return powers_of_two and t["BLOCK_D"] in (lanes_wide, lanes_wide // 2) and t["STAGES"] >= 1
+
+
+def test_tile_table_and_tuning_candidates_are_valid_tiles():
+    """The committed tile table (written by kernels/benchmarks/tune.py) covers every dtype's element size with a
+    valid tile, and so does every tile tune.py may write there."""
     from kernels.associative_scan import _tile_table
+    from kernels.benchmarks.tune import CANDIDATES, tile
 
     table = _tile_table()
     for dtype in DTYPES:
-        tile = table[str(dtype.itemsize)]
-        assert tile["BLOCK_D"] == 32 * tile["VEC"] * tile["num_warps"]
-        assert tile["BLOCK_T"] >= 1 and tile["STAGES"] >= 1
+        assert _is_valid_tile(table[str(dtype.itemsize)])
+    for size, candidates in CANDIDATES.items():
+        invalid = [c for c in candidates if not _is_valid_tile(tile(*c))]
+        assert not invalid, f"element size {size}: {invalid}"
+    assert not _is_valid_tile(tile(64, 16, 2, 3, 1))  # rows over four lanes: not a layout the kernels are built for

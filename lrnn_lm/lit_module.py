@@ -74,13 +74,15 @@ class LitLM(L.LightningModule):
         # step itself; only a non-finite loss is a failure there.
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         finite = torch.isfinite(self._loss) & (torch.isfinite(grad_norm) | (scaler is not None))  # () on the device
-        # One host sync per step: the flags are gathered on the device (a collective under DDP) and read once,
-        # so every rank takes the same decision. (Reading the flag first and then reducing it, as
+        # One host sync per step: the ranks' failures are summed on the device (an all-reduce under DDP) and the
+        # count is read once, so every rank takes the same decision. (Reading the flag and then reducing it, as
         # strategy.reduce_boolean_decision does, costs two syncs.)
-        if not bool(self.all_gather(finite).all()):
+        failed_ranks = int(self.trainer.strategy.reduce((~finite).float(), reduce_op="sum"))
+        if failed_ranks:
             raise FloatingPointError(
-                f"step {self.global_step}: non-finite training loss ({self._loss.item()}) or gradient norm "
-                f"({grad_norm.item()}); stopped before the optimizer step, so no checkpoint holds this state")
+                f"step {self.global_step}: non-finite training loss or gradient norm on {failed_ranks} of "
+                f"{self.trainer.world_size} ranks (rank {self.global_rank}: loss {self._loss.item()}, gradient norm "
+                f"{grad_norm.item()}); stopped before the optimizer step, so no checkpoint holds this state")
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._accumulate(batch)

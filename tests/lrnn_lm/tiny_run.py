@@ -1,7 +1,9 @@
 """Helpers for the end-to-end tests: a tiny run's overrides, train.py in a subprocess, and a recording callback.
 
 As a script, `python tests/lrnn_lm/tiny_run.py OUT_DIR [--section.field value ...]` trains with `Recorder`,
-so that a multi-process run (DDP re-launches this script for each rank) leaves one record per rank.
+so that a multi-process run (DDP re-launches this script for each rank) leaves one record per rank. With
+TINY_RUN_NAN_AT=rank:step in the environment it instead runs train.py's main with that rank's loss made NaN
+in the non-finite guard at that step (`poison_loss_in_guard`).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class Recorder(L.Callback):
             (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-def poison_loss_flag(rank: int, step: int, out_dir: Path) -> None:
+def poison_loss_in_guard(rank: int, step: int, out_dir: Path) -> None:
     """From now on, rank `rank` sees a NaN training loss at global step `step`, in the non-finite guard only:
     its gradients stay finite, so the other ranks learn of it only through the guard's collective decision.
     Each rank whose guard stops the run writes out_dir/rank{r}.stopped (the step) before the error goes on."""
@@ -105,7 +107,7 @@ if __name__ == "__main__":
     from lrnn_lm.train import main, train
 
     if "TINY_RUN_NAN_AT" in os.environ:  # "rank:step": through train.py's main, which turns the error into an exit
-        poison_loss_flag(*map(int, os.environ["TINY_RUN_NAN_AT"].split(":")), Path(sys.argv[1]))
+        poison_loss_in_guard(*map(int, os.environ["TINY_RUN_NAN_AT"].split(":")), Path(sys.argv[1]))
         main(sys.argv[2:])
     else:
         train(load_config(None, sys.argv[2:]), callbacks=[Recorder(Path(sys.argv[1]))])

@@ -7,7 +7,8 @@ stride T·D usually is, the pointers are then known to be 16-byte aligned, and t
 2-byte tiles by cp.async into shared memory. With the batch stride's alignment unknown (here forced by
 `do_not_specialize`; in use, a stride that is not a multiple of 16), the compiler may assume only 2-byte
 alignment, too little for a 4-byte cp.async of VEC = 2 channels, and the tiles are loaded into registers
-instead (`kernels.benchmarks.sass` compiles the specialised kernels; the report's first version showed the other kind). Each line: time, fraction of the copy bandwidth measured in the same run, and
+instead (`kernels.benchmarks.sass` compiles the specialised kernels; the report's first version showed the
+other kind). Each line: time, fraction of the copy bandwidth measured in the same run, and
 whether the output equals the committed launch's bit for bit.
 """
 

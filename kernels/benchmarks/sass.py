@@ -1,24 +1,28 @@
 """What the scan kernels compile to on an H100 (sm_90), without a GPU: registers, spills, shuffles, barriers.
 
     python -m kernels.benchmarks.sass [--d 2048]     # the tiles of kernels/tiles.json, contiguous (B, T, D)
+    python -m kernels.benchmarks.sass --tile 64 64 4 4 1 --opcodes 12   # any tile; the commonest opcodes too
 
-The integer arguments (T, the chunk length, batch strides) are declared multiples of 16, as Triton's JIT
-specialises them when they are (T % 16 == 0 here). Without that, a batch stride of unknown alignment caps the
-pointers' alignment at one element, and 2-byte loads are too narrow for cp.async: a different kernel.
+The integer arguments are given as Triton's JIT specialises them for contiguous inputs with T % 16 == 0:
+T, the chunk length and batch strides as multiples of 16, the states' strides along D as the constant 1.
+Without that, a batch stride of unknown alignment caps the pointers' alignment at one element, and 2-byte
+loads are too narrow for cp.async: a different kernel (`alignment.py` times both).
 
 Triton compiles for a target it is told about (here CUDA sm_90) on any machine, and ships `cuobjdump`.
 For each kernel (forward, backward, chunk summary) at each element size's tile, this prints the register
 count, local memory (spills), shared memory, the number of warp shuffles (SHFL) and barriers (BAR) in the
 SASS, cp.async copies (LDGSTS: loads pipelined through shared memory) and plain global loads and stores
-(LDG, STG; the pipeliner may also issue LDGs ahead into registers). The forward and backward tile scans are
-meant to run in registers: no SHFL, and no BAR beyond those of a cp.async pipeline. (The chunk summary
-reduces its tile's gate product across rows too, which may shuffle.)
+(LDG, STG; the pipeliner may also issue LDGs ahead into registers), and the number of instructions. With
+whole columns per thread (BLOCK_D = 32 · VEC · num_warps), the forward and backward tile scans are meant to
+run in registers: no SHFL, and no BAR beyond those of a cp.async pipeline. (The chunk summary reduces its
+tile's gate product across rows too, which may shuffle.)
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+from collections import Counter
 import re
 import subprocess
 import tempfile
@@ -51,6 +55,9 @@ def compile_sm90(kernel, dtype: str, D: int, tile: dict, flags: dict) -> str:
         elif name.endswith("_ptr"):
             signature[name] = "*fp32" if name in FP32_POINTERS else f"*{dtype}"
             attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name.startswith("stride_") and name.endswith("_d"):  # of a contiguous (B, D) state: 1, a constant
+            signature[name] = "constexpr"
+            constexprs[name] = 1
         else:  # T, chunk length, batch strides: multiples of 16 at such shapes, which Triton's JIT specialises on
             signature[name] = "i32"
             attrs[(i,)] = [["tt.divisibility", 16]]
@@ -63,24 +70,38 @@ def compile_sm90(kernel, dtype: str, D: int, tile: dict, flags: dict) -> str:
                                         check=True).stdout for flag in ("-res-usage", "-sass"))
 
 
+def opcodes(report: str) -> list[str]:
+    """The SASS instructions' opcodes with their modifiers (e.g. LDGSTS.E), predicates dropped, in order."""
+    return re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)", report)
+
+
 def summarise(report: str) -> dict:
     usage = dict(re.findall(r"(REG|SHARED|LOCAL):(\d+)", report))
     count = lambda op: len(re.findall(rf"\b{op}\b", report))  # noqa: E731
     return dict(regs=int(usage["REG"]), local=int(usage["LOCAL"]), shared=int(usage["SHARED"]),
                 SHFL=count(r"SHFL\.\w+"), BAR=count(r"BAR\.\w+"), LDGSTS=count(r"LDGSTS(?:\.\w+)*"),
-                LDG=count(r"LDG\.E(?:\.\w+)*"), STG=count(r"STG\.E(?:\.\w+)*"))
+                LDG=count(r"LDG\.E(?:\.\w+)*"), STG=count(r"STG\.E(?:\.\w+)*"), instructions=len(opcodes(report)))
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--d", type=int, default=2048, help="channels (a compile-time constant of the kernels)")
+    p.add_argument("--tile", type=int, nargs=5, metavar=("BLOCK_T", "BLOCK_D", "VEC", "STAGES", "WARPS"),
+                   help="compile this tile for both element sizes instead of the table's")
+    p.add_argument("--opcodes", type=int, default=0, metavar="N", help="also print each kernel's N commonest opcodes")
     args = p.parse_args()
-    print(f"triton {triton.__version__}, target sm_90, D={args.d}, contiguous inputs, integer arguments % 16 == 0")
+    print(f"triton {triton.__version__}, target sm_90, D={args.d}, contiguous inputs, integer arguments % 16 == 0 "
+          "(state strides along D: 1)")
     for size, dtype in DTYPES.items():
         tile = {k: v for k, v in scan._tile_table()[str(size)].items() if k != "score"}
+        if args.tile:
+            tile = dict(zip(("BLOCK_T", "BLOCK_D", "VEC", "STAGES", "num_warps"), args.tile))
         for name, (kernel, flags) in KERNELS.items():
-            row = summarise(compile_sm90(kernel, dtype, args.d, tile, flags))
+            report = compile_sm90(kernel, dtype, args.d, tile, flags)
+            row = summarise(report)
             print(f"{name:8s} {dtype}  {tile}  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+            if args.opcodes:
+                print("    " + "  ".join(f"{op} {n}" for op, n in Counter(opcodes(report)).most_common(args.opcodes)))
 
 
 if __name__ == "__main__":

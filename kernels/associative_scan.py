@@ -329,13 +329,11 @@ def _chunk_summary_kernel(
         t0 = t_start + (n_tiles - 2 - i if REVERSE else i) * BLOCK_T
         A_tile, V_tile = _tile_summary(a_first, v_first, t0, t_start, t_end, T, rows, cols, mask_cols, end,
                                        stride_a_t, stride_a_d, stride_v_t, stride_v_d, REVERSE, True, EVEN_D)
-        acc_V = A_tile * acc_V + V_tile
-        acc_A = A_tile * acc_A
+        acc_A, acc_V = _combine(acc_A, acc_V, A_tile, V_tile)  # the tiles so far, then this one
     if not REVERSE:
         A_tile, V_tile = _tile_summary(a_first, v_first, last, t_start, t_end, T, rows, cols, mask_cols, end,
                                        stride_a_t, stride_a_d, stride_v_t, stride_v_d, False, False, EVEN_D)
-        acc_V = A_tile * acc_V + V_tile
-        acc_A = A_tile * acc_A
+        acc_A, acc_V = _combine(acc_A, acc_V, A_tile, V_tile)
 
     out = b * tl.num_programs(1) * D + pid_c * D + d0 + cols
     tl.store(A_ptr + out, acc_A, mask=mask_d)

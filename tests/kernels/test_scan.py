@@ -13,6 +13,7 @@ import torch
 
 from kernels import linear_scan, triton_interpreter_on
 from kernels.associative_scan import _chunk_len, linear_scan_associative, tile_config
+from kernels.lookback_scan import linear_scan_lookback
 from kernels.reference import linear_scan_reference
 
 from .conftest import DEVICE
@@ -47,6 +48,10 @@ def _impl(name):
         return lambda x, a, h0, fs: linear_scan_associative(x, a, h0, fs, chunk_t=16)
     if name == "triton-tparallel-2tiles":  # chunks of two tiles: whole (pipelined) tiles inside chunks too
         return lambda x, a, h0, fs: linear_scan_associative(x, a, h0, fs, chunk_t=2 * BLOCK_T)
+    if name == "triton-lookback":  # the decoupled look-back experiment (kernels/lookback_scan.py)
+        return linear_scan_lookback
+    if name == "triton-lookback-aggregates":  # only the first tile publishes its state: look back through aggregates
+        return lambda x, a, h0, fs: linear_scan_lookback(x, a, h0, fs, publish_inclusive=False)
     return functools.partial(_public, impl=name)
 
 
@@ -54,7 +59,8 @@ def _public(x, a, h0, fs, impl):
     return linear_scan(x, a, h0, impl=impl, output_final_state=fs)
 
 
-IMPLS = ["triton", "sequential", "auto", "triton-tparallel", "triton-tparallel-2tiles"]
+IMPLS = ["triton", "sequential", "auto", "triton-tparallel", "triton-tparallel-2tiles", "triton-lookback",
+         "triton-lookback-aggregates"]
 
 
 def _interpreted(impl: str) -> bool:

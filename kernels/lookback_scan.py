@@ -1,0 +1,367 @@
+"""Single-pass scan with decoupled look-back (Merrill & Garland 2016, "Single-pass Parallel Prefix Scan with
+Decoupled Look-back"): h_t = a_t ⊙ h_{t-1} + x_t over (B, T, D), and its fused backward.
+
+**An experiment, not used by `linear_scan`** (kernels/benchmarks/NOTES.md, attempt 12): correct, but slower
+than `associative_scan.py` at every benchmark shape on an H100, and not bitwise reproducible (the order in
+which a tile combines its predecessors depends on timing). `python -m kernels.benchmarks.lookback` times it.
+
+The one-chunk path of `associative_scan.py` gives each program a whole column (one batch row, BLOCK_D
+channels, all of T), so it runs B · D / BLOCK_D programs: two one-warp programs per SM at (8, 2048, 2048),
+and its T-parallel path re-reads x and a (5/3 of the minimum bytes). Here every BLOCK_T × BLOCK_D tile is a
+program, and tiles are chained through global memory:
+
+1. load the tile, scan it from a zero state -> per row (A, H): the gate product and the state so far;
+   its last row is the tile's aggregate (A_k, V_k), published at once;
+2. look back: the state entering tile k is the nearest predecessor's published *inclusive* state,
+   combined with the aggregates of the tiles between (WINDOW predecessors per read; spin while one is
+   missing);
+3. publish tile k's inclusive state A_k carry + V_k, write h = H + A ⊙ carry.
+
+Bytes: the minimum (3·N·s forward, 5·N·s backward) plus 12 bytes per channel per tile of workspace
+(3 fp32 planes: aggregate A, V and inclusive state), filled with SENTINEL before the launch. A value and
+its "published" flag are one 32-bit word: a reader sees SENTINEL or the whole value (single-copy
+atomicity), so no fences, flags or barriers are needed; published NaNs are made canonical, and no
+arithmetic produces the SENTINEL NaN, so a NaN input cannot hang a reader.
+
+Program ids run in visiting order, time-major (pid = k · B · n_d + b · n_d + i_d): every predecessor of a
+program has a smaller id and was dispatched before it (as CUB's single-pass scan relies on), so it is
+running or done, and a look-back never waits for a program that cannot start.
+
+The backward visits tiles from the end of T (time-flipped tiles, as in `_scan_bwd_kernel`), seeded by
+dh_T: dh_t = dh_t^out + a_{t+1} dh_{t+1}; it writes dx = dh, da_t = dh_t h_{t-1} and dh0 = a_1 dh_1.
+Formulas count steps t = 1..T; the code counts rows 0..T-1.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._env import triton_interpreter_on
+from .associative_scan import (
+    _check_int32_offsets,
+    _combine,
+    _load_pair_tile,
+    _row,
+    _store_tile,
+    _thread_columns,
+    _tile_offsets,
+)
+from .function import apply_scan
+
+SENTINEL = tl.constexpr(-1)  # int32 bits 0xFFFFFFFF of an unpublished slot: a NaN no arithmetic produces
+
+
+@triton.jit
+def _publish(ptr, value, mask):
+    """Store fp32 `value` (BLOCK_D,) as int32 bits; a NaN is stored as the canonical NaN, never SENTINEL."""
+    value = tl.where(value == value, value, float("nan"))
+    tl.store(ptr, value.to(tl.int32, bitcast=True), mask=mask)
+
+
+@triton.jit
+def _look_back(agg_A, agg_V, incl, k, slot_stride, cols, mask_d, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr):
+    """The state entering tile k >= 1 of one column, (BLOCK_D,) fp32.
+
+    agg_A, agg_V, incl: int32 pointers to slot 0 of this column in the three workspace planes (slot j of
+    channel d0 + c at + j · slot_stride + c). Reads WINDOW predecessors at a time, newest first: per channel,
+    the newest inclusive state in the window, combined with the aggregates after it; a window of aggregates
+    only is folded in and the next older one read. Spins until every slot it needs is published."""
+    rows = tl.arange(0, WINDOW)
+    acc_A = tl.full([BLOCK_D], 1.0, dtype=tl.float32)  # the tiles from the window's top to k - 1, combined
+    acc_V = tl.zeros([BLOCK_D], dtype=tl.float32)
+    done = ~mask_d  # channels past D need nothing
+    top = k  # the window holds tiles top - WINDOW .. top - 1
+    pending = tl.sum(mask_d.to(tl.int32), axis=0)
+    while pending > 0:
+        j = top - WINDOW + rows
+        live = (j >= 0)[:, None] & ~done[None, :]
+        offs = j.to(tl.int64)[:, None] * slot_stride + cols[None, :]
+        H = tl.load(incl + offs, mask=live, other=SENTINEL, volatile=True)
+        A = tl.load(agg_A + offs, mask=live, other=SENTINEL, volatile=True)
+        V = tl.load(agg_V + offs, mask=live, other=SENTINEL, volatile=True)
+        has_incl = live & (H != SENTINEL)
+        has_agg = live & (A != SENTINEL) & (V != SENTINEL)
+        newest_incl = tl.max(tl.where(has_incl, rows[:, None], -1), axis=0)  # (BLOCK_D,), -1: none
+        after = rows[:, None] > newest_incl[None, :]
+        complete = tl.sum((live & after & ~has_agg).to(tl.int32), axis=0) == 0
+        resolved = complete & (newest_incl >= 0)
+        older = complete & (newest_incl < 0) & (top - WINDOW > 0)  # aggregates only, and more tiles below
+        if tl.min((done | resolved | older).to(tl.int32), axis=0) == 1:  # every open channel can move on
+            at_incl = rows[:, None] == newest_incl[None, :]
+            # rows before the inclusive state: identity; at it: (0, state); after it: the aggregates
+            w_A = tl.where(after, A.to(tl.float32, bitcast=True), tl.where(at_incl, 0.0, 1.0))
+            w_V = tl.where(after, V.to(tl.float32, bitcast=True),
+                           tl.where(at_incl, H.to(tl.float32, bitcast=True), 0.0))
+            s_A, s_V = tl.associative_scan((w_A, w_V), axis=0, combine_fn=_combine)
+            new_A, new_V = _combine(_row(s_A, rows, WINDOW - 1), _row(s_V, rows, WINDOW - 1), acc_A, acc_V)
+            acc_A = tl.where(done, acc_A, new_A)
+            acc_V = tl.where(done, acc_V, new_V)
+            done = done | resolved
+            top -= WINDOW
+            pending = tl.sum((~done).to(tl.int32), axis=0)
+    return acc_V  # acc_A = 0 once an inclusive state is folded in: acc_V is the state itself
+
+
+@triton.jit
+def _chain(A, H, rows, END: tl.constexpr, k, start, state_ptr, slot, plane, slot_stride, col_slot0, cols, mask_d,
+           BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, PUBLISH_INCLUSIVE: tl.constexpr, LOOK_BACK: tl.constexpr):
+    """Steps 1-3 for one tile: (A, H) (BLOCK_T, BLOCK_D) its scan from zero, ending at row END; start
+    (BLOCK_D,) the state before the first tile visited. -> (carry (BLOCK_D,) entering the tile, its
+    inclusive state (BLOCK_D,))."""
+    tot_A, tot_V = _row(A, rows, END), _row(H, rows, END)
+    agg_A, agg_V, incl = state_ptr, state_ptr + plane, state_ptr + 2 * plane
+    if k == 0:
+        carry = start
+    elif not LOOK_BACK:  # benchmarks only: every tile starts from `start` (wrong results; the look-back's cost)
+        _publish(agg_A + slot, tot_A, mask_d)
+        _publish(agg_V + slot, tot_V, mask_d)
+        carry = start
+    else:
+        _publish(agg_A + slot, tot_A, mask_d)
+        _publish(agg_V + slot, tot_V, mask_d)
+        carry = _look_back(agg_A + col_slot0, agg_V + col_slot0, incl + col_slot0, k, slot_stride, cols, mask_d,
+                           BLOCK_D, WINDOW)
+    state = tot_A * carry + tot_V
+    if PUBLISH_INCLUSIVE:
+        _publish(incl + slot, state, mask_d)
+    elif k == 0:  # tests: every later tile must then look back through aggregates to tile 0
+        _publish(incl + slot, state, mask_d)
+    return carry, state
+
+
+@triton.jit
+def _lookback_fwd_kernel(
+    # pointers
+    x_ptr, a_ptr,  # (B, T, D) inputs, any strides
+    h0_ptr,  # (B, D) initial state, any strides; unused if not HAS_H0
+    h_ptr,  # (B, T, D) output, contiguous
+    h_T_ptr,  # (B, D) fp32 final state, contiguous; unused if not STORE_FINAL
+    state_ptr,  # (3, K, B, D) int32 workspace, SENTINEL-filled: per tile, aggregate A, V and inclusive state
+    # sizes
+    B, T, D: tl.constexpr,
+    # strides, in elements (T and D strides are compile-time: see _tile_offsets)
+    stride_x_b, stride_x_t: tl.constexpr, stride_x_d: tl.constexpr,
+    stride_a_b, stride_a_t: tl.constexpr, stride_a_d: tl.constexpr,
+    stride_h0_b, stride_h0_d,
+    # meta-parameters
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr,
+    WINDOW: tl.constexpr,  # predecessors read per look-back step
+    EVEN_D: tl.constexpr,  # D % BLOCK_D == 0: no channel masks
+    HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr,
+    PUBLISH_INCLUSIVE: tl.constexpr,  # False (tests only): only tile 0 publishes its inclusive state
+    LOOK_BACK: tl.constexpr,  # False (benchmarks only): skip step 2, wrong results
+):
+    N_D: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D
+    pid = tl.program_id(0)
+    k, column = pid // (B * N_D), pid % (B * N_D)  # tile along T; (batch row, channel block)
+    b = (column // N_D).to(tl.int64)
+    d0 = (column % N_D) * BLOCK_D
+    cols = _thread_columns(BLOCK_D, VEC)
+    mask_d = cols < D - d0
+    mask_cols = mask_d[None, :]
+    rows = tl.arange(0, BLOCK_T)
+    t0 = k * BLOCK_T
+    x_first = x_ptr + b * stride_x_b + d0.to(tl.int64) * stride_x_d
+    a_first = a_ptr + b * stride_a_b + d0.to(tl.int64) * stride_a_d
+    h_first = h_ptr + b * T * D + d0
+
+    # 1. the tile's scan from a zero state; the last tile's padding rows are the identity (a=1, x=0)
+    if t0 + BLOCK_T <= T:
+        a, x = _load_pair_tile(a_first, x_first, t0, 0, T, T, rows, cols, mask_cols,
+                               stride_a_t, stride_a_d, stride_x_t, stride_x_d, False, True, EVEN_D)
+    else:
+        a, x = _load_pair_tile(a_first, x_first, t0, 0, T, T, rows, cols, mask_cols,
+                               stride_a_t, stride_a_d, stride_x_t, stride_x_d, False, False, EVEN_D)
+    A, H = tl.associative_scan((a.to(tl.float32), x.to(tl.float32)), axis=0, combine_fn=_combine)
+
+    # 2. the state entering the tile
+    if HAS_H0:
+        start = tl.load(h0_ptr + b * stride_h0_b + (d0 + cols) * stride_h0_d, mask=mask_d, other=0.0)
+        start = start.to(tl.float32)
+    else:
+        start = tl.zeros([BLOCK_D], dtype=tl.float32)
+    col_slot0 = b * D + d0  # slot 0 of this column
+    slot_stride = B * D
+    slot = k.to(tl.int64) * slot_stride + col_slot0 + cols
+    plane = (tl.num_programs(0) // N_D).to(tl.int64) * D  # K · B · D
+    carry, state = _chain(A, H, rows, BLOCK_T - 1, k, start, state_ptr, slot, plane, slot_stride, col_slot0, cols,
+                          mask_d, BLOCK_D, WINDOW, PUBLISH_INCLUSIVE, LOOK_BACK)
+
+    # 3. the states
+    h = H + A * carry[None, :]
+    if t0 + BLOCK_T <= T:
+        _store_tile(h_first, h, t0, T, rows, cols, mask_cols, D, True, EVEN_D)
+    else:
+        _store_tile(h_first, h, t0, T, rows, cols, mask_cols, D, False, EVEN_D)
+    if STORE_FINAL:
+        if t0 + BLOCK_T >= T:
+            tl.store(h_T_ptr + b * D + d0 + cols, state, mask=mask_d)
+
+
+@triton.jit
+def _lookback_bwd_kernel(
+    # pointers
+    a_ptr,  # (B, T, D) gates, any strides
+    h_ptr,  # (B, T, D) forward states, contiguous
+    h0_ptr,  # (B, D) initial state, any strides; unused if not HAS_H0
+    dh_ptr,  # (B, T, D) gradient of h, any strides
+    dh_T_ptr,  # (B, D) gradient of h_T, any strides; unused if not HAS_DH_T
+    dx_ptr, da_ptr,  # (B, T, D) outputs, contiguous
+    dh0_ptr,  # (B, D) output, contiguous; unused if not HAS_H0
+    state_ptr,  # (3, K, B, D) int32 workspace, SENTINEL-filled, indexed by visiting order (from the end of T)
+    # sizes
+    B, T, D: tl.constexpr,
+    # strides, in elements (T and D strides are compile-time: see _tile_offsets)
+    stride_a_b, stride_a_t: tl.constexpr, stride_a_d: tl.constexpr,
+    stride_h0_b, stride_h0_d,
+    stride_dh_b, stride_dh_t: tl.constexpr, stride_dh_d: tl.constexpr,
+    stride_dh_T_b, stride_dh_T_d,
+    # meta-parameters
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr,
+    WINDOW: tl.constexpr,  # predecessors read per look-back step
+    EVEN_D: tl.constexpr,  # D % BLOCK_D == 0: no channel masks
+    HAS_H0: tl.constexpr, HAS_DH_T: tl.constexpr,
+    PUBLISH_INCLUSIVE: tl.constexpr,  # False (tests only): only the first tile visited publishes its state
+    LOOK_BACK: tl.constexpr,  # False (benchmarks only): skip step 2, wrong results
+):
+    N_D: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D
+    pid = tl.program_id(0)
+    k, column = pid // (B * N_D), pid % (B * N_D)  # k-th tile from the end of T
+    b = (column // N_D).to(tl.int64)
+    d0 = (column % N_D) * BLOCK_D
+    cols = _thread_columns(BLOCK_D, VEC)
+    mask_d = cols < D - d0
+    mask_cols = mask_d[None, :]
+    # Row i of the tile holds time t0 + BLOCK_T - 1 - i: a scan down the tile runs backward in time.
+    rows = BLOCK_T - 1 - tl.arange(0, BLOCK_T)
+    n_tiles = tl.cdiv(T, BLOCK_T)
+    t0 = (n_tiles - 1 - k) * BLOCK_T
+    a_first = a_ptr + b * stride_a_b + d0.to(tl.int64) * stride_a_d
+    dh_first = dh_ptr + b * stride_dh_b + d0.to(tl.int64) * stride_dh_d
+    h_first = h_ptr + b * T * D + d0
+    dx_first = dx_ptr + b * T * D + d0
+    da_first = da_ptr + b * T * D + d0
+    # Whole: every row has a real a_{t+1} (t + 1 < T) and a real h_{t-1} (t >= 1).
+    whole = (t0 > 0) & (t0 + BLOCK_T < T)
+
+    # 1. the tile's reverse scan of (a_{t+1}, dh_t^out) from a zero gradient at its end
+    h_tile = h_first + (t0 - 1).to(tl.int64) * D + _tile_offsets(rows, cols, D, 1)  # h_{t-1}
+    if whole:
+        a_next, dh_out = _load_pair_tile(a_first, dh_first, t0, 0, T, T, rows, cols, mask_cols,
+                                         stride_a_t, stride_a_d, stride_dh_t, stride_dh_d, True, True, EVEN_D)
+        if EVEN_D:
+            h_prev = tl.load(h_tile).to(tl.float32)
+        else:
+            h_prev = tl.load(h_tile, mask=mask_cols, other=0.0).to(tl.float32)
+    else:
+        a_next, dh_out = _load_pair_tile(a_first, dh_first, t0, 0, T, T, rows, cols, mask_cols,
+                                         stride_a_t, stride_a_d, stride_dh_t, stride_dh_d, True, False, EVEN_D)
+        prev_rows = (rows >= 1 - t0) & (rows < T - t0)
+        h_prev = tl.load(h_tile, mask=prev_rows[:, None] & mask_cols, other=0.0).to(tl.float32)
+    if HAS_H0:
+        h0 = tl.load(h0_ptr + b * stride_h0_b + (d0 + cols) * stride_h0_d, mask=mask_d, other=0.0)
+        h_prev = tl.where((rows == -t0)[:, None], h0.to(tl.float32)[None, :], h_prev)
+    A, G = tl.associative_scan((a_next.to(tl.float32), dh_out.to(tl.float32)), axis=0, combine_fn=_combine)
+
+    # 2. the gradient entering the tile from its end
+    if HAS_DH_T:
+        start = tl.load(dh_T_ptr + b * stride_dh_T_b + (d0 + cols) * stride_dh_T_d, mask=mask_d, other=0.0)
+        start = start.to(tl.float32)
+    else:
+        start = tl.zeros([BLOCK_D], dtype=tl.float32)
+    col_slot0 = b * D + d0  # slot 0 of this column
+    slot_stride = B * D
+    slot = k.to(tl.int64) * slot_stride + col_slot0 + cols
+    plane = (tl.num_programs(0) // N_D).to(tl.int64) * D  # K · B · D
+    carry, state = _chain(A, G, rows, 0, k, start, state_ptr, slot, plane, slot_stride, col_slot0, cols, mask_d,
+                          BLOCK_D, WINDOW, PUBLISH_INCLUSIVE, LOOK_BACK)
+
+    # 3. the gradients
+    dh = G + A * carry[None, :]
+    if whole:
+        _store_tile(dx_first, dh, t0, T, rows, cols, mask_cols, D, True, EVEN_D)
+        _store_tile(da_first, dh * h_prev, t0, T, rows, cols, mask_cols, D, True, EVEN_D)
+    else:
+        _store_tile(dx_first, dh, t0, T, rows, cols, mask_cols, D, False, EVEN_D)
+        _store_tile(da_first, dh * h_prev, t0, T, rows, cols, mask_cols, D, False, EVEN_D)
+    if HAS_H0:
+        if t0 == 0:  # dh0 = a_1 dh_1; `state` is dh at t = 0
+            a_1 = tl.load(a_first + cols * stride_a_d, mask=mask_d, other=0.0).to(tl.float32)
+            tl.store(dh0_ptr + b * D + d0 + cols, (a_1 * state).to(dh0_ptr.dtype.element_ty), mask=mask_d)
+
+
+# --------------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------------
+
+# The fastest of the tiles measured (NOTES.md, attempt 12): BLOCK_T rows, BLOCK_D = 32 lanes · VEC channels,
+# one warp; the tile's scan (A, H) stays in registers across the look-back (2 · BLOCK_T · VEC fp32 per
+# thread); WINDOW predecessors per look-back read.
+LOOKBACK_TILE = dict(BLOCK_T=32, BLOCK_D=64, VEC=2, WINDOW=4, num_warps=1)
+# Interpreter: tiny tiles and windows, so that CPU tests span several tiles and windows.
+INTERPRETER_TILE = dict(BLOCK_T=8, BLOCK_D=16, VEC=1, WINDOW=2, num_warps=1)
+
+
+def lookback_config(dtype: torch.dtype) -> dict:
+    """Kernel meta-parameters (one tile for every dtype)."""
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"dtype: expected torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+    return dict(INTERPRETER_TILE if triton_interpreter_on() else LOOKBACK_TILE)
+
+
+def _workspace(B: int, T: int, D: int, block_t: int, device) -> torch.Tensor:
+    """(3, K, B, D) int32, K = cdiv(T, block_t), every slot unpublished."""
+    return torch.full((3, triton.cdiv(T, block_t), B, D), SENTINEL.value, dtype=torch.int32, device=device)
+
+
+def lookback_scan_fwd(x, a, h0, output_final_state, config=None, publish_inclusive=True, look_back=True):
+    """x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None.
+
+    config: tile meta-parameters (None: `lookback_config`). publish_inclusive=False (tests): only the first
+    tile publishes its state, so every look-back walks the aggregates to it. look_back=False (benchmarks):
+    every tile starts from h0, wrong results: what the kernel costs without its look-back."""
+    B, T, D = x.shape
+    config = config or lookback_config(x.dtype)
+    _check_int32_offsets(config, x=x, a=a)
+    h = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
+    h_T = torch.empty(B, D, dtype=torch.float32, device=x.device) if output_final_state else None
+    state = _workspace(B, T, D, config["BLOCK_T"], x.device)
+    h0_strides = h0.stride() if h0 is not None else (0, 0)
+    grid = (triton.cdiv(T, config["BLOCK_T"]) * B * triton.cdiv(D, config["BLOCK_D"]),)
+    _lookback_fwd_kernel[grid](
+        x, a, h0, h, h_T, state, B, T, D, *x.stride(), *a.stride(), *h0_strides,
+        EVEN_D=D % config["BLOCK_D"] == 0, HAS_H0=h0 is not None, STORE_FINAL=output_final_state,
+        PUBLISH_INCLUSIVE=publish_inclusive, LOOK_BACK=look_back, **config,
+    )
+    return h, h_T
+
+
+def lookback_scan_bwd(a, h, h0, dh, dh_T, config=None, publish_inclusive=True, look_back=True):
+    """a, h, dh: (B, T, D); h0, dh_T: (B, D) | None -> dx, da: (B, T, D) a.dtype, dh0: (B, D) h0.dtype | None.
+    Options as in `lookback_scan_fwd`."""
+    B, T, D = a.shape
+    config = config or lookback_config(a.dtype)
+    if not h.is_contiguous():
+        raise ValueError(f"h: expected the forward's contiguous output, got strides {h.stride()}")
+    _check_int32_offsets(config, a=a, dh=dh)
+    dx = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
+    da = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
+    dh0 = torch.empty(B, D, dtype=h0.dtype, device=a.device) if h0 is not None else None
+    state = _workspace(B, T, D, config["BLOCK_T"], a.device)
+    h0_strides = h0.stride() if h0 is not None else (0, 0)
+    dh_T_strides = dh_T.stride() if dh_T is not None else (0, 0)
+    grid = (triton.cdiv(T, config["BLOCK_T"]) * B * triton.cdiv(D, config["BLOCK_D"]),)
+    _lookback_bwd_kernel[grid](
+        a, h, h0, dh, dh_T, dx, da, dh0, state, B, T, D, *a.stride(), *h0_strides, *dh.stride(), *dh_T_strides,
+        EVEN_D=D % config["BLOCK_D"] == 0, HAS_H0=h0 is not None, HAS_DH_T=dh_T is not None,
+        PUBLISH_INCLUSIVE=publish_inclusive, LOOK_BACK=look_back, **config,
+    )
+    return dx, da, dh0
+
+
+def linear_scan_lookback(x, a, h0=None, output_final_state=False, **opts):
+    """x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None, with autograd.
+    No input checks (see `kernels.linear_scan`); opts: those of `lookback_scan_fwd`."""
+    return apply_scan(x, a, h0, output_final_state, lookback_scan_fwd, lookback_scan_bwd, **opts)

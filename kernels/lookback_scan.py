@@ -24,8 +24,9 @@ atomicity), so no fences, flags or barriers are needed; published NaNs are made 
 arithmetic produces the SENTINEL NaN, so a NaN input cannot hang a reader.
 
 Program ids run in visiting order, time-major (pid = k · B · n_d + b · n_d + i_d): every predecessor of a
-program has a smaller id and was dispatched before it (as CUB's single-pass scan relies on), so it is
-running or done, and a look-back never waits for a program that cannot start.
+program has a smaller id. GPUs dispatch programs in id order in practice, though CUDA does not promise it
+(CUB's single-pass scan makes the same assumption): then a predecessor is running or done, and a look-back
+never waits for a program that cannot start.
 
 The backward visits tiles from the end of T (time-flipped tiles, as in `_scan_bwd_kernel`), seeded by
 dh_T: dh_t = dh_t^out + a_{t+1} dh_{t+1}; it writes dx = dh, da_t = dh_t h_{t-1} and dh0 = a_1 dh_1.
@@ -67,7 +68,8 @@ def _look_back(agg_A, agg_V, incl, k, slot_stride, cols, mask_d, BLOCK_D: tl.con
     agg_A, agg_V, incl: int32 pointers to slot 0 of this column in the three workspace planes (slot j of
     channel d0 + c at + j · slot_stride + c). Reads WINDOW predecessors at a time, newest first: per channel,
     the newest inclusive state in the window, combined with the aggregates after it; a window of aggregates
-    only is folded in and the next older one read. Spins until every slot it needs is published."""
+    only is folded in and the next older one read. All channels move in step: while any open channel lacks
+    a slot it needs, the whole window is read again (spinning until it is published)."""
     rows = tl.arange(0, WINDOW)
     acc_A = tl.full([BLOCK_D], 1.0, dtype=tl.float32)  # the tiles from the window's top to k - 1, combined
     acc_V = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -107,8 +109,9 @@ def _look_back(agg_A, agg_V, incl, k, slot_stride, cols, mask_d, BLOCK_D: tl.con
 @triton.jit
 def _chain(A, H, rows, END: tl.constexpr, k, start, state_ptr, slot, plane, slot_stride, col_slot0, cols, mask_d,
            BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, PUBLISH_INCLUSIVE: tl.constexpr, LOOK_BACK: tl.constexpr):
-    """Steps 1-3 for one tile: (A, H) (BLOCK_T, BLOCK_D) its scan from zero, ending at row END; start
-    (BLOCK_D,) the state before the first tile visited. -> (carry (BLOCK_D,) entering the tile, its
+    """Publish the tile's aggregate, look back, publish its inclusive state (the end of step 1, steps 2
+    and 3's first half): (A, H) (BLOCK_T, BLOCK_D) its scan from zero, ending at row END; start (BLOCK_D,)
+    the state before the first tile visited. -> (carry (BLOCK_D,) entering the tile, its
     inclusive state (BLOCK_D,))."""
     tot_A, tot_V = _row(A, rows, END), _row(H, rows, END)
     agg_A, agg_V, incl = state_ptr, state_ptr + plane, state_ptr + 2 * plane

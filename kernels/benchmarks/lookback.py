@@ -1,11 +1,12 @@
 """The decoupled look-back experiment (kernels/lookback_scan.py, NOTES.md attempt 12) against the committed
-associative scan: agreement, run-to-run reproducibility, and the forward and backward kernels' time as a
-fraction of the copy bandwidth measured in the same run, at the efficiency shapes.
+associative scan: agreement, run-to-run reproducibility, and the forward and backward launchers' time
+(replayed from a CUDA graph; the look-back's workspace fill included) as a fraction of the copy bandwidth
+measured in the same run, at the efficiency shapes.
 
 Variants: "committed" (associative_scan's launchers, kernels/tiles.json), "look-back" at each tile, and
 "no look-back" at each tile: the same kernels with step 2 skipped (wrong results), which is what the
 one-tile-per-program structure costs without its look-back. Each variant runs in its own process with a
-timeout, so that a look-back that never ends shows as a row of timeouts, not a stuck run.
+timeout, so that a look-back that never ends shows as missing rows and a message, not a stuck run.
 
     python -m kernels.benchmarks.lookback [--out kernels/benchmarks/results] [--tiles 32,64,2,4,1 ...] [--smoke]
 """
@@ -88,12 +89,13 @@ def _run_variant(variant: str, tile: dict | None, copy_gbs: float, timeout_s: fl
     args += ["--smoke"] if smoke else []
     try:
         run = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        print(f"{variant} {tile}: no result within {timeout_s:.0f} s", flush=True)
-        return []
-    if run.returncode != 0:
-        print(f"{variant} {tile}: failed\n{run.stderr[-3000:]}", flush=True)
-    return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+        stdout = run.stdout
+        if run.returncode != 0:
+            print(f"{variant} {tile}: failed\n{run.stderr[-3000:]}", flush=True)
+    except subprocess.TimeoutExpired as timeout:  # keep the shapes measured before it
+        print(f"{variant} {tile}: stopped after {timeout_s:.0f} s", flush=True)
+        stdout = timeout.stdout.decode() if isinstance(timeout.stdout, bytes) else timeout.stdout or ""
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
 def plot(rows: list[dict], shapes: list, info: dict, path: Path) -> None:
@@ -143,6 +145,8 @@ def main() -> None:
     for tile in tiles:
         for variant in ("look-back", "no look-back"):
             rows += _run_variant(variant, tile, copy_gbs, args.timeout, args.smoke)
+    if not rows:
+        raise SystemExit("no variant measured a shape")
     for r in rows:
         r.setdefault("max_rel_err", float("nan"))
         r.setdefault("bitwise_repeats", "")

@@ -107,25 +107,35 @@ def _look_back(agg_A, agg_V, incl, k, slot_stride, cols, mask_d, BLOCK_D: tl.con
 
 
 @triton.jit
-def _chain(A, H, rows, END: tl.constexpr, k, start, state_ptr, slot, plane, slot_stride, col_slot0, cols, mask_d,
-           BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, PUBLISH_INCLUSIVE: tl.constexpr, LOOK_BACK: tl.constexpr):
+def _chain(A, H, rows, END: tl.constexpr, k, b, d0, cols, mask_d, start_ptr, stride_start_b, stride_start_d,
+           state_ptr, B, D: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, HAS_START: tl.constexpr,
+           PUBLISH_INCLUSIVE: tl.constexpr, LOOK_BACK: tl.constexpr):
     """Publish the tile's aggregate, look back, publish its inclusive state (the end of step 1, steps 2
-    and 3's first half): (A, H) (BLOCK_T, BLOCK_D) its scan from zero, ending at row END; start (BLOCK_D,)
-    the state before the first tile visited. -> (carry (BLOCK_D,) entering the tile, its
-    inclusive state (BLOCK_D,))."""
-    tot_A, tot_V = _row(A, rows, END), _row(H, rows, END)
+    and 3's first half). (A, H) (BLOCK_T, BLOCK_D): the tile's scan from zero, ending at row END; k: the
+    tile's place in visiting order; b, d0: its batch row and first channel; start_ptr: (B, D) the state
+    before the first tile visited (h0, or dh_T backward), zeros if not HAS_START; state_ptr: the (3, K, B, D)
+    workspace. -> (carry (BLOCK_D,) entering the tile, its inclusive state (BLOCK_D,))."""
+    if HAS_START:
+        start = tl.load(start_ptr + b * stride_start_b + (d0 + cols) * stride_start_d, mask=mask_d, other=0.0)
+        start = start.to(tl.float32)
+    else:
+        start = tl.zeros([BLOCK_D], dtype=tl.float32)
+    N_D: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D
+    plane = (tl.num_programs(0) // N_D).to(tl.int64) * D  # K · B · D: one program per tile
     agg_A, agg_V, incl = state_ptr, state_ptr + plane, state_ptr + 2 * plane
+    col_slot0 = b * D + d0  # slot 0 of this column; slot j at + j · B · D
+    slot = k.to(tl.int64) * (B * D) + col_slot0 + cols
+    tot_A, tot_V = _row(A, rows, END), _row(H, rows, END)
     if k == 0:
-        carry = start
-    elif not LOOK_BACK:  # benchmarks only: every tile starts from `start` (wrong results; the look-back's cost)
-        _publish(agg_A + slot, tot_A, mask_d)
-        _publish(agg_V + slot, tot_V, mask_d)
         carry = start
     else:
         _publish(agg_A + slot, tot_A, mask_d)
         _publish(agg_V + slot, tot_V, mask_d)
-        carry = _look_back(agg_A + col_slot0, agg_V + col_slot0, incl + col_slot0, k, slot_stride, cols, mask_d,
-                           BLOCK_D, WINDOW)
+        if LOOK_BACK:
+            carry = _look_back(agg_A + col_slot0, agg_V + col_slot0, incl + col_slot0, k, B * D, cols, mask_d,
+                               BLOCK_D, WINDOW)
+        else:  # benchmarks only: every tile starts from `start` (wrong results; the look-back's cost)
+            carry = start
     state = tot_A * carry + tot_V
     if PUBLISH_INCLUSIVE:
         _publish(incl + slot, state, mask_d)
@@ -180,17 +190,8 @@ def _lookback_fwd_kernel(
     A, H = tl.associative_scan((a.to(tl.float32), x.to(tl.float32)), axis=0, combine_fn=_combine)
 
     # 2. the state entering the tile
-    if HAS_H0:
-        start = tl.load(h0_ptr + b * stride_h0_b + (d0 + cols) * stride_h0_d, mask=mask_d, other=0.0)
-        start = start.to(tl.float32)
-    else:
-        start = tl.zeros([BLOCK_D], dtype=tl.float32)
-    col_slot0 = b * D + d0  # slot 0 of this column
-    slot_stride = B * D
-    slot = k.to(tl.int64) * slot_stride + col_slot0 + cols
-    plane = (tl.num_programs(0) // N_D).to(tl.int64) * D  # K · B · D
-    carry, state = _chain(A, H, rows, BLOCK_T - 1, k, start, state_ptr, slot, plane, slot_stride, col_slot0, cols,
-                          mask_d, BLOCK_D, WINDOW, PUBLISH_INCLUSIVE, LOOK_BACK)
+    carry, state = _chain(A, H, rows, BLOCK_T - 1, k, b, d0, cols, mask_d, h0_ptr, stride_h0_b, stride_h0_d,
+                          state_ptr, B, D, BLOCK_D, WINDOW, HAS_H0, PUBLISH_INCLUSIVE, LOOK_BACK)
 
     # 3. the states
     h = H + A * carry[None, :]
@@ -269,17 +270,8 @@ def _lookback_bwd_kernel(
     A, G = tl.associative_scan((a_next.to(tl.float32), dh_out.to(tl.float32)), axis=0, combine_fn=_combine)
 
     # 2. the gradient entering the tile from its end
-    if HAS_DH_T:
-        start = tl.load(dh_T_ptr + b * stride_dh_T_b + (d0 + cols) * stride_dh_T_d, mask=mask_d, other=0.0)
-        start = start.to(tl.float32)
-    else:
-        start = tl.zeros([BLOCK_D], dtype=tl.float32)
-    col_slot0 = b * D + d0  # slot 0 of this column
-    slot_stride = B * D
-    slot = k.to(tl.int64) * slot_stride + col_slot0 + cols
-    plane = (tl.num_programs(0) // N_D).to(tl.int64) * D  # K · B · D
-    carry, state = _chain(A, G, rows, 0, k, start, state_ptr, slot, plane, slot_stride, col_slot0, cols, mask_d,
-                          BLOCK_D, WINDOW, PUBLISH_INCLUSIVE, LOOK_BACK)
+    carry, state = _chain(A, G, rows, 0, k, b, d0, cols, mask_d, dh_T_ptr, stride_dh_T_b, stride_dh_T_d,
+                          state_ptr, B, D, BLOCK_D, WINDOW, HAS_DH_T, PUBLISH_INCLUSIVE, LOOK_BACK)
 
     # 3. the gradients
     dh = G + A * carry[None, :]

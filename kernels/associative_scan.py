@@ -10,7 +10,7 @@ Two paths, chosen by shape:
 - one chunk (B · D fills the GPU): every program scans the whole of T. One kernel, 3·N·s bytes.
 - T-parallel (B · D small, T long, e.g. B=1, D=512, T=131072): T is cut into chunks across programs.
   1. `_chunk_summary_kernel` reduces each chunk to its pair (A_c, H_c) = (prod a, scan from zero);
-  2. `_chunk_carry_kernel` walks the chunks in order and turns the pairs into each chunk's initial state;
+  2. `_chunk_carry_kernel` scans the pairs across chunks into each chunk's initial state;
   3. `_scan_fwd_kernel` rescans every chunk from its initial state.
 The backward runs the same machinery from the end of T (its tiles time-flipped; the summary kernel's
 `REVERSE`), seeded by dh_T: dh_t = dh_t^out + a_{t+1} dh_{t+1}; one pass writes dx = dh,
@@ -352,26 +352,44 @@ def _chunk_carry_kernel(
     # strides, in elements
     stride_start_b, stride_start_d,
     # meta-parameters
-    BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_START: tl.constexpr, STORE_FINAL: tl.constexpr,
     REVERSE: tl.constexpr,  # visit chunks from last to first (backward)
 ):
+    """A scan over the chunks' pairs, BLOCK_C chunks at a time: every chunk's pair is loaded at once, so the
+    walk costs one memory round trip per block of chunks, not one per chunk.
+
+    Row k of a block (visiting index k = 0..C, in order of visit) gets the state entering the k-th chunk
+    visited (k = C: the state after the last, h_T). So row k holds the pair of the chunk visited before it
+    (k - 1), and the state the block starts from is folded into its first row."""
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     b = pid_b.to(tl.int64)
-    offs_d = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     if HAS_START:
         state = tl.load(start_ptr + b * stride_start_b + offs_d * stride_start_d, mask=mask_d, other=0.0)
         state = state.to(tl.float32)
     else:
         state = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for i in range(C):
-        c = C - 1 - i if REVERSE else i
-        offs = b * C * D + c * D + offs_d
-        tl.store(init_ptr + offs, state, mask=mask_d)
-        state = tl.load(A_ptr + offs, mask=mask_d, other=1.0) * state + tl.load(V_ptr + offs, mask=mask_d, other=0.0)
-    if STORE_FINAL:
-        tl.store(final_ptr + b * D + offs_d, state, mask=mask_d)
+    rows = tl.arange(0, BLOCK_C)
+    # `state` is the state entering visiting index k0 - 1; before the first block, row 0 (k = 0) holds the
+    # identity, and the start is the state entering chunk 0 visited.
+    for k0 in range(0, C + 1, BLOCK_C):
+        k = k0 + rows  # (BLOCK_C,) visiting index of each row
+        prev = C - k if REVERSE else k - 1  # the chunk visited at k - 1
+        has_pair = ((k >= 1) & (k <= C))[:, None] & mask_d[None, :]
+        offs = b * C * D + prev[:, None] * D + offs_d[None, :]
+        A = tl.load(A_ptr + offs, mask=has_pair, other=1.0)
+        V = tl.load(V_ptr + offs, mask=has_pair, other=0.0)
+        V = tl.where(rows[:, None] == 0, V + A * state[None, :], V)
+        _, S = tl.associative_scan((A, V), axis=0, combine_fn=_combine)  # S[i] = state entering k0 + i
+        c = C - 1 - k if REVERSE else k  # the chunk visited at k
+        tl.store(init_ptr + b * C * D + c[:, None] * D + offs_d[None, :], S,
+                 mask=(k < C)[:, None] & mask_d[None, :])
+        state = _row(S, rows, BLOCK_C - 1)
+        if STORE_FINAL:
+            if C - k0 < BLOCK_C:  # the block holds k = C: the state after the last chunk
+                tl.store(final_ptr + b * D + offs_d, _row(S, rows, C - k0), mask=mask_d)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -386,7 +404,8 @@ TILES_PATH = Path(__file__).with_name("tiles.json")
 # The interpreter runs layouts as plain arrays: small tiles keep CPU tests quick and still span several.
 INTERPRETER_TILE = dict(BLOCK_T=16, BLOCK_D=16, VEC=1, STAGES=1, num_warps=1)
 MIN_CHUNK_T = 512  # the T-parallel path never makes chunks shorter than this (summary overhead)
-CARRY_BLOCK_D = 128  # channels per program of the (tiny) carry kernel
+CARRY_TILE = dict(BLOCK_C=32, BLOCK_D=64, num_warps=2)  # the (tiny) carry kernel's tile: BLOCK_C chunks at a time
+INTERPRETER_CARRY_TILE = dict(BLOCK_C=4, BLOCK_D=16, num_warps=1)  # tests' few chunks still span several blocks
 
 
 @functools.lru_cache(maxsize=None)
@@ -455,8 +474,9 @@ def _chunk_states(v, a, start, chunk_t: int, reverse: bool, config: dict, final=
         **config,
     )
     start_strides = start.stride() if start is not None else (0, 0)
-    _chunk_carry_kernel[(triton.cdiv(D, CARRY_BLOCK_D), B)](
-        A_c, V_c, start, init, final, C, D, *start_strides, BLOCK_D=CARRY_BLOCK_D,
+    carry_tile = INTERPRETER_CARRY_TILE if triton_interpreter_on() else CARRY_TILE
+    _chunk_carry_kernel[(triton.cdiv(D, carry_tile["BLOCK_D"]), B)](
+        A_c, V_c, start, init, final, C, D, *start_strides, **carry_tile,
         HAS_START=start is not None, STORE_FINAL=final is not None, REVERSE=reverse,
     )
     return init

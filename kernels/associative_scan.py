@@ -396,10 +396,10 @@ def _chunk_carry_kernel(
 # Launchers: allocate outputs, choose the path and the tiles, launch.
 # --------------------------------------------------------------------------------------------------
 
-# Tiles per element size, measured by `python -m kernels.benchmarks.tune --write-table` on an H100 (see
-# kernels/benchmarks/NOTES.md, attempt 8): BLOCK_T rows, VEC adjacent channels per thread, STAGES of the
-# load pipeline, num_warps per program; "score" is the geometric mean of the forward and backward fractions
-# of copy bandwidth over tune.py's shapes. A table costs no host time per call and no tuning on first use.
+# Tiles per element size and pass, measured by `python -m kernels.benchmarks.tune --write-table` on an H100
+# (see kernels/benchmarks/NOTES.md, attempts 8 and 15): BLOCK_T rows, VEC adjacent channels per thread, STAGES
+# of the load pipeline, num_warps per program; "score" is the geometric mean of that pass's fractions of copy
+# bandwidth over tune.py's shapes. A table costs no host time per call and no tuning on first use.
 TILES_PATH = Path(__file__).with_name("tiles.json")
 # The interpreter runs layouts as plain arrays: small tiles keep CPU tests quick and still span several.
 INTERPRETER_TILE = dict(BLOCK_T=16, BLOCK_D=16, VEC=1, STAGES=1, num_warps=1)
@@ -410,18 +410,20 @@ INTERPRETER_CARRY_TILE = dict(BLOCK_C=4, BLOCK_D=16, num_warps=1)  # tests' few 
 
 @functools.lru_cache(maxsize=None)
 def _tile_table() -> dict:
-    """kernels/tiles.json: {"2" | "4" (bytes per element): tile dict, "measured": where and when}."""
+    """kernels/tiles.json: {"2" | "4" (bytes per element): {"forward": tile, "backward": tile},
+    "measured": where and when}."""
     return json.loads(TILES_PATH.read_text())
 
 
-def tile_config(dtype: torch.dtype) -> dict:
-    """Kernel meta-parameters for one dtype: BLOCK_T, BLOCK_D (32 lanes · VEC · num_warps, or half that: see
-    _thread_columns), VEC, STAGES, num_warps."""
+def tile_config(dtype: torch.dtype, backward: bool = False) -> dict:
+    """Kernel meta-parameters for one dtype and pass (forward, or backward: its own tile, as it moves three
+    tensors in and two out): BLOCK_T, BLOCK_D (32 lanes · VEC · num_warps, or half that: see _thread_columns),
+    VEC, STAGES, num_warps."""
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"dtype: expected torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
     if triton_interpreter_on():
         return dict(INTERPRETER_TILE)
-    tile = _tile_table()[str(dtype.itemsize)]
+    tile = _tile_table()[str(dtype.itemsize)]["backward" if backward else "forward"]
     return {k: tile[k] for k in ("BLOCK_T", "BLOCK_D", "VEC", "STAGES", "num_warps")}
 
 
@@ -511,7 +513,7 @@ def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None
 def associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=None, config=None):
     """a, h, dh: (B, T, D); h0, dh_T: (B, D) | None -> dx, da: (B, T, D) a.dtype, dh0: (B, D) h0.dtype | None."""
     B, T, D = a.shape
-    config = config or tile_config(a.dtype)
+    config = config or tile_config(a.dtype, backward=True)
     if not h.is_contiguous():
         raise ValueError(f"h: expected the forward's contiguous output, got strides {h.stride()}")
     _check_int32_offsets(config, a=a, dh=dh)

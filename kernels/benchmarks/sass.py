@@ -36,10 +36,11 @@ from kernels import associative_scan as scan
 
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 FP32_POINTERS = {"h_T_ptr", "init_ptr", "A_ptr", "V_ptr"}
-KERNELS = {  # name: (kernel, its constexpr flags): one-chunk forward with h_T, backward with h0 and dh_T
-    "fwd": (scan._scan_fwd_kernel, dict(HAS_INIT=False, STORE_FINAL=True)),
-    "bwd": (scan._scan_bwd_kernel, dict(HAS_H0=True, HAS_INIT=True)),
-    "summary": (scan._chunk_summary_kernel, dict(REVERSE=False)),
+KERNELS = {  # name: (kernel, its constexpr flags, the table's pass whose tile it runs): one-chunk forward with
+    # h_T, backward with h0 and dh_T, the forward's chunk summary
+    "fwd": (scan._scan_fwd_kernel, dict(HAS_INIT=False, STORE_FINAL=True), "forward"),
+    "bwd": (scan._scan_bwd_kernel, dict(HAS_H0=True, HAS_INIT=True), "backward"),
+    "summary": (scan._chunk_summary_kernel, dict(REVERSE=False), "forward"),
 }
 DTYPES = {2: "bf16", 4: "fp32"}
 
@@ -93,10 +94,10 @@ def main() -> None:
     print(f"triton {triton.__version__}, target sm_90, D={args.d}, contiguous inputs, integer arguments % 16 == 0 "
           "(state strides along D: 1)")
     for size, dtype in DTYPES.items():
-        tile = {k: v for k, v in scan._tile_table()[str(size)].items() if k != "score"}
-        if args.tile:
-            tile = dict(zip(("BLOCK_T", "BLOCK_D", "VEC", "STAGES", "num_warps"), args.tile))
-        for name, (kernel, flags) in KERNELS.items():
+        for name, (kernel, flags, direction) in KERNELS.items():
+            tile = {k: v for k, v in scan._tile_table()[str(size)][direction].items() if k != "score"}
+            if args.tile:
+                tile = dict(zip(("BLOCK_T", "BLOCK_D", "VEC", "STAGES", "num_warps"), args.tile))
             report = compile_sm90(kernel, dtype, args.d, tile, flags)
             row = summarise(report)
             print(f"{name:8s} {dtype}  {tile}  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)

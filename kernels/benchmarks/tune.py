@@ -4,8 +4,8 @@ A tile is (BLOCK_T rows, BLOCK_D channels, VEC channels per thread, STAGES of th
 With BLOCK_D = 32 · VEC · num_warps every thread holds whole columns of the tile (the scan runs in registers);
 with half that, rows are split over two lanes (8-byte loads at 64 channels for 2-byte dtypes, one shuffle
 level in the scan: NOTES #11). Each candidate runs forward and backward at the benchmark
-shapes of its element size; the table keeps, per element size, the tile with the best geometric mean of
-the forward and backward fractions of copy bandwidth. The T-parallel path's chunk length is swept at the
+shapes of its element size; the table keeps, per element size and pass, the tile with the best geometric
+mean of that pass's fractions of copy bandwidth (the forward and the backward may get different tiles). The T-parallel path's chunk length is swept at the
 long-sequence shape (printed and saved, not tabled: `_chunk_len` decides it).
 
     python -m kernels.benchmarks.tune [--out kernels/benchmarks/results] [--write-table]
@@ -31,7 +31,7 @@ SHAPES = {  # element size -> (B, T, D, dtype)
 }
 CANDIDATES = {  # element size -> (BLOCK_T, BLOCK_D, VEC, STAGES, num_warps)
     2: [(32, 64, 2, 3, 1), (32, 64, 2, 4, 1), (16, 64, 2, 4, 1), (16, 64, 2, 6, 1), (64, 64, 2, 3, 1),
-        (64, 64, 2, 2, 1), (8, 64, 2, 8, 1), (16, 128, 4, 3, 1), (32, 128, 2, 3, 2),
+        (64, 64, 2, 4, 1), (64, 64, 2, 2, 1), (8, 64, 2, 8, 1), (16, 128, 4, 3, 1), (32, 128, 2, 3, 2),
         (64, 64, 4, 4, 1), (64, 64, 4, 3, 1), (32, 64, 4, 4, 1)],
     4: [(32, 64, 2, 3, 1), (32, 64, 2, 4, 1), (16, 64, 2, 4, 1), (64, 64, 2, 2, 1), (16, 128, 4, 3, 1),
         (32, 32, 1, 3, 1), (32, 64, 4, 4, 1)],
@@ -75,23 +75,28 @@ def main() -> None:
     columns = ["B", "T", "D", "dtype", "chunk_t", "BLOCK_T", "BLOCK_D", "VEC", "STAGES", "num_warps", "fwd_frac",
                "bwd_frac"]
     for size, shapes in SHAPES.items():
-        scores = {}
+        scores = {"forward": {}, "backward": {}}
         for cand in CANDIDATES[size]:
             config = tile(*cand)
-            fracs = []
+            fracs = {"forward": [], "backward": []}
             for B, T, D, dtype in shapes:
                 r = measure(B, T, D, dtype, config, copy)
                 rows.append(r)
-                fracs += [r["fwd_frac"], r["bwd_frac"]]
+                fracs["forward"].append(r["fwd_frac"])
+                fracs["backward"].append(r["bwd_frac"])
                 print(_line(r, columns), flush=True)
-            scores[cand] = math.exp(sum(map(math.log, fracs)) / len(fracs))
-            print(f"element size {size}, tile {cand}: geometric mean {scores[cand]:.3f}", flush=True)
+            for direction, f in fracs.items():
+                scores[direction][cand] = math.exp(sum(map(math.log, f)) / len(f))
+            print(f"element size {size}, tile {cand}: geometric mean forward {scores['forward'][cand]:.3f}, "
+                  f"backward {scores['backward'][cand]:.3f}", flush=True)
             write_csv(args.out / "tune.csv", rows)
-        best = max(scores, key=scores.get)
-        table[str(size)] = dict(tile(*best), score=round(scores[best], 4))
+        table[str(size)] = {}
+        for direction, by_tile in scores.items():
+            best = max(by_tile, key=by_tile.get)
+            table[str(size)][direction] = dict(tile(*best), score=round(by_tile[best], 4))
         print(f"best for element size {size}: {table[str(size)]}", flush=True)
     for chunk_t in CHUNKS:
-        best = {k: v for k, v in table["2"].items() if k != "score"}
+        best = {k: v for k, v in table["2"]["forward"].items() if k != "score"}
         r = measure(*LONG, best, copy, chunk_t=chunk_t)
         rows.append(r)
         print(_line(r, columns), flush=True)

@@ -260,7 +260,8 @@ def test_tile_table_and_tuning_candidates_are_valid_tiles():
 
     table = _tile_table()
     for dtype in DTYPES:
-        assert _is_valid_tile(table[str(dtype.itemsize)])
+        for direction in ("forward", "backward"):
+            assert _is_valid_tile(table[str(dtype.itemsize)][direction])
     for size, candidates in CANDIDATES.items():
         invalid = [c for c in candidates if not _is_valid_tile(tile(*c))]
         assert not invalid, f"element size {size}: {invalid}"

@@ -1,8 +1,8 @@
 """Efficiency benchmark: milliseconds and effective bandwidth of the scans, as a fraction of the
 device-to-device copy bandwidth measured in the same run.
 
-1. The seed's sweep: forward time vs sequence length 2^5 .. 2^17 at B=4, D=5120, fp16, for triton,
-   sequential and (up to 2^10) the PyTorch reference loop.
+1. The seed's sweep: forward time vs sequence length 2^5 .. 2^17 at B=4, D=5120, fp16, for triton and
+   sequential, eager and from a CUDA graph, and (up to 2^10) the PyTorch reference loop.
 2. Forward and forward+backward through autograd at training and long-sequence shapes, eager (host dispatch
    included) and replayed from a CUDA graph (GPU time only, as under torch.compile with CUDA graphs).
 
@@ -35,15 +35,21 @@ SMOKE_SHAPES = [(2, 40, 24, torch.bfloat16), (1, 300, 8, torch.float16)]
 SMOKE_SWEEP = dict(B=1, D=16, dtype=torch.float16, lengths=[2**k for k in range(5, 8)], reference_max_T=2**6)
 
 
-PASSES = ("fwd", "fwd+bwd", "fwd+bwd graph")
+PASSES = ("fwd", "fwd graph", "fwd+bwd", "fwd+bwd graph")
+# The sweep times each scan eagerly (the launch and host dispatch included: what short sequences cost a user)
+# and from a CUDA graph (the GPU's time alone), the reference loop eagerly only.
+SWEEP_SERIES = (("triton", "fwd"), ("triton", "fwd graph"), ("sequential", "fwd"), ("sequential", "fwd graph"),
+                ("reference", "fwd"))
 
 
 def time_scan(impl: str, B: int, T: int, D: int, dtype: torch.dtype, pass_: str = "fwd") -> float:
-    """Median ms of one pass through the public API: "fwd"; "fwd+bwd", forward and torch.autograd.grad in
-    eager mode (host dispatch included); "fwd+bwd graph", the same captured in a CUDA graph (GPU time only)."""
+    """Median ms of one pass through the public API: "fwd", the forward in eager mode (host dispatch included);
+    "fwd+bwd", forward and torch.autograd.grad in eager mode; "... graph", the same captured in a CUDA graph
+    (GPU time only: at small shapes the eager time is the host's, which varies from host to host)."""
     x, a = scan_inputs(B, T, D, dtype)
-    if pass_ == "fwd":
-        return bench_ms(lambda: linear_scan(x, a, impl=impl))
+    if pass_ in ("fwd", "fwd graph"):
+        bench = bench_graph_ms if pass_ == "fwd graph" else bench_ms
+        return bench(lambda: linear_scan(x, a, impl=impl))
     x.requires_grad_(True)
     a.requires_grad_(True)
     dy = torch.randn_like(x)
@@ -56,7 +62,7 @@ def time_scan(impl: str, B: int, T: int, D: int, dtype: torch.dtype, pass_: str 
 
 
 def row(impl, B, T, D, dtype, pass_, ms, copy_gbs) -> dict:
-    gbs = scan_bytes(B, T, D, dtype, pass_ != "fwd") / ms / 1e6
+    gbs = scan_bytes(B, T, D, dtype, pass_.startswith("fwd+bwd")) / ms / 1e6
     return dict(impl=impl, pass_=pass_, B=B, T=T, D=D, dtype=str(dtype).split(".")[-1],
                 ms=ms, GBps=gbs, frac_of_copy=gbs / copy_gbs)
 
@@ -74,14 +80,14 @@ def main() -> None:
 
     sweep_rows = []
     for T in sweep["lengths"]:
-        for impl in ("triton", "sequential", "reference"):
+        for impl, pass_ in SWEEP_SERIES:
             if impl == "reference" and T > sweep["reference_max_T"]:
                 continue
-            ms = time_scan(impl, sweep["B"], T, sweep["D"], sweep["dtype"])
-            sweep_rows.append(row(impl, sweep["B"], T, sweep["D"], sweep["dtype"], "fwd", ms, copy_gbs))
+            ms = time_scan(impl, sweep["B"], T, sweep["D"], sweep["dtype"], pass_)
+            sweep_rows.append(row(impl, sweep["B"], T, sweep["D"], sweep["dtype"], pass_, ms, copy_gbs))
         torch.cuda.empty_cache() if DEVICE == "cuda" else None
     print(f"\nForward vs sequence length (B={sweep['B']}, D={sweep['D']}, {sweep['dtype']}):")
-    print_table(sweep_rows, ["impl", "T", "ms", "GBps", "frac_of_copy"])
+    print_table(sweep_rows, ["impl", "pass_", "T", "ms", "GBps", "frac_of_copy"])
 
     shape_rows = []
     for B, T, D, dtype in shapes:
@@ -107,10 +113,14 @@ def plot(sweep_rows, shape_rows, info, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
-    for impl, style in (("triton", "o-"), ("sequential", "s-"), ("reference", "^--")):
-        rs = [r for r in sweep_rows if r["impl"] == impl]
+    markers, colors = {"triton": "o", "sequential": "s", "reference": "^"}, {"triton": "C0", "sequential": "C1",
+                                                                             "reference": "C2"}
+    for impl, pass_ in SWEEP_SERIES:
+        rs = [r for r in sweep_rows if r["impl"] == impl and r["pass_"] == pass_]
         if rs:
-            ax1.loglog([r["T"] for r in rs], [r["ms"] for r in rs], style, label=impl, base=2)
+            style = markers[impl] + (":" if pass_.endswith("graph") else "-")
+            ax1.loglog([r["T"] for r in rs], [r["ms"] for r in rs], style, color=colors[impl], label=f"{impl} {pass_}",
+                       base=2)
     r0 = sweep_rows[0]
     ax1.set(xlabel="sequence length T", ylabel="forward time (ms)",
             title=f"Forward, B={r0['B']}, D={r0['D']}, {r0['dtype']}")
@@ -128,7 +138,7 @@ def plot(sweep_rows, shape_rows, info, path: Path) -> None:
     ax2.set_xticks(range(len(labels)), [f"({b},{t},{d})\n{dt}" for b, t, d, dt in labels], fontsize=8)
     ax2.axhline(1.0, color="k", lw=0.8)
     ax2.set(ylabel="fraction of copy bandwidth", title=f"Effective bandwidth / copy ({info['copy_GBps']:.0f} GB/s)")
-    ax2.legend(fontsize=8)
+    ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(f"{info['gpu']}, torch {info['torch']}, triton {info['triton']}, {info['date']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

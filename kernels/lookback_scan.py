@@ -107,6 +107,19 @@ def _look_back(agg_A, agg_V, incl, k, slot_stride, cols, mask_d, BLOCK_D: tl.con
 
 
 @triton.jit
+def _program_tile(B, D: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr):
+    """This program's tile -> (k: its place in visiting order along T, b: batch row (int64), d0: first channel,
+    cols (BLOCK_D,) channel offsets (see _thread_columns), mask_d: cols inside D). Program ids run through every
+    (batch row, channel block) column of one k before the next k: ids in visiting order."""
+    N_D: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D
+    pid = tl.program_id(0)
+    k, column = pid // (B * N_D), pid % (B * N_D)
+    d0 = (column % N_D) * BLOCK_D
+    cols = _thread_columns(BLOCK_D, VEC)
+    return k, (column // N_D).to(tl.int64), d0, cols, cols < D - d0
+
+
+@triton.jit
 def _chain(A, H, rows, END: tl.constexpr, k, b, d0, cols, mask_d, start_ptr, stride_start_b, stride_start_d,
            state_ptr, B, D: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, HAS_START: tl.constexpr,
            PUBLISH_INCLUSIVE: tl.constexpr, LOOK_BACK: tl.constexpr):
@@ -166,13 +179,7 @@ def _lookback_fwd_kernel(
     PUBLISH_INCLUSIVE: tl.constexpr,  # False (tests only): only tile 0 publishes its inclusive state
     LOOK_BACK: tl.constexpr,  # False (benchmarks only): skip step 2, wrong results
 ):
-    N_D: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D
-    pid = tl.program_id(0)
-    k, column = pid // (B * N_D), pid % (B * N_D)  # tile along T; (batch row, channel block)
-    b = (column // N_D).to(tl.int64)
-    d0 = (column % N_D) * BLOCK_D
-    cols = _thread_columns(BLOCK_D, VEC)
-    mask_d = cols < D - d0
+    k, b, d0, cols, mask_d = _program_tile(B, D, BLOCK_D, VEC)
     mask_cols = mask_d[None, :]
     rows = tl.arange(0, BLOCK_T)
     t0 = k * BLOCK_T
@@ -230,13 +237,7 @@ def _lookback_bwd_kernel(
     PUBLISH_INCLUSIVE: tl.constexpr,  # False (tests only): only the first tile visited publishes its state
     LOOK_BACK: tl.constexpr,  # False (benchmarks only): skip step 2, wrong results
 ):
-    N_D: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D
-    pid = tl.program_id(0)
-    k, column = pid // (B * N_D), pid % (B * N_D)  # k-th tile from the end of T
-    b = (column // N_D).to(tl.int64)
-    d0 = (column % N_D) * BLOCK_D
-    cols = _thread_columns(BLOCK_D, VEC)
-    mask_d = cols < D - d0
+    k, b, d0, cols, mask_d = _program_tile(B, D, BLOCK_D, VEC)
     mask_cols = mask_d[None, :]
     # Row i of the tile holds time t0 + BLOCK_T - 1 - i: a scan down the tile runs backward in time.
     rows = BLOCK_T - 1 - tl.arange(0, BLOCK_T)

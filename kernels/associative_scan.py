@@ -132,6 +132,7 @@ def _scan_fwd_kernel(
     # meta-parameters
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     EVEN_D: tl.constexpr,  # D % BLOCK_D == 0: no channel masks
+    EVEN_T: tl.constexpr,  # T and CHUNK_T are multiples of BLOCK_T: every tile is whole
     HAS_INIT: tl.constexpr,  # h0 given (one chunk) or the T-parallel path's chunk states
     STORE_FINAL: tl.constexpr,  # write h_T (one-chunk path; on the T-parallel path the carry kernel does)
 ):
@@ -154,22 +155,25 @@ def _scan_fwd_kernel(
     else:
         carry = tl.zeros([BLOCK_D], dtype=tl.float32)
 
-    # Every tile but the last is whole: its loads need no row masks, and Triton's software pipeliner issues
-    # them STAGES - 1 tiles ahead of the scan (through shared memory by cp.async, or into registers: the
-    # compiler chooses; `python -m kernels.benchmarks.sass` shows which). The last tile is masked; its
-    # padding rows get the identity (a=1, x=0), so its last row holds the last valid state.
+    # Whole tiles need no row masks, and Triton's software pipeliner issues their loads STAGES - 1 tiles
+    # ahead of the scan (through shared memory by cp.async, or into registers: the compiler chooses;
+    # `python -m kernels.benchmarks.sass` shows which). Unless EVEN_T, the last tile is masked and loaded
+    # after the loop, its latency exposed; its padding rows get the identity (a=1, x=0), so its last row
+    # holds the last valid state.
     n_tiles = tl.cdiv(t_end - t_start, BLOCK_T)
-    for i in tl.range(0, n_tiles - 1, num_stages=STAGES):
+    n_whole = n_tiles if EVEN_T else n_tiles - 1
+    for i in tl.range(0, n_whole, num_stages=STAGES):
         t0 = t_start + i * BLOCK_T
         a, x = _load_pair_tile(a_first, x_first, t0, t_start, t_end, T, rows, cols, mask_cols,
                                stride_a_t, stride_a_d, stride_x_t, stride_x_d, False, True, EVEN_D)
         h, carry = _scan_tile(a, x, carry, rows, 0, BLOCK_T - 1)
         _store_tile(h_first, h, t0, t_end, rows, cols, mask_cols, D, True, EVEN_D)
-    t0 = t_start + (n_tiles - 1) * BLOCK_T
-    a, x = _load_pair_tile(a_first, x_first, t0, t_start, t_end, T, rows, cols, mask_cols,
-                           stride_a_t, stride_a_d, stride_x_t, stride_x_d, False, False, EVEN_D)
-    h, carry = _scan_tile(a, x, carry, rows, 0, BLOCK_T - 1)
-    _store_tile(h_first, h, t0, t_end, rows, cols, mask_cols, D, False, EVEN_D)
+    if not EVEN_T:
+        t0 = t_start + (n_tiles - 1) * BLOCK_T
+        a, x = _load_pair_tile(a_first, x_first, t0, t_start, t_end, T, rows, cols, mask_cols,
+                               stride_a_t, stride_a_d, stride_x_t, stride_x_d, False, False, EVEN_D)
+        h, carry = _scan_tile(a, x, carry, rows, 0, BLOCK_T - 1)
+        _store_tile(h_first, h, t0, t_end, rows, cols, mask_cols, D, False, EVEN_D)
 
     if STORE_FINAL:
         if pid_c == tl.num_programs(1) - 1:
@@ -510,7 +514,8 @@ def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None
         store_final = output_final_state
     _scan_fwd_kernel[(_cdiv(D, config["BLOCK_D"]), n_chunks, B)](
         x, a, init, h, h_T, T, D, chunk_t, *x.stride(), *a.stride(), *init_strides,
-        HAS_INIT=init is not None, STORE_FINAL=store_final, EVEN_D=D % config["BLOCK_D"] == 0, **config,
+        HAS_INIT=init is not None, STORE_FINAL=store_final, EVEN_D=D % config["BLOCK_D"] == 0,
+        EVEN_T=T % config["BLOCK_T"] == 0 and chunk_t % config["BLOCK_T"] == 0, **config,
     )
     return h, h_T
 

@@ -30,7 +30,8 @@ def launch(kernel, x: torch.Tensor, a: torch.Tensor, h: torch.Tensor, config: di
     B, T, D = x.shape
     kernel[(triton.cdiv(D, config["BLOCK_D"]), 1, B)](
         x, a, None, h, None, T, D, T, *x.stride(), *a.stride(), 0, 0, 0,
-        HAS_INIT=False, STORE_FINAL=False, EVEN_D=D % config["BLOCK_D"] == 0, **config)
+        HAS_INIT=False, STORE_FINAL=False, EVEN_D=D % config["BLOCK_D"] == 0,
+        EVEN_T=T % config["BLOCK_T"] == 0, **config)
 
 
 def main() -> None:

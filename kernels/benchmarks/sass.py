@@ -5,6 +5,7 @@
 
 The integer arguments are given as Triton's JIT specialises them for contiguous inputs with T % 16 == 0:
 T, the chunk length and batch strides as multiples of 16, the states' strides along D as the constant 1.
+The forward is compiled for T a multiple of its BLOCK_T (EVEN_T: every tile goes through the pipelined loop).
 Without that, a batch stride of unknown alignment caps the pointers' alignment at one element, and 2-byte
 loads are too narrow for cp.async: a different kernel (`alignment.py` times both).
 
@@ -37,8 +38,8 @@ from kernels import associative_scan as scan
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 FP32_POINTERS = {"h_T_ptr", "init_ptr", "A_ptr", "V_ptr"}
 KERNELS = {  # name: (kernel, its constexpr flags, the table's pass whose tile it runs): one-chunk forward with
-    # h_T, backward with h0 and dh_T, the forward's chunk summary
-    "fwd": (scan._scan_fwd_kernel, dict(HAS_INIT=False, STORE_FINAL=True), "forward"),
+    # h_T and whole tiles only, backward with h0 and dh_T, the forward's chunk summary
+    "fwd": (scan._scan_fwd_kernel, dict(HAS_INIT=False, STORE_FINAL=True, EVEN_T=True), "forward"),
     "bwd": (scan._scan_bwd_kernel, dict(HAS_H0=True, HAS_INIT=True), "backward"),
     "summary": (scan._chunk_summary_kernel, dict(REVERSE=False), "forward"),
 }

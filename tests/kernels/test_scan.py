@@ -1,7 +1,7 @@
 """Every scan implementation against the float64 reference: outputs, final state and every gradient.
 
 On a CPU the Triton kernels run under the interpreter (tests/conftest.py); on a GPU the same tests run
-on CUDA. Shapes are small and odd on purpose: T=1, T one past a tile, D=1, odd D, B=1.
+on CUDA. Shapes are small and odd on purpose: T=1, T one past a tile, T a whole number of tiles, D=1, odd D, B=1.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ SHAPES = [  # (B, T, D)
     (1, 63, 8),
     (2, BLOCK_T + 1, 3),
     (1, 3 * BLOCK_T + 5, 9),
+    (2, 4 * BLOCK_T, 7),  # whole tiles only: the forward's loop runs every tile (EVEN_T)
 ]
 
 

@@ -53,6 +53,17 @@ def copy_bandwidth_gbs(nbytes: int = 2 << 30, device: str = "cuda") -> float:
     return 2 * nbytes / ms / 1e6
 
 
+def copy_ms(nbytes: int, device: str | None = None) -> float:
+    """bench_ms of one device-to-device copy that moves nbytes in all (half read, half written): the time any
+    kernel moving that many bytes can be expected to take, under the same timing. At a few hundred MB it is
+    above nbytes / copy_bandwidth_gbs(): fixed costs per call (launch, ramp-up, and the write-back of the dirty
+    lines that do_bench's L2 flush leaves) weigh more on a short call (`l2_flush.py`, NOTES #16)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return bench_ms(lambda: dst.copy_(src))
+
+
 def scan_bytes(B: int, T: int, D: int, dtype: torch.dtype, backward: bool) -> int:
     """Fewest bytes a scan must move: forward reads x, a and writes h (3·N·s); the backward adds
     reading dh, a, h and writing dx, da (8·N·s in all)."""

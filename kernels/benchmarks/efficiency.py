@@ -7,6 +7,9 @@ device-to-device copy bandwidth measured in the same run.
    included) and replayed from a CUDA graph (GPU time only, as under torch.compile with CUDA graphs).
 
 Minimal bytes: forward 3·N·s (read x, a; write h), forward+backward 8·N·s (N = B·T·D, s = element size).
+Each row also times a plain device-to-device copy of the same bytes, eagerly under the same do_bench timing
+(`copy_ms`): `frac_of_same_copy` = copy time / scan time, how close the scan comes to the best a kernel of
+that size is timed at. (A copy of 100 MB reaches only ~0.85 of the 2 GB copy's bandwidth: NOTES #16.)
 
     python -m kernels.benchmarks.efficiency [--out kernels/benchmarks/results] [--smoke]
 """
@@ -14,6 +17,7 @@ Minimal bytes: forward 3·N·s (read x, a; write h), forward+backward 8·N·s (N
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -21,8 +25,8 @@ import torch
 
 from kernels import linear_scan
 
-from .common import (DEVICE, bench_graph_ms, bench_ms, copy_bandwidth_gbs, print_table, run_info, scan_bytes,
-                     scan_inputs, write_csv)
+from .common import (DEVICE, bench_graph_ms, bench_ms, copy_bandwidth_gbs, copy_ms, print_table, run_info,
+                     scan_bytes, scan_inputs, write_csv)
 
 SHAPES = [  # (B, T, D, dtype)
     (8, 2048, 2048, torch.bfloat16),
@@ -61,10 +65,17 @@ def time_scan(impl: str, B: int, T: int, D: int, dtype: torch.dtype, pass_: str 
     return bench_graph_ms(fwd_bwd) if pass_ == "fwd+bwd graph" else bench_ms(fwd_bwd)
 
 
+@functools.lru_cache(maxsize=None)
+def same_bytes_copy_ms(nbytes: int) -> float:
+    return copy_ms(nbytes)
+
+
 def row(impl, B, T, D, dtype, pass_, ms, copy_gbs) -> dict:
-    gbs = scan_bytes(B, T, D, dtype, pass_.startswith("fwd+bwd")) / ms / 1e6
+    nbytes = scan_bytes(B, T, D, dtype, pass_.startswith("fwd+bwd"))
+    gbs = nbytes / ms / 1e6
+    same_copy = same_bytes_copy_ms(nbytes)
     return dict(impl=impl, pass_=pass_, B=B, T=T, D=D, dtype=str(dtype).split(".")[-1],
-                ms=ms, GBps=gbs, frac_of_copy=gbs / copy_gbs)
+                ms=ms, GBps=gbs, frac_of_copy=gbs / copy_gbs, copy_ms=same_copy, frac_of_same_copy=same_copy / ms)
 
 
 def main() -> None:
@@ -87,7 +98,7 @@ def main() -> None:
             sweep_rows.append(row(impl, sweep["B"], T, sweep["D"], sweep["dtype"], pass_, ms, copy_gbs))
         torch.cuda.empty_cache() if DEVICE == "cuda" else None
     print(f"\nForward vs sequence length (B={sweep['B']}, D={sweep['D']}, {sweep['dtype']}):")
-    print_table(sweep_rows, ["impl", "pass_", "T", "ms", "GBps", "frac_of_copy"])
+    print_table(sweep_rows, ["impl", "pass_", "T", "ms", "GBps", "frac_of_copy", "copy_ms", "frac_of_same_copy"])
 
     shape_rows = []
     for B, T, D, dtype in shapes:
@@ -97,7 +108,8 @@ def main() -> None:
                 shape_rows.append(row(impl, B, T, D, dtype, pass_, ms, copy_gbs))
         torch.cuda.empty_cache() if DEVICE == "cuda" else None
     print(f"\nTraining and long-sequence shapes (copy bandwidth {copy_gbs:.0f} GB/s, read + write):")
-    print_table(shape_rows, ["impl", "pass_", "B", "T", "D", "dtype", "ms", "GBps", "frac_of_copy"])
+    print_table(shape_rows, ["impl", "pass_", "B", "T", "D", "dtype", "ms", "GBps", "frac_of_copy", "copy_ms",
+                             "frac_of_same_copy"])
 
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "efficiency_sweep.csv", sweep_rows)
@@ -121,6 +133,8 @@ def plot(sweep_rows, shape_rows, info, path: Path) -> None:
             style = markers[impl] + (":" if pass_.endswith("graph") else "-")
             ax1.loglog([r["T"] for r in rs], [r["ms"] for r in rs], style, color=colors[impl], label=f"{impl} {pass_}",
                        base=2)
+    rs = [r for r in sweep_rows if r["impl"] == "triton" and r["pass_"] == "fwd"]
+    ax1.loglog([r["T"] for r in rs], [r["copy_ms"] for r in rs], "k--", lw=1, label="copy of the same bytes", base=2)
     r0 = sweep_rows[0]
     ax1.set(xlabel="sequence length T", ylabel="forward time (ms)",
             title=f"Forward, B={r0['B']}, D={r0['D']}, {r0['dtype']}")
@@ -128,13 +142,20 @@ def plot(sweep_rows, shape_rows, info, path: Path) -> None:
     ax1.legend()
 
     labels = sorted({(r["B"], r["T"], r["D"], r["dtype"]) for r in shape_rows}, key=lambda k: k[0] * k[1] * k[2])
-    series = [(i, p) for i in ("triton", "sequential") for p in PASSES]
+    # the copy of a pass's bytes, then each scan's series; fraction = minimal bytes / time / copy bandwidth
+    series = [("copy", p) for p in ("fwd", "fwd+bwd")] + [(i, p) for i in ("triton", "sequential") for p in PASSES]
     width = 0.8 / len(series)
     for i, (impl, pass_) in enumerate(series):
-        vals = [next(r["frac_of_copy"] for r in shape_rows if (r["B"], r["T"], r["D"], r["dtype"]) == k
-                     and r["impl"] == impl and r["pass_"] == pass_) for k in labels]
-        ax2.bar([j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))], vals, width,
-                label=f"{impl} {pass_}")
+        if impl == "copy":
+            rows = [next(r for r in shape_rows if (r["B"], r["T"], r["D"], r["dtype"]) == k and r["pass_"] == pass_)
+                    for k in labels]
+            vals = [r["frac_of_copy"] * r["ms"] / r["copy_ms"] for r in rows]
+            style = dict(color="0.35" if pass_ == "fwd" else "0.65", label=f"copy of the {pass_}'s bytes")
+        else:
+            vals = [next(r["frac_of_copy"] for r in shape_rows if (r["B"], r["T"], r["D"], r["dtype"]) == k
+                         and r["impl"] == impl and r["pass_"] == pass_) for k in labels]
+            style = dict(label=f"{impl} {pass_}")
+        ax2.bar([j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))], vals, width, **style)
     ax2.set_xticks(range(len(labels)), [f"({b},{t},{d})\n{dt}" for b, t, d, dt in labels], fontsize=8)
     ax2.axhline(1.0, color="k", lw=0.8)
     ax2.set(ylabel="fraction of copy bandwidth", title=f"Effective bandwidth / copy ({info['copy_GBps']:.0f} GB/s)")

@@ -1,14 +1,18 @@
 """Single-pass scan with decoupled look-back (Merrill & Garland 2016, "Single-pass Parallel Prefix Scan with
 Decoupled Look-back"): h_t = a_t ⊙ h_{t-1} + x_t over (B, T, D), and its fused backward.
 
-**An experiment, not used by `linear_scan`** (kernels/benchmarks/NOTES.md, attempt 12): correct, but slower
-than `associative_scan.py` at every benchmark shape on an H100, and not bitwise reproducible (the order in
-which a tile combines its predecessors depends on timing). `python -m kernels.benchmarks.lookback` times it.
+**Where `linear_scan` uses it**: the forward of `impl="triton"` where B · D leaves SMs idle and the chunked
+path would re-read x and a (long T, small batch: `associative_scan_fwd`). There, over tall tiles (a warp per
+sub-tile of ROWS rows), it reached 0.72 of copy bandwidth against the chunked path's 0.51 at
+(1, 131072, 512) bf16, 0.90 against 0.57 in fp32, on an H100 (kernels/benchmarks/NOTES.md, attempt 16).
+Where B · D fills the GPU it is slower than the one-chunk scan, and its backward (one-warp tiles, attempt 12)
+is not used. Its low bits can vary between runs: the order in which a tile combines its predecessors
+depends on timing. `python -m kernels.benchmarks.lookback` times it against the committed kernels.
 
 The one-chunk path of `associative_scan.py` gives each program a whole column (one batch row, BLOCK_D
 channels, all of T), so it runs B · D / BLOCK_D programs: two one-warp programs per SM at (8, 2048, 2048),
-and its T-parallel path re-reads x and a (5/3 of the minimum bytes). Here every BLOCK_T × BLOCK_D tile is a
-program, and tiles are chained through global memory:
+and its T-parallel path re-reads x and a (5/3 of the minimum bytes). Here every tile of T is a program, and
+tiles are chained through global memory:
 
 1. load the tile, scan it from a zero state -> per row (A, H): the gate product and the state so far;
    its last row is the tile's aggregate (A_k, V_k), published at once;
@@ -120,14 +124,14 @@ def _program_tile(B, D: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr):
 
 
 @triton.jit
-def _chain(A, H, rows, END: tl.constexpr, k, b, d0, cols, mask_d, start_ptr, stride_start_b, stride_start_d,
+def _chain(tot_A, tot_V, k, b, d0, cols, mask_d, start_ptr, stride_start_b, stride_start_d,
            state_ptr, B, D: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, HAS_START: tl.constexpr,
            PUBLISH_INCLUSIVE: tl.constexpr, LOOK_BACK: tl.constexpr):
     """Publish the tile's aggregate, look back, publish its inclusive state (the end of step 1, steps 2
-    and 3's first half). (A, H) (BLOCK_T, BLOCK_D): the tile's scan from zero, ending at row END; k: the
-    tile's place in visiting order; b, d0: its batch row and first channel; start_ptr: (B, D) the state
-    before the first tile visited (h0, or dh_T backward), zeros if not HAS_START; state_ptr: the (3, K, B, D)
-    workspace. -> (carry (BLOCK_D,) entering the tile, its inclusive state (BLOCK_D,))."""
+    and 3's first half). (tot_A, tot_V) (BLOCK_D,): the tile's pair, its scan from zero to its last row
+    visited; k: the tile's place in visiting order; b, d0: its batch row and first channel; start_ptr: (B, D)
+    the state before the first tile visited (h0, or dh_T backward), zeros if not HAS_START; state_ptr: the
+    (3, K, B, D) workspace. -> (carry (BLOCK_D,) entering the tile, its inclusive state (BLOCK_D,))."""
     if HAS_START:
         start = tl.load(start_ptr + b * stride_start_b + (d0 + cols) * stride_start_d, mask=mask_d, other=0.0)
         start = start.to(tl.float32)
@@ -138,7 +142,6 @@ def _chain(A, H, rows, END: tl.constexpr, k, b, d0, cols, mask_d, start_ptr, str
     agg_A, agg_V, incl = state_ptr, state_ptr + plane, state_ptr + 2 * plane
     col_slot0 = b * D + d0  # slot 0 of this column; slot j at + j · B · D
     slot = k.to(tl.int64) * (B * D) + col_slot0 + cols
-    tot_A, tot_V = _row(A, rows, END), _row(H, rows, END)
     if k == 0:
         carry = start
     else:
@@ -158,6 +161,34 @@ def _chain(A, H, rows, END: tl.constexpr, k, b, d0, cols, mask_d, start_ptr, str
 
 
 @triton.jit
+def _load_tall_tile(first, rows, cols, stride_t: tl.constexpr, stride_d: tl.constexpr, n_rows, n_cols, other,
+                    WHOLE: tl.constexpr, EVEN_D: tl.constexpr):
+    """A (WARPS, ROWS, BLOCK_D) tile at `first` (its row 0, channel 0): rows (WARPS, ROWS, 1) and cols
+    (1, 1, BLOCK_D) offsets; rows >= n_rows or channels >= n_cols read `other` unless WHOLE / EVEN_D."""
+    ptrs = first + (rows * stride_t + cols * stride_d)  # int32 offsets, then one 64-bit add per element
+    if WHOLE and EVEN_D:
+        return tl.load(ptrs)
+    elif WHOLE:
+        return tl.load(ptrs, mask=cols < n_cols, other=other)
+    else:
+        return tl.load(ptrs, mask=(rows < n_rows) & (cols < n_cols), other=other)
+
+
+@triton.jit
+def _store_tall_tile(first, value, rows, cols, D: tl.constexpr, n_rows, n_cols, WHOLE: tl.constexpr,
+                     EVEN_D: tl.constexpr):
+    """Store a (WARPS, ROWS, BLOCK_D) tile into a contiguous (., D) output at `first`, masked as it was loaded."""
+    ptrs = first + (rows * D + cols)
+    value = value.to(first.dtype.element_ty)
+    if WHOLE and EVEN_D:
+        tl.store(ptrs, value)
+    elif WHOLE:
+        tl.store(ptrs, value, mask=cols < n_cols)
+    else:
+        tl.store(ptrs, value, mask=(rows < n_rows) & (cols < n_cols))
+
+
+@triton.jit
 def _lookback_fwd_kernel(
     # pointers
     x_ptr, a_ptr,  # (B, T, D) inputs, any strides
@@ -171,41 +202,60 @@ def _lookback_fwd_kernel(
     stride_x_b, stride_x_t: tl.constexpr, stride_x_d: tl.constexpr,
     stride_a_b, stride_a_t: tl.constexpr, stride_a_d: tl.constexpr,
     stride_h0_b, stride_h0_d,
-    # meta-parameters
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr,
+    # meta-parameters: a tile is WARPS sub-tiles of ROWS rows, one per warp (BLOCK_T = WARPS · ROWS rows)
+    ROWS: tl.constexpr, WARPS: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr,
     WINDOW: tl.constexpr,  # predecessors read per look-back step
     EVEN_D: tl.constexpr,  # D % BLOCK_D == 0: no channel masks
     HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr,
     PUBLISH_INCLUSIVE: tl.constexpr,  # False (tests only): only tile 0 publishes its inclusive state
     LOOK_BACK: tl.constexpr,  # False (benchmarks only): skip step 2, wrong results
 ):
+    """A tall tile per program, held as (WARPS, ROWS, BLOCK_D): the look-back's cost per row falls as the tile
+    grows (NOTES #12, #16), but a (BLOCK_T, BLOCK_D) tile over several warps would scan its rows across warps.
+    Here each warp scans its own ROWS consecutive rows in registers (sub-tile w is rows w·ROWS ..), and only
+    the WARPS sub-tile totals are scanned across warps."""
+    BLOCK_T: tl.constexpr = WARPS * ROWS
     k, b, d0, cols, mask_d = _program_tile(B, D, BLOCK_D, VEC)
-    mask_cols = mask_d[None, :]
-    rows = tl.arange(0, BLOCK_T)
     t0 = k * BLOCK_T
-    x_first = x_ptr + b * stride_x_b + d0.to(tl.int64) * stride_x_d
-    a_first = a_ptr + b * stride_a_b + d0.to(tl.int64) * stride_a_d
-    h_first = h_ptr + b * T * D + d0
+    sub = tl.arange(0, WARPS)
+    r = tl.arange(0, ROWS)
+    # (WARPS, ROWS, 1) time offsets in the tile; warps lie along the sub-tile axis (the second-smallest stride)
+    rows = (sub[:, None] * ROWS + r[None, :])[:, :, None]
+    cols3 = cols[None, None, :]
+    x_first = x_ptr + b * stride_x_b + t0.to(tl.int64) * stride_x_t + d0.to(tl.int64) * stride_x_d
+    a_first = a_ptr + b * stride_a_b + t0.to(tl.int64) * stride_a_t + d0.to(tl.int64) * stride_a_d
+    h_first = h_ptr + b * T * D + t0.to(tl.int64) * D + d0
 
-    # 1. the tile's scan from a zero state; the last tile's padding rows are the identity (a=1, x=0)
+    # 1. each sub-tile's scan from a zero state (the last tile's padding rows: the identity, a=1, x=0), then
+    # the sub-tiles' totals scanned across warps, and the tile's total
     if t0 + BLOCK_T <= T:
-        a, x = _load_pair_tile(a_first, x_first, t0, 0, T, T, rows, cols, mask_cols,
-                               stride_a_t, stride_a_d, stride_x_t, stride_x_d, False, True, EVEN_D)
+        x = _load_tall_tile(x_first, rows, cols3, stride_x_t, stride_x_d, T - t0, D - d0, 0.0, True, EVEN_D)
+        a = _load_tall_tile(a_first, rows, cols3, stride_a_t, stride_a_d, T - t0, D - d0, 1.0, True, EVEN_D)
     else:
-        a, x = _load_pair_tile(a_first, x_first, t0, 0, T, T, rows, cols, mask_cols,
-                               stride_a_t, stride_a_d, stride_x_t, stride_x_d, False, False, EVEN_D)
-    A, H = tl.associative_scan((a.to(tl.float32), x.to(tl.float32)), axis=0, combine_fn=_combine)
+        x = _load_tall_tile(x_first, rows, cols3, stride_x_t, stride_x_d, T - t0, D - d0, 0.0, False, EVEN_D)
+        a = _load_tall_tile(a_first, rows, cols3, stride_a_t, stride_a_d, T - t0, D - d0, 1.0, False, EVEN_D)
+    A, H = tl.associative_scan((a.to(tl.float32), x.to(tl.float32)), axis=1, combine_fn=_combine)
+    last_row = (r == ROWS - 1)[None, :, None]
+    sub_A = tl.sum(tl.where(last_row, A, 0.0), axis=1)  # (WARPS, BLOCK_D)
+    sub_H = tl.sum(tl.where(last_row, H, 0.0), axis=1)
+    incl_A, incl_H = tl.associative_scan((sub_A, sub_H), axis=0, combine_fn=_combine)
+    tot_A, tot_H = _row(incl_A, sub, WARPS - 1), _row(incl_H, sub, WARPS - 1)
+    # the pair of the sub-tiles before each: row w of the inclusive scan moved to w + 1, the identity at 0
+    moved = (sub[:, None] == sub[None, :] + 1)[:, :, None]  # (to, from, 1)
+    excl_A = tl.sum(tl.where(moved, incl_A[None, :, :], 0.0), axis=1) + tl.where(sub == 0, 1.0, 0.0)[:, None]
+    excl_H = tl.sum(tl.where(moved, incl_H[None, :, :], 0.0), axis=1)
 
     # 2. the state entering the tile
-    carry, state = _chain(A, H, rows, BLOCK_T - 1, k, b, d0, cols, mask_d, h0_ptr, stride_h0_b, stride_h0_d,
-                          state_ptr, B, D, BLOCK_D, WINDOW, HAS_H0, PUBLISH_INCLUSIVE, LOOK_BACK)
+    carry, state = _chain(tot_A, tot_H, k, b, d0, cols, mask_d, h0_ptr, stride_h0_b, stride_h0_d, state_ptr,
+                          B, D, BLOCK_D, WINDOW, HAS_H0, PUBLISH_INCLUSIVE, LOOK_BACK)
 
-    # 3. the states
-    h = H + A * carry[None, :]
+    # 3. the states: each sub-tile's from the state entering it
+    entering = excl_A * carry[None, :] + excl_H  # (WARPS, BLOCK_D)
+    h = H + A * entering[:, None, :]
     if t0 + BLOCK_T <= T:
-        _store_tile(h_first, h, t0, T, rows, cols, mask_cols, D, True, EVEN_D)
+        _store_tall_tile(h_first, h, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
     else:
-        _store_tile(h_first, h, t0, T, rows, cols, mask_cols, D, False, EVEN_D)
+        _store_tall_tile(h_first, h, rows, cols3, D, T - t0, D - d0, False, EVEN_D)
     if STORE_FINAL:
         if t0 + BLOCK_T >= T:
             tl.store(h_T_ptr + b * D + d0 + cols, state, mask=mask_d)
@@ -271,8 +321,8 @@ def _lookback_bwd_kernel(
     A, G = tl.associative_scan((a_next.to(tl.float32), dh_out.to(tl.float32)), axis=0, combine_fn=_combine)
 
     # 2. the gradient entering the tile from its end
-    carry, state = _chain(A, G, rows, 0, k, b, d0, cols, mask_d, dh_T_ptr, stride_dh_T_b, stride_dh_T_d,
-                          state_ptr, B, D, BLOCK_D, WINDOW, HAS_DH_T, PUBLISH_INCLUSIVE, LOOK_BACK)
+    carry, state = _chain(_row(A, rows, 0), _row(G, rows, 0), k, b, d0, cols, mask_d, dh_T_ptr, stride_dh_T_b,
+                          stride_dh_T_d, state_ptr, B, D, BLOCK_D, WINDOW, HAS_DH_T, PUBLISH_INCLUSIVE, LOOK_BACK)
 
     # 3. the gradients
     dh = G + A * carry[None, :]
@@ -292,19 +342,30 @@ def _lookback_bwd_kernel(
 # Launchers
 # --------------------------------------------------------------------------------------------------
 
-# The fastest of the tiles measured (NOTES.md, attempt 12): BLOCK_T rows, BLOCK_D = 32 lanes · VEC channels,
-# one warp; the tile's scan (A, H) stays in registers across the look-back (2 · BLOCK_T · VEC fp32 per
-# thread); WINDOW predecessors per look-back read.
-LOOKBACK_TILE = dict(BLOCK_T=32, BLOCK_D=64, VEC=2, WINDOW=4, num_warps=1)
-# Interpreter: tiny tiles and windows, so that CPU tests span several tiles and windows.
-INTERPRETER_TILE = dict(BLOCK_T=8, BLOCK_D=16, VEC=1, WINDOW=2, num_warps=1)
+# Forward: tall tiles of WARPS sub-tiles of ROWS rows (one warp each) × BLOCK_D = 32 lanes · VEC channels
+# (NOTES.md, attempt 16): 128 rows over 4 warps, 168 registers on sm_90, no spills (64 rows per warp spill in
+# bf16: `results/lookback_h100.log`). Backward: one warp's BLOCK_T × BLOCK_D tile (attempt 12). Each tile's
+# scan stays in registers across its look-back; WINDOW predecessors per look-back read.
+FORWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=4)
+BACKWARD_TILE = dict(BLOCK_T=32, BLOCK_D=64, VEC=2, WINDOW=4, num_warps=1)
+# Interpreter: tiny tiles and windows, so that CPU tests span several tiles, sub-tiles and windows.
+INTERPRETER_FORWARD_TILE = dict(ROWS=4, WARPS=2, BLOCK_D=16, VEC=1, WINDOW=2)
+INTERPRETER_BACKWARD_TILE = dict(BLOCK_T=8, BLOCK_D=16, VEC=1, WINDOW=2, num_warps=1)
 
 
-def lookback_config(dtype: torch.dtype) -> dict:
-    """Kernel meta-parameters (one tile for every dtype)."""
+def lookback_config(dtype: torch.dtype, backward: bool = False) -> dict:
+    """Kernel meta-parameters of one pass: forward {ROWS, WARPS, BLOCK_D, VEC, WINDOW} (a tile of
+    WARPS · ROWS rows, one warp per sub-tile), backward {BLOCK_T, BLOCK_D, VEC, WINDOW, num_warps}."""
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"dtype: expected torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
-    return dict(INTERPRETER_TILE if triton_interpreter_on() else LOOKBACK_TILE)
+    if triton_interpreter_on():
+        return dict(INTERPRETER_BACKWARD_TILE if backward else INTERPRETER_FORWARD_TILE)
+    return dict(BACKWARD_TILE if backward else FORWARD_TILE)
+
+
+def tile_rows(config: dict) -> int:
+    """Rows of T per program (per look-back) of a forward or backward config."""
+    return config["BLOCK_T"] if "BLOCK_T" in config else config["ROWS"] * config["WARPS"]
 
 
 def _workspace(B: int, T: int, D: int, block_t: int, device) -> torch.Tensor:
@@ -315,30 +376,31 @@ def _workspace(B: int, T: int, D: int, block_t: int, device) -> torch.Tensor:
 def lookback_scan_fwd(x, a, h0, output_final_state, config=None, publish_inclusive=True, look_back=True):
     """x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None.
 
-    config: tile meta-parameters (None: `lookback_config`). publish_inclusive=False (tests): only the first
-    tile publishes its state, so every look-back walks the aggregates to it. look_back=False (benchmarks):
-    every tile starts from h0, wrong results: what the kernel costs without its look-back."""
+    config: forward tile meta-parameters (None: `lookback_config`). publish_inclusive=False (tests): only the
+    first tile publishes its state, so every look-back walks the aggregates to it. look_back=False
+    (benchmarks): every tile starts from h0, wrong results: what the kernel costs without its look-back."""
     B, T, D = x.shape
     config = config or lookback_config(x.dtype)
-    _check_int32_offsets(config, x=x, a=a)
+    block_t = tile_rows(config)
+    _check_int32_offsets(dict(config, BLOCK_T=block_t), x=x, a=a)
     h = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     h_T = torch.empty(B, D, dtype=torch.float32, device=x.device) if output_final_state else None
-    state = _workspace(B, T, D, config["BLOCK_T"], x.device)
+    state = _workspace(B, T, D, block_t, x.device)
     h0_strides = h0.stride() if h0 is not None else (0, 0)
-    grid = (triton.cdiv(T, config["BLOCK_T"]) * B * triton.cdiv(D, config["BLOCK_D"]),)
+    grid = (triton.cdiv(T, block_t) * B * triton.cdiv(D, config["BLOCK_D"]),)
     _lookback_fwd_kernel[grid](
         x, a, h0, h, h_T, state, B, T, D, *x.stride(), *a.stride(), *h0_strides,
         EVEN_D=D % config["BLOCK_D"] == 0, HAS_H0=h0 is not None, STORE_FINAL=output_final_state,
-        PUBLISH_INCLUSIVE=publish_inclusive, LOOK_BACK=look_back, **config,
+        PUBLISH_INCLUSIVE=publish_inclusive, LOOK_BACK=look_back, num_warps=config["WARPS"], **config,
     )
     return h, h_T
 
 
 def lookback_scan_bwd(a, h, h0, dh, dh_T, config=None, publish_inclusive=True, look_back=True):
     """a, h, dh: (B, T, D); h0, dh_T: (B, D) | None -> dx, da: (B, T, D) a.dtype, dh0: (B, D) h0.dtype | None.
-    Options as in `lookback_scan_fwd`."""
+    Options as in `lookback_scan_fwd`; config: backward tile meta-parameters."""
     B, T, D = a.shape
-    config = config or lookback_config(a.dtype)
+    config = config or lookback_config(a.dtype, backward=True)
     if not h.is_contiguous():
         raise ValueError(f"h: expected the forward's contiguous output, got strides {h.stride()}")
     _check_int32_offsets(config, a=a, dh=dh)

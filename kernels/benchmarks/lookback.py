@@ -1,14 +1,16 @@
-"""The decoupled look-back experiment (kernels/lookback_scan.py, NOTES.md attempt 12) against the committed
+"""The decoupled look-back scan (kernels/lookback_scan.py, NOTES.md attempts 12 and 16) against the committed
 associative scan: agreement, run-to-run reproducibility, and the forward and backward launchers' time
 (replayed from a CUDA graph; the look-back's workspace fill included) as a fraction of the copy bandwidth
 measured in the same run, at the efficiency shapes.
 
-Variants: "committed" (associative_scan's launchers, kernels/tiles.json), "look-back" at each tile, and
+Variants: "committed" (associative_scan's launchers and kernels/tiles.json, its chunked forward even where
+`linear_scan` runs this look-back forward), "look-back" at each tile, and
 "no look-back" at each tile: the same kernels with step 2 skipped (wrong results), which is what the
-one-tile-per-program structure costs without its look-back. Each variant runs in its own process with a
+one-tile-per-program structure costs without its look-back. A tile is the forward's (ROWS, WARPS, BLOCK_D,
+VEC, WINDOW); the backward runs its own (lookback_scan.BACKWARD_TILE). Each variant runs in its own process with a
 timeout, so that a look-back that never ends shows as missing rows and a message, not a stuck run.
 
-    python -m kernels.benchmarks.lookback [--out kernels/benchmarks/results] [--tiles 32,64,2,4,1 ...] [--smoke]
+    python -m kernels.benchmarks.lookback [--out kernels/benchmarks/results] [--tiles 64,4,64,2,4 ...] [--smoke]
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ SHAPES = [  # (B, T, D, dtype): the efficiency benchmark's, fp32 at the first, a
     (4, 16384, 5120, "float16"),
     (16, 1024, 1024, "bfloat16"),
     (1, 131072, 512, "bfloat16"),
+    (2, 65536, 512, "bfloat16"),
+    (1, 131072, 512, "float32"),
     (8, 2048, 2048, "float32"),
     (4, 256, 5120, "float16"),
 ]
 SMOKE_SHAPES = [(2, 40, 24, "bfloat16"), (1, 70, 8, "float32")]  # --smoke: CPU with TRITON_INTERPRET=1 works
-TILES = ["32,64,2,4,1", "16,64,2,4,1"]  # BLOCK_T, BLOCK_D, VEC, WINDOW, num_warps
+TILES = ["32,4,64,2,4", "32,1,64,2,4"]  # forward: ROWS, WARPS, BLOCK_D, VEC, WINDOW
 REPEATS = 20  # forward runs compared bit for bit with the first
 
 
@@ -51,26 +55,28 @@ def measure(variant: str, tile: dict | None, copy_gbs: float, shapes: list) -> l
         x, a = scan_inputs(B, T, D, dtype)
         dh = torch.randn_like(x)
         if variant == "committed":
-            fwd = lambda: committed.associative_scan_fwd(x, a, None, False)  # noqa: E731
+            config = committed.tile_config(dtype)  # given: the associative forward even where linear_scan looks back
+            fwd = lambda: committed.associative_scan_fwd(x, a, None, False, config=config)  # noqa: E731
             bwd_fn, opts = committed.associative_scan_bwd, {}
         else:
-            opts = dict(config=tile, look_back=variant == "look-back")
-            fwd = lambda: lookback.lookback_scan_fwd(x, a, None, False, **opts)  # noqa: E731
+            opts = dict(look_back=variant == "look-back")
+            fwd = lambda: lookback.lookback_scan_fwd(x, a, None, False, config=tile, **opts)  # noqa: E731
             bwd_fn = lookback.lookback_scan_bwd
         h, _ = fwd()
         tile_name = ",".join(str(v) for v in tile.values()) if tile else "tiles.json"  # as --tiles takes it
         row = dict(variant=variant, tile=tile_name, B=B, T=T, D=D, dtype=dtype_name)
         if variant == "look-back":  # against the committed kernels, with h0 and dh_T
             h0, dh_T = torch.randn(B, D, device=x.device), torch.randn(B, D, device=x.device)
-            ref_h, ref_h_T = committed.associative_scan_fwd(x, a, h0, True)
+            ref_h, ref_h_T = committed.associative_scan_fwd(x, a, h0, True, config=committed.tile_config(dtype))
             ref_grads = committed.associative_scan_bwd(a, ref_h, h0, dh, dh_T)
-            out_h, out_h_T = lookback.lookback_scan_fwd(x, a, h0, True, **opts)
+            out_h, out_h_T = lookback.lookback_scan_fwd(x, a, h0, True, config=tile, **opts)
             out_grads = lookback.lookback_scan_bwd(a, out_h, h0, dh, dh_T, **opts)
             outs = [out_h, out_h_T, *out_grads]
             refs = [ref_h, ref_h_T, *ref_grads]
             row["max_rel_err"] = max(_rel(o, r) for o, r in zip(outs, refs))
             row["bitwise_repeats"] = sum(
-                torch.equal(lookback.lookback_scan_fwd(x, a, h0, True, **opts)[0], out_h) for _ in range(REPEATS))
+                torch.equal(lookback.lookback_scan_fwd(x, a, h0, True, config=tile, **opts)[0], out_h)
+                for _ in range(REPEATS))
         fwd_ms = bench_graph_ms(fwd)
         bwd_ms = bench_graph_ms(lambda: bwd_fn(a, h, None, dh, None, **opts))
         fwd_bytes = scan_bytes(B, T, D, dtype, False)
@@ -126,7 +132,7 @@ def plot(rows: list[dict], shapes: list, info: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    p.add_argument("--tiles", nargs="+", default=TILES, metavar="BLOCK_T,BLOCK_D,VEC,WINDOW,WARPS")
+    p.add_argument("--tiles", nargs="+", default=TILES, metavar="ROWS,WARPS,BLOCK_D,VEC,WINDOW")
     p.add_argument("--timeout", type=float, default=180, help="seconds per variant")
     p.add_argument("--smoke", action="store_true", help="tiny shapes (CPU + TRITON_INTERPRET=1 works)")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
@@ -139,7 +145,7 @@ def main() -> None:
     info = run_info()
     info["copy_GBps"] = copy_gbs = copy_bandwidth_gbs()
     print(json.dumps(info), flush=True)
-    names = ("BLOCK_T", "BLOCK_D", "VEC", "WINDOW", "num_warps")
+    names = ("ROWS", "WARPS", "BLOCK_D", "VEC", "WINDOW")
     tiles = [dict(zip(names, map(int, t.split(",")))) for t in args.tiles]
     rows = _run_variant("committed", None, copy_gbs, args.timeout, args.smoke)
     for tile in tiles:

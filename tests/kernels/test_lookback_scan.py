@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels.lookback_scan import linear_scan_lookback, lookback_config
+from kernels.lookback_scan import linear_scan_lookback, lookback_config, tile_rows
 
 from .conftest import DEVICE
 from .scan_inputs import make_inputs, oracle, outputs_and_grads, reference_in_dtype
 from .test_scan import _interpreted, assert_close_to_oracle
 
-TILE = lookback_config(torch.float32)
-BT, BD = TILE["BLOCK_T"], TILE["BLOCK_D"]
-EDGE_SHAPES = [  # (B, T, D): T a multiple of BLOCK_T (a whole last tile), one or several channel blocks
+TILE = lookback_config(torch.float32)  # the forward's; the backward's tiles are as wide, and as tall on a CPU
+BT, BD = tile_rows(TILE), TILE["BLOCK_D"]
+EDGE_SHAPES = [  # (B, T, D): T a multiple of the tile's rows (a whole last tile), one or several channel blocks
     (2, 2 * BT, BD),
     (1, 3 * BT, 2 * BD + 3),
     (1, 4 * BT + 1, BD),

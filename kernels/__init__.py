@@ -38,8 +38,9 @@ def linear_scan(
         x: (B, T, D) inputs. float32, bfloat16 or float16 (float64 for impl="reference"/CPU "auto").
         a: (B, T, D) gates, same dtype and device as x. Usually in [0, 1]; any values are computed faithfully.
         h0: (B, D) initial state, or None for zeros. x's dtype or float32.
-        impl: "triton"     chunked associative scan in Triton (the default on CUDA; splits T across
-                           programs when B·D is too small to fill the GPU);
+        impl: "triton"     chunked associative scan in Triton (the default on CUDA; when B·D is too small
+                           to fill the GPU, the forward is one pass over tall tiles chained by a
+                           decoupled look-back and the backward splits T across programs);
               "sequential" Triton loop over t, one program per channel tile (the seed's algorithm);
               "reference"  plain PyTorch loop, the oracle, for debugging;
               "auto"       "triton" on CUDA, a pure-PyTorch doubling scan on CPU.
@@ -49,9 +50,12 @@ def linear_scan(
         (h, h_T): h is (B, T, D) in x's dtype; h_T is (B, D) float32 when output_final_state, else None.
         Gradients flow to x, a, h0 and through h_T.
 
-    Every implementation accumulates in float32. Strided inputs (a D-slice, a transposed view) are read
-    through their strides by the Triton kernels without a copy; outputs are contiguous. The Triton
-    impls run on CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1 before importing triton).
+    Every implementation accumulates in float32. Every one is bitwise reproducible from run to run except
+    the look-back forward of impl="triton" (long T, small B·D), whose order of combination depends on
+    timing; with torch.use_deterministic_algorithms(True) it gives way to the chunked forward. Strided
+    inputs (a D-slice, a transposed view) are read through their strides by the Triton kernels without a
+    copy; outputs are contiguous. The Triton impls run on CPU tensors only under the Triton interpreter
+    (TRITON_INTERPRET=1 before importing triton).
     """
     _check_inputs(x, a, h0, impl, output_final_state)
     if impl == "auto":

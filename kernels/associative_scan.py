@@ -9,6 +9,8 @@ and nothing is transposed.
 Two paths, chosen by shape:
 - one chunk (B · D fills the GPU): every program scans the whole of T. One kernel, 3·N·s bytes.
 - T-parallel (B · D small, T long, e.g. B=1, D=512, T=131072): T is cut into chunks across programs.
+  (The forward of this regime runs `lookback_scan.py`'s single pass instead, unless a chunk length is
+  given or torch's deterministic algorithms are on: see `associative_scan_fwd`.)
   1. `_chunk_summary_kernel` reduces each chunk to its pair (A_c, H_c) = (prod a, scan from zero);
   2. `_chunk_carry_kernel` scans the pairs across chunks into each chunk's initial state;
   3. `_scan_fwd_kernel` rescans every chunk from its initial state.
@@ -496,12 +498,21 @@ def _chunk_states(v, a, start, chunk_t: int, reverse: bool, config: dict, final=
 def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None):
     """x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None.
 
-    chunk_t: rows of T per program (None: by shape). config: tile meta-parameters (None: `tile_config`)."""
+    chunk_t: rows of T per program (None: by shape). config: tile meta-parameters (None: `tile_config`).
+    With both None, where B · D leaves SMs idle and T would be cut into chunks, the forward is instead one
+    pass over tall tiles chained by a decoupled look-back (`lookback_scan.py`, NOTES #16: 0.72 of copy
+    bandwidth against 0.51 at (1, 131072, 512) bf16 on an H100), unless torch's deterministic algorithms are
+    on: the look-back's order of combination depends on timing, so its low bits may vary between runs."""
     B, T, D = x.shape
+    auto = chunk_t is None and config is None
     config = config or tile_config(x.dtype)
     _check_int32_offsets(config, x=x, a=a)
     _check_chunk_t(chunk_t)
     chunk_t = chunk_t or _chunk_len(B, T, D, config["BLOCK_D"], _num_sms(x.device))
+    if auto and chunk_t < T and not torch.are_deterministic_algorithms_enabled():
+        from .lookback_scan import lookback_scan_fwd  # imports this module: here, not at the top
+
+        return lookback_scan_fwd(x, a, h0, output_final_state)
     h = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     h_T = torch.empty(B, D, dtype=torch.float32, device=x.device) if output_final_state else None
     n_chunks = _cdiv(T, chunk_t)

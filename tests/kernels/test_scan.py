@@ -152,6 +152,31 @@ def test_t_parallel_path_is_chosen_by_shape():
     assert _chunk_len(1, 300, 512, block_d, sms) == 300  # too short to split
 
 
+@pytest.mark.parametrize("deterministic", [False, True], ids=["default", "deterministic"])
+def test_long_sequence_forward_is_one_look_back_pass_unless_deterministic(deterministic, monkeypatch, gen):
+    """Where T would be cut into chunks, the forward is lookback_scan's single pass, or under torch's
+    deterministic algorithms the chunked path; the backward is chunked either way. Both match the oracle."""
+    import kernels.associative_scan as scan
+    import kernels.lookback_scan as lookback
+
+    monkeypatch.setattr(scan, "_chunk_len", lambda B, T, D, block_d, sms: 16)  # the regime of small B · D
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return lookback_fwd(*args, **kwargs)
+
+    lookback_fwd = lookback.lookback_scan_fwd
+    monkeypatch.setattr(lookback, "lookback_scan_fwd", counted)
+    x, a, h0, dy, dh_T = make_inputs(2, 3 * 16 + 5, 9, torch.float32, gen, DEVICE)
+    out = outputs_and_grads(functools.partial(_public, impl="triton"), x, a, h0, dy, dh_T)
+    interpreted = _interpreted("triton")
+    ref_d = reference_in_dtype(x, a, h0, dy, dh_T, True, interpreted)
+    assert_close_to_oracle(out, ref_d, oracle(x, a, h0, dy, dh_T), torch.float32, "", interpreted)
+    assert len(calls) == (0 if deterministic else 1)
+
+
 def test_reference_gradcheck():
     """The oracle's autograd through the fp32-accumulating loop is exact in float64."""
     g = torch.Generator().manual_seed(0)

@@ -500,7 +500,7 @@ def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None
 
     chunk_t: rows of T per program (None: by shape). config: tile meta-parameters (None: `tile_config`).
     With both None, where B · D leaves SMs idle and T would be cut into chunks, the forward is instead one
-    pass over tall tiles chained by a decoupled look-back (`lookback_scan.py`, NOTES #16: 0.72 of copy
+    pass over tall tiles chained by a decoupled look-back (`lookback_scan.py`, NOTES #17: 0.65 of copy
     bandwidth against 0.51 at (1, 131072, 512) bf16 on an H100), unless torch's deterministic algorithms are
     on: the look-back's order of combination depends on timing, so its low bits may vary between runs."""
     B, T, D = x.shape

@@ -3,8 +3,8 @@ Decoupled Look-back"): h_t = a_t ⊙ h_{t-1} + x_t over (B, T, D), and its fused
 
 **Where `linear_scan` uses it**: the forward of `impl="triton"` where B · D leaves SMs idle and the chunked
 path would re-read x and a (long T, small batch: `associative_scan_fwd`). There, over tall tiles (a warp per
-sub-tile of ROWS rows), it reached 0.72 of copy bandwidth against the chunked path's 0.51 at
-(1, 131072, 512) bf16, 0.90 against 0.57 in fp32, on an H100 (kernels/benchmarks/NOTES.md, attempt 16).
+sub-tile of ROWS rows), it reached 0.65 of copy bandwidth against the chunked path's 0.51 at
+(1, 131072, 512) bf16, 0.86 against 0.57 in fp32, on an H100 (kernels/benchmarks/NOTES.md, attempt 17).
 Where B · D fills the GPU it is slower than the one-chunk scan, and its backward (one-warp tiles, attempt 12)
 is not used. Its low bits can vary between runs: the order in which a tile combines its predecessors
 depends on timing. `python -m kernels.benchmarks.lookback` times it against the committed kernels.
@@ -211,7 +211,7 @@ def _lookback_fwd_kernel(
     LOOK_BACK: tl.constexpr,  # False (benchmarks only): skip step 2, wrong results
 ):
     """A tall tile per program, held as (WARPS, ROWS, BLOCK_D): the look-back's cost per row falls as the tile
-    grows (NOTES #12, #16), but a (BLOCK_T, BLOCK_D) tile over several warps would scan its rows across warps.
+    grows (NOTES #12, #17), but a (BLOCK_T, BLOCK_D) tile over several warps would scan its rows across warps.
     Here each warp scans its own ROWS consecutive rows in registers (sub-tile w is rows w·ROWS ..), and only
     the WARPS sub-tile totals are scanned across warps."""
     BLOCK_T: tl.constexpr = WARPS * ROWS
@@ -219,7 +219,8 @@ def _lookback_fwd_kernel(
     t0 = k * BLOCK_T
     sub = tl.arange(0, WARPS)
     r = tl.arange(0, ROWS)
-    # (WARPS, ROWS, 1) time offsets in the tile; warps lie along the sub-tile axis (the second-smallest stride)
+    # (WARPS, ROWS, 1) time offsets in the tile. In this axis order Triton puts the warps on the sub-tile axis
+    # (in (ROWS, WARPS, BLOCK_D) order it put them on the rows: NOTES #17).
     rows = (sub[:, None] * ROWS + r[None, :])[:, :, None]
     cols3 = cols[None, None, :]
     x_first = x_ptr + b * stride_x_b + t0.to(tl.int64) * stride_x_t + d0.to(tl.int64) * stride_x_d
@@ -343,8 +344,8 @@ def _lookback_bwd_kernel(
 # --------------------------------------------------------------------------------------------------
 
 # Forward: tall tiles of WARPS sub-tiles of ROWS rows (one warp each) × BLOCK_D = 32 lanes · VEC channels
-# (NOTES.md, attempt 16): 128 rows over 4 warps, 168 registers on sm_90, no spills (64 rows per warp spill in
-# bf16: `results/lookback_h100.log`). Backward: one warp's BLOCK_T × BLOCK_D tile (attempt 12). Each tile's
+# (NOTES.md, attempt 17): 128 rows over 4 warps, 168 registers on sm_90, no spills (64 rows per warp spill in
+# bf16: `results/lookback_tall_first_h100.log`). Backward: one warp's BLOCK_T × BLOCK_D tile (attempt 12). Each tile's
 # scan stays in registers across its look-back; WINDOW predecessors per look-back read.
 FORWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=4)
 BACKWARD_TILE = dict(BLOCK_T=32, BLOCK_D=64, VEC=2, WINDOW=4, num_warps=1)

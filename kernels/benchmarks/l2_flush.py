@@ -13,7 +13,7 @@ three flushes:
 
 The scans replay from a CUDA graph (GPU time only); the copy is launched eagerly (a copy captured in a graph
 becomes a memcpy node, which ran a 2 GB copy at ~0.8 of the eager copy's bandwidth on an H100: the "copy 2 GB" line
-line of results/l2_flush_probe_h100.log, a scratch probe that came before this script).
+of results/l2_flush_probe_h100.log, a scratch probe that came before this script).
 
     python -m kernels.benchmarks.l2_flush [--out kernels/benchmarks/results]
 """

@@ -10,13 +10,16 @@ Without that, a batch stride of unknown alignment caps the pointers' alignment a
 loads are too narrow for cp.async: a different kernel (`alignment.py` times both).
 
 Triton compiles for a target it is told about (here CUDA sm_90) on any machine, and ships `cuobjdump`.
-For each kernel (forward, backward, chunk summary) at each element size's tile, this prints the register
-count, local memory (spills), shared memory, the number of warp shuffles (SHFL) and barriers (BAR) in the
-SASS, cp.async copies (LDGSTS: loads pipelined through shared memory) and plain global loads and stores
-(LDG, STG; the pipeliner may also issue LDGs ahead into registers), and the number of instructions. With
+For each kernel (forward, backward, chunk summary; the look-back forward of long sequences) at each element
+size's tile, this prints the register count, register spills (the stack frame in bytes and its LDL/STL
+instructions; cuobjdump's LOCAL does not count them), local memory, shared memory, the number of warp
+shuffles (SHFL) and barriers (BAR) in the SASS, cp.async copies (LDGSTS: loads pipelined through shared
+memory) and plain global loads and stores (LDG, STG; the pipeliner may also issue LDGs ahead into
+registers), and the number of instructions. With
 whole columns per thread (BLOCK_D = 32 · VEC · num_warps), the forward and backward tile scans are meant to
 run in registers: no SHFL, and no BAR beyond those of a cp.async pipeline. (The chunk summary reduces its
-tile's gate product across rows too, which may shuffle.)
+tile's gate product across rows too, which may shuffle; the look-back forward's window reductions and its
+scan of the sub-tile totals across warps use SHFL and BAR.)
 """
 
 from __future__ import annotations
@@ -34,14 +37,18 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kernels import associative_scan as scan
+from kernels import lookback_scan as lookback
 
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-FP32_POINTERS = {"h_T_ptr", "init_ptr", "A_ptr", "V_ptr"}
-KERNELS = {  # name: (kernel, its constexpr flags, the table's pass whose tile it runs): one-chunk forward with
-    # h_T and whole tiles only, backward with h0 and dh_T, the forward's chunk summary
+POINTER_TYPES = {"h_T_ptr": "*fp32", "init_ptr": "*fp32", "A_ptr": "*fp32", "V_ptr": "*fp32", "state_ptr": "*i32"}
+KERNELS = {  # name: (kernel, its constexpr flags, the table's pass whose tile it runs, or "look-back"): one-chunk
+    # forward with h_T and whole tiles only, backward with h0 and dh_T, the forward's chunk summary, and the
+    # look-back forward of long sequences (lookback_scan's tile)
     "fwd": (scan._scan_fwd_kernel, dict(HAS_INIT=False, STORE_FINAL=True, EVEN_T=True), "forward"),
     "bwd": (scan._scan_bwd_kernel, dict(HAS_H0=True, HAS_INIT=True), "backward"),
     "summary": (scan._chunk_summary_kernel, dict(REVERSE=False), "forward"),
+    "lb fwd": (lookback._lookback_fwd_kernel,
+               dict(HAS_H0=False, STORE_FINAL=True, PUBLISH_INCLUSIVE=True, LOOK_BACK=True), "look-back"),
 }
 DTYPES = {2: "bf16", 4: "fp32"}
 
@@ -55,7 +62,7 @@ def compile_sm90(kernel, dtype: str, D: int, tile: dict, flags: dict) -> str:
             given = {"D": D, **tile, "EVEN_D": D % tile["BLOCK_D"] == 0, **flags}
             constexprs[name] = given[name] if name in given else (D if name.endswith("_t") else 1)  # strides
         elif name.endswith("_ptr"):
-            signature[name] = "*fp32" if name in FP32_POINTERS else f"*{dtype}"
+            signature[name] = POINTER_TYPES.get(name, f"*{dtype}")
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif name.startswith("stride_") and name.endswith("_d"):  # of a contiguous (B, D) state: 1, a constant
             signature[name] = "constexpr"
@@ -78,9 +85,11 @@ def opcodes(report: str) -> list[str]:
 
 
 def summarise(report: str) -> dict:
-    usage = dict(re.findall(r"(REG|SHARED|LOCAL):(\d+)", report))
+    usage = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", report))
     count = lambda op: len(re.findall(rf"\b{op}\b", report))  # noqa: E731
-    return dict(regs=int(usage["REG"]), local=int(usage["LOCAL"]), shared=int(usage["SHARED"]),
+    # Register spills go to the stack frame (STACK bytes, LDL/STL instructions); LOCAL is other local memory.
+    return dict(regs=int(usage["REG"]), stack=int(usage["STACK"]), spill_ops=count(r"(?:LDL|STL)(?:\.\w+)*"),
+                local=int(usage["LOCAL"]), shared=int(usage["SHARED"]),
                 SHFL=count(r"SHFL\.\w+"), BAR=count(r"BAR\.\w+"), LDGSTS=count(r"LDGSTS(?:\.\w+)*"),
                 LDG=count(r"LDG\.E(?:\.\w+)*"), STG=count(r"STG\.E(?:\.\w+)*"), instructions=len(opcodes(report)))
 
@@ -96,9 +105,12 @@ def main() -> None:
           "(state strides along D: 1)")
     for size, dtype in DTYPES.items():
         for name, (kernel, flags, direction) in KERNELS.items():
-            tile = {k: v for k, v in scan._tile_table()[str(size)][direction].items() if k != "score"}
-            if args.tile:
+            if direction == "look-back":
+                tile = lookback.FORWARD_TILE | dict(num_warps=lookback.FORWARD_TILE["WARPS"])
+            elif args.tile:
                 tile = dict(zip(("BLOCK_T", "BLOCK_D", "VEC", "STAGES", "num_warps"), args.tile))
+            else:
+                tile = {k: v for k, v in scan._tile_table()[str(size)][direction].items() if k != "score"}
             report = compile_sm90(kernel, dtype, args.d, tile, flags)
             row = summarise(report)
             print(f"{name:8s} {dtype}  {tile}  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)

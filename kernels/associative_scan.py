@@ -458,11 +458,17 @@ def _chunk_len(B: int, T: int, D: int, block_d: int, num_sms: int) -> int:
     return _cdiv(_cdiv(T, n_chunks), 256) * 256
 
 
+def _tile_fits_int32(block_t: int, block_d: int, t: torch.Tensor) -> bool:
+    """Whether 32-bit offsets address a block_t × block_d tile of the (B, T, D) tensor t from its first row:
+    block_t · stride_t + block_d · stride_d < 2**31."""
+    return block_t * abs(t.stride(1)) + block_d * abs(t.stride(2)) < 2**31
+
+
 def _check_int32_offsets(config: dict, **tensors: torch.Tensor | None) -> None:
-    """The kernels address a tile of each (B, T, D) tensor by 32-bit offsets from its first row:
-    BLOCK_T · stride_t + BLOCK_D · stride_d must stay below 2**31."""
+    """The kernels address a tile of each (B, T, D) tensor by 32-bit offsets from its first row (see
+    `_tile_fits_int32`)."""
     for name, t in tensors.items():
-        if t is not None and config["BLOCK_T"] * abs(t.stride(1)) + config["BLOCK_D"] * abs(t.stride(2)) >= 2**31:
+        if t is not None and not _tile_fits_int32(config["BLOCK_T"], config["BLOCK_D"], t):
             raise ValueError(f"{name}: expected strides whose tile ({config['BLOCK_T']} rows, {config['BLOCK_D']} "
                              f"channels) spans < 2**31 elements, got strides {t.stride()}; pass a contiguous tensor")
 
@@ -510,9 +516,11 @@ def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None
     _check_chunk_t(chunk_t)
     chunk_t = chunk_t or _chunk_len(B, T, D, config["BLOCK_D"], _num_sms(x.device))
     if auto and chunk_t < T and not torch.are_deterministic_algorithms_enabled():
-        from .lookback_scan import lookback_scan_fwd  # imports this module: here, not at the top
+        from .lookback_scan import lookback_config, lookback_scan_fwd, tile_rows  # they import this module
 
-        return lookback_scan_fwd(x, a, h0, output_final_state)
+        lookback = lookback_config(x.dtype)
+        if all(_tile_fits_int32(tile_rows(lookback), lookback["BLOCK_D"], t) for t in (x, a)):
+            return lookback_scan_fwd(x, a, h0, output_final_state, config=lookback)
     h = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     h_T = torch.empty(B, D, dtype=torch.float32, device=x.device) if output_final_state else None
     n_chunks = _cdiv(T, chunk_t)
@@ -613,7 +621,9 @@ def linear_scan_associative(x, a, h0=None, output_final_state=False, *, chunk_t=
     """`kernels.linear_scan(impl="triton")` without the input checks.
 
     x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None.
-    chunk_t: rows of T per program (None: chosen by shape; < T forces the T-parallel path).
+    chunk_t: rows of T per program (None: chosen by shape, and where T would be chunked the forward is
+    `lookback_scan.py`'s, whose low bits may vary between runs: see `associative_scan_fwd`; < T forces the
+    T-parallel path in both passes).
 
     Under torch.compile the scan is the custom op above. In eager mode the same launchers run through a plain
     autograd.Function, which skips the custom op's Python dispatch: on an H100 host (2026-11-25, with the

@@ -14,12 +14,14 @@ channels, all of T), so it runs B · D / BLOCK_D programs: two one-warp programs
 and its T-parallel path re-reads x and a (5/3 of the minimum bytes). Here every tile of T is a program, and
 tiles are chained through global memory:
 
-1. load the tile, scan it from a zero state -> per row (A, H): the gate product and the state so far;
-   its last row is the tile's aggregate (A_k, V_k), published at once;
+1. load the tile, scan it from a zero state -> per row (A, H): the gate product and the state so far
+   (the forward scans each warp's sub-tile so, then the sub-tiles' totals across warps); the tile's total
+   is its aggregate (A_k, V_k), published at once;
 2. look back: the state entering tile k is the nearest predecessor's published *inclusive* state,
    combined with the aggregates of the tiles between (WINDOW predecessors per read; spin while one is
    missing);
-3. publish tile k's inclusive state A_k carry + V_k, write h = H + A ⊙ carry.
+3. publish tile k's inclusive state A_k carry + V_k, write h = H + A ⊙ (the state entering the row's
+   sub-tile).
 
 Bytes: the minimum (3·N·s forward, 5·N·s backward) plus 12 bytes per channel per tile of workspace
 (3 fp32 planes: aggregate A, V and inclusive state), filled with SENTINEL before the launch. A value and
@@ -39,12 +41,15 @@ Formulas count steps t = 1..T; the code counts rows 0..T-1.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from ._env import triton_interpreter_on
 from .associative_scan import (
+    _cdiv,
     _check_int32_offsets,
     _combine,
     _load_pair_tile,
@@ -365,13 +370,21 @@ def lookback_config(dtype: torch.dtype, backward: bool = False) -> dict:
 
 
 def tile_rows(config: dict) -> int:
-    """Rows of T per program (per look-back) of a forward or backward config."""
-    return config["BLOCK_T"] if "BLOCK_T" in config else config["ROWS"] * config["WARPS"]
+    """Rows of T per program (per look-back) of a forward config."""
+    return config["ROWS"] * config["WARPS"]
+
+
+def _check_config(config: dict, backward: bool) -> None:
+    """A config has exactly its pass's keys (those of `lookback_config`)."""
+    expected = set(BACKWARD_TILE if backward else FORWARD_TILE)
+    if set(config) != expected:
+        raise ValueError(f"config: expected the {'backward' if backward else 'forward'} tile's keys "
+                         f"{sorted(expected)}, got {sorted(config)}")
 
 
 def _workspace(B: int, T: int, D: int, block_t: int, device) -> torch.Tensor:
     """(3, K, B, D) int32, K = cdiv(T, block_t), every slot unpublished."""
-    return torch.full((3, triton.cdiv(T, block_t), B, D), SENTINEL.value, dtype=torch.int32, device=device)
+    return torch.full((3, _cdiv(T, block_t), B, D), SENTINEL.value, dtype=torch.int32, device=device)
 
 
 def lookback_scan_fwd(x, a, h0, output_final_state, config=None, publish_inclusive=True, look_back=True):
@@ -382,13 +395,14 @@ def lookback_scan_fwd(x, a, h0, output_final_state, config=None, publish_inclusi
     (benchmarks): every tile starts from h0, wrong results: what the kernel costs without its look-back."""
     B, T, D = x.shape
     config = config or lookback_config(x.dtype)
+    _check_config(config, backward=False)
     block_t = tile_rows(config)
     _check_int32_offsets(dict(config, BLOCK_T=block_t), x=x, a=a)
     h = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     h_T = torch.empty(B, D, dtype=torch.float32, device=x.device) if output_final_state else None
     state = _workspace(B, T, D, block_t, x.device)
     h0_strides = h0.stride() if h0 is not None else (0, 0)
-    grid = (triton.cdiv(T, block_t) * B * triton.cdiv(D, config["BLOCK_D"]),)
+    grid = (_cdiv(T, block_t) * B * _cdiv(D, config["BLOCK_D"]),)
     _lookback_fwd_kernel[grid](
         x, a, h0, h, h_T, state, B, T, D, *x.stride(), *a.stride(), *h0_strides,
         EVEN_D=D % config["BLOCK_D"] == 0, HAS_H0=h0 is not None, STORE_FINAL=output_final_state,
@@ -402,6 +416,7 @@ def lookback_scan_bwd(a, h, h0, dh, dh_T, config=None, publish_inclusive=True, l
     Options as in `lookback_scan_fwd`; config: backward tile meta-parameters."""
     B, T, D = a.shape
     config = config or lookback_config(a.dtype, backward=True)
+    _check_config(config, backward=True)
     if not h.is_contiguous():
         raise ValueError(f"h: expected the forward's contiguous output, got strides {h.stride()}")
     _check_int32_offsets(config, a=a, dh=dh)
@@ -411,7 +426,7 @@ def lookback_scan_bwd(a, h, h0, dh, dh_T, config=None, publish_inclusive=True, l
     state = _workspace(B, T, D, config["BLOCK_T"], a.device)
     h0_strides = h0.stride() if h0 is not None else (0, 0)
     dh_T_strides = dh_T.stride() if dh_T is not None else (0, 0)
-    grid = (triton.cdiv(T, config["BLOCK_T"]) * B * triton.cdiv(D, config["BLOCK_D"]),)
+    grid = (_cdiv(T, config["BLOCK_T"]) * B * _cdiv(D, config["BLOCK_D"]),)
     _lookback_bwd_kernel[grid](
         a, h, h0, dh, dh_T, dx, da, dh0, state, B, T, D, *a.stride(), *h0_strides, *dh.stride(), *dh_T_strides,
         EVEN_D=D % config["BLOCK_D"] == 0, HAS_H0=h0 is not None, HAS_DH_T=dh_T is not None,
@@ -420,7 +435,9 @@ def lookback_scan_bwd(a, h, h0, dh, dh_T, config=None, publish_inclusive=True, l
     return dx, da, dh0
 
 
-def linear_scan_lookback(x, a, h0=None, output_final_state=False, **opts):
+def linear_scan_lookback(x, a, h0=None, output_final_state=False, fwd_config=None, bwd_config=None, **opts):
     """x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None, with autograd.
-    No input checks (see `kernels.linear_scan`); opts: those of `lookback_scan_fwd`."""
-    return apply_scan(x, a, h0, output_final_state, lookback_scan_fwd, lookback_scan_bwd, **opts)
+    No input checks (see `kernels.linear_scan`); fwd_config, bwd_config: each pass's tile (None:
+    `lookback_config`); opts: the other options of `lookback_scan_fwd`, given to both passes."""
+    return apply_scan(x, a, h0, output_final_state, functools.partial(lookback_scan_fwd, config=fwd_config),
+                      functools.partial(lookback_scan_bwd, config=bwd_config), **opts)

@@ -26,21 +26,27 @@ def bench_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
     return triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
 
 
-def bench_graph_ms(fn) -> float:
-    """bench_ms of fn() captured once in a CUDA graph and replayed: the GPU time of everything fn launches,
-    without the host time between launches (what training under CUDA graphs sees). Eager on the CPU."""
-    if not torch.cuda.is_available():
-        return bench_ms(fn)
+def capture_graph(fn):
+    """fn captured once in a CUDA graph, after a warm-up on a side stream (compilation, allocator pools):
+    returns the graph's replay(), which runs everything fn launches without the host between launches."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up outside the graph: autotuning, compilation, allocator pools
+    with torch.cuda.stream(side):
         for _ in range(3):
             fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return bench_ms(graph.replay)
+    return graph.replay
+
+
+def bench_graph_ms(fn) -> float:
+    """bench_ms of fn() replayed from a CUDA graph (`capture_graph`): the GPU time of everything fn launches,
+    without the host time between launches (what training under CUDA graphs sees). Eager on the CPU."""
+    if not torch.cuda.is_available():
+        return bench_ms(fn)
+    return bench_ms(capture_graph(fn))
 
 
 def copy_bandwidth_gbs(nbytes: int = 2 << 30, device: str = "cuda") -> float:

@@ -67,6 +67,7 @@ def time_scan(impl: str, B: int, T: int, D: int, dtype: torch.dtype, pass_: str 
 
 @functools.lru_cache(maxsize=None)
 def same_bytes_copy_ms(nbytes: int) -> float:
+    """`copy_ms` of nbytes, timed once per size in a run (several rows share a pass's bytes)."""
     return copy_ms(nbytes)
 
 

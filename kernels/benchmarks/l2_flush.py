@@ -29,7 +29,7 @@ import torch
 
 from kernels import linear_scan
 
-from .common import copy_bandwidth_gbs, print_table, run_info, scan_bytes, scan_inputs, write_csv
+from .common import capture_graph, copy_bandwidth_gbs, print_table, run_info, scan_bytes, scan_inputs, write_csv
 
 SHAPES = [  # (B, T, D, dtype): efficiency.py's, and the short sequences of tune.py
     (8, 2048, 2048, torch.bfloat16),
@@ -41,20 +41,6 @@ SHAPES = [  # (B, T, D, dtype): efficiency.py's, and the short sequences of tune
 ]
 FLUSH_BYTES = 256 * 1024 * 1024  # do_bench's buffer
 REPEATS = 200
-
-
-def captured(fn):
-    """fn captured in a CUDA graph (after a warm-up on a side stream): replay() runs its kernels."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
 
 
 def time_after_flush(fn, flush, repeats: int = REPEATS) -> float:
@@ -90,7 +76,7 @@ def time_shape(B: int, T: int, D: int, dtype: torch.dtype, flushes: dict, copy_g
         nbytes = scan_bytes(B, T, D, dtype, pass_ == "fwd+bwd")
         src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
         dst = torch.empty_like(src)
-        for what, fn in (("copy", lambda: dst.copy_(src)), ("triton", captured(scan))):
+        for what, fn in (("copy", lambda: dst.copy_(src)), ("triton", capture_graph(scan))):
             for flush_name, flush in flushes.items():
                 ms = time_after_flush(fn, flush)
                 rows.append(dict(what=what, pass_=pass_, B=B, T=T, D=D, dtype=str(dtype).split(".")[-1],

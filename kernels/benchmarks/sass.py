@@ -69,7 +69,8 @@ def compile_sm90(kernel, dtype: str, D: int, tile: dict, flags: dict) -> str:
             constexprs[name] = 1
         else:  # T, chunk length, batch strides: multiples of 16 at such shapes, which Triton's JIT specialises on
             signature[name] = "i32"
-            attrs[(i,)] = [["tt.divisibility", 16]]
+            if name != "B":  # the batch size (look-back kernels) is whatever it is: 1 at long T
+                attrs[(i,)] = [["tt.divisibility", 16]]
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", 90, 32), options={"num_warps": tile["num_warps"]})
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:

@@ -1,8 +1,9 @@
-"""The decoupled look-back experiment beyond the shared suite (test_scan.py runs it as "triton-lookback"):
-shapes at its own tile's edges, and look-backs that must end whatever values the tiles publish."""
+"""The decoupled look-back scan beyond the shared suite (test_scan.py runs both its passes as "triton-lookback"):
+shapes at its own tiles' edges, look-backs that must end whatever values the tiles publish, and its configs."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from .test_scan import _interpreted, assert_close_to_oracle
 
 TILE = lookback_config(torch.float32)  # the forward's; the backward's tiles are as wide, and as tall on a CPU
 BT, BD = tile_rows(TILE), TILE["BLOCK_D"]
-EDGE_SHAPES = [  # (B, T, D): T a multiple of the tile's rows (a whole last tile), one or several channel blocks
+EDGE_SHAPES = [  # (B, T, D): T a multiple of the tile's rows (a whole last tile) or one past, one or several
+    # channel blocks
     (2, 2 * BT, BD),
     (1, 3 * BT, 2 * BD + 3),
     (1, 4 * BT + 1, BD),
@@ -66,3 +68,22 @@ def test_nan_inputs_with_the_sentinel_bits_do_not_hang():
     except subprocess.TimeoutExpired:
         raise AssertionError("a look-back spun for 300 s on NaN inputs") from None
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_configs_are_checked_and_given_per_pass(gen):
+    """Each pass takes its own tile: a forward config for the backward (or one with a stray key) is a
+    ValueError naming `config`; linear_scan_lookback passes fwd_config and bwd_config to their passes."""
+    from kernels.lookback_scan import lookback_scan_bwd, lookback_scan_fwd
+
+    x, a, h0, dy, dh_T = make_inputs(1, 2 * BT + 3, BD, torch.float32, gen, DEVICE)
+    fwd_tile, bwd_tile = lookback_config(torch.float32), lookback_config(torch.float32, backward=True)
+    with pytest.raises(ValueError, match=r"^config: expected the forward tile's keys"):
+        lookback_scan_fwd(x, a, None, False, config=dict(fwd_tile, num_warps=4))
+    h, _ = lookback_scan_fwd(x, a, None, False, config=fwd_tile)
+    with pytest.raises(ValueError, match=r"^config: expected the backward tile's keys"):
+        lookback_scan_bwd(a, h, None, dy, None, config=fwd_tile)
+    scan = functools.partial(linear_scan_lookback, fwd_config=fwd_tile, bwd_config=bwd_tile)
+    out = outputs_and_grads(scan, x, a, h0, dy, dh_T)
+    interpreted = _interpreted("triton-lookback")
+    ref_d = reference_in_dtype(x, a, h0, dy, dh_T, True, interpreted)
+    assert_close_to_oracle(out, ref_d, oracle(x, a, h0, dy, dh_T), torch.float32, "configs", interpreted)

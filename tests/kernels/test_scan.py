@@ -41,6 +41,7 @@ SHAPES = [  # (B, T, D)
     (2, BLOCK_T + 1, 3),
     (1, 3 * BLOCK_T + 5, 9),
     (2, 4 * BLOCK_T, 7),  # whole tiles only: the forward's loop runs every tile (EVEN_T)
+    (1, 2 * BLOCK_T, 16),  # and whole channel blocks too on a CPU (EVEN_T and EVEN_D)
 ]
 
 
@@ -49,7 +50,7 @@ def _impl(name):
         return lambda x, a, h0, fs: linear_scan_associative(x, a, h0, fs, chunk_t=16)
     if name == "triton-tparallel-2tiles":  # chunks of two tiles: whole (pipelined) tiles inside chunks too
         return lambda x, a, h0, fs: linear_scan_associative(x, a, h0, fs, chunk_t=2 * BLOCK_T)
-    if name == "triton-lookback":  # the decoupled look-back experiment (kernels/lookback_scan.py)
+    if name == "triton-lookback":  # the decoupled look-back scan, both passes (kernels/lookback_scan.py)
         return linear_scan_lookback
     if name == "triton-lookback-aggregates":  # only the first tile publishes its state: look back through aggregates
         return lambda x, a, h0, fs: linear_scan_lookback(x, a, h0, fs, publish_inclusive=False)
@@ -155,26 +156,30 @@ def test_t_parallel_path_is_chosen_by_shape():
 @pytest.mark.parametrize("deterministic", [False, True], ids=["default", "deterministic"])
 def test_long_sequence_forward_is_one_look_back_pass_unless_deterministic(deterministic, monkeypatch, gen):
     """Where T would be cut into chunks, the forward is lookback_scan's single pass, or under torch's
-    deterministic algorithms the chunked path; the backward is chunked either way. Both match the oracle."""
+    deterministic algorithms the chunked path; the backward is chunked either way. Both match the oracle, on
+    D-slices (strided reads) spanning several look-back tiles and channel blocks, each with a partial last."""
     import kernels.associative_scan as scan
     import kernels.lookback_scan as lookback
 
     monkeypatch.setattr(scan, "_chunk_len", lambda B, T, D, block_d, sms: 16)  # the regime of small B · D
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
-    calls = []
+    lookback_fwd, calls = lookback.lookback_scan_fwd, []
 
-    def counted(*args, **kwargs):
-        calls.append(args[0].shape)
-        return lookback_fwd(*args, **kwargs)
+    def counted(x, *args, **kwargs):
+        calls.append(x.stride())
+        return lookback_fwd(x, *args, **kwargs)
 
-    lookback_fwd = lookback.lookback_scan_fwd
     monkeypatch.setattr(lookback, "lookback_scan_fwd", counted)
-    x, a, h0, dy, dh_T = make_inputs(2, 3 * 16 + 5, 9, torch.float32, gen, DEVICE)
-    out = outputs_and_grads(functools.partial(_public, impl="triton"), x, a, h0, dy, dh_T)
-    interpreted = _interpreted("triton")
-    ref_d = reference_in_dtype(x, a, h0, dy, dh_T, True, interpreted)
-    assert_close_to_oracle(out, ref_d, oracle(x, a, h0, dy, dh_T), torch.float32, "", interpreted)
-    assert len(calls) == (0 if deterministic else 1)
+    tile = lookback.lookback_config(torch.float32)
+    B, T, D = 2, 3 * lookback.tile_rows(tile) + 5, tile["BLOCK_D"] + 3
+    x, a, h0, dy, dh_T = make_inputs(B, T, D + 2, torch.float32, gen, DEVICE)
+    x, a, h0, dy, dh_T = (t[..., 1 : 1 + D] for t in (x, a, h0, dy, dh_T))
+    leaves = [t.detach().requires_grad_() for t in (x, a, h0)]  # views: the strides stay
+    h, h_T = linear_scan(*leaves, impl="triton", output_final_state=True)
+    grads = torch.autograd.grad((h, h_T), leaves, grad_outputs=(dy, dh_T))
+    for name, out, truth in zip(NAMES, [h, h_T, *grads], oracle(x, a, h0, dy, dh_T)):
+        assert rel_err(out, truth, scale=1.0) <= 1e-5, name
+    assert calls == ([] if deterministic else [x.stride()])
 
 
 def test_reference_gradcheck():

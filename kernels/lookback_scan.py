@@ -5,8 +5,8 @@ Decoupled Look-back"): h_t = a_t ⊙ h_{t-1} + x_t over (B, T, D), and its fused
 path would re-read x and a (long T, small batch: `associative_scan_fwd`). There, over tall tiles (a warp per
 sub-tile of ROWS rows), it reached 0.65 of copy bandwidth against the chunked path's 0.51 at
 (1, 131072, 512) bf16, 0.86 against 0.57 in fp32, on an H100 (kernels/benchmarks/NOTES.md, attempt 17).
-Where B · D fills the GPU it is slower than the one-chunk scan, and its backward (one-warp tiles, attempt 12)
-is not used. Its low bits can vary between runs: the order in which a tile combines its predecessors
+Where B · D fills the GPU it is slower than the one-chunk scan, and its backward (the same tiles flipped in
+time; by default attempt 12's one warp of 32 rows) is not used. Its low bits can vary between runs: the order in which a tile combines its predecessors
 depends on timing. `python -m kernels.benchmarks.lookback` times it against the committed kernels.
 
 The one-chunk path of `associative_scan.py` gives each program a whole column (one batch row, BLOCK_D
@@ -52,11 +52,8 @@ from .associative_scan import (
     _cdiv,
     _check_int32_offsets,
     _combine,
-    _load_pair_tile,
     _row,
-    _store_tile,
     _thread_columns,
-    _tile_offsets,
 )
 from .function import apply_scan
 
@@ -166,17 +163,18 @@ def _chain(tot_A, tot_V, k, b, d0, cols, mask_d, start_ptr, stride_start_b, stri
 
 
 @triton.jit
-def _load_tall_tile(first, rows, cols, stride_t: tl.constexpr, stride_d: tl.constexpr, n_rows, n_cols, other,
-                    WHOLE: tl.constexpr, EVEN_D: tl.constexpr):
+def _load_tall_tile(first, rows, cols, stride_t: tl.constexpr, stride_d: tl.constexpr, row_lo, row_hi, n_cols,
+                    other, WHOLE: tl.constexpr, EVEN_D: tl.constexpr):
     """A (WARPS, ROWS, BLOCK_D) tile at `first` (its row 0, channel 0): rows (WARPS, ROWS, 1) and cols
-    (1, 1, BLOCK_D) offsets; rows >= n_rows or channels >= n_cols read `other` unless WHOLE / EVEN_D."""
+    (1, 1, BLOCK_D) offsets; rows outside [row_lo, row_hi) or channels >= n_cols read `other`, unless WHOLE
+    (every row inside) / EVEN_D (every channel inside)."""
     ptrs = first + (rows * stride_t + cols * stride_d)  # int32 offsets, then one 64-bit add per element
     if WHOLE and EVEN_D:
         return tl.load(ptrs)
     elif WHOLE:
         return tl.load(ptrs, mask=cols < n_cols, other=other)
     else:
-        return tl.load(ptrs, mask=(rows < n_rows) & (cols < n_cols), other=other)
+        return tl.load(ptrs, mask=(rows >= row_lo) & (rows < row_hi) & (cols < n_cols), other=other)
 
 
 @triton.jit
@@ -194,6 +192,25 @@ def _store_tall_tile(first, value, rows, cols, D: tl.constexpr, n_rows, n_cols, 
 
 
 @triton.jit
+def _scan_sub_tiles(a, v, sub, r, ROWS: tl.constexpr, WARPS: tl.constexpr):
+    """Pairs (a, v) (WARPS, ROWS, BLOCK_D), sub-tile w in row w -> (A, V) each sub-tile's scan from zero along
+    its rows; (tot_A, tot_V) (BLOCK_D,) the whole tile's pair; (excl_A, excl_V) (WARPS, BLOCK_D) the pair of
+    the sub-tiles before each (the identity before sub-tile 0). sub, r: tl.arange(0, WARPS), tl.arange(0, ROWS).
+    Each warp scans its own rows in registers; only the WARPS sub-tile totals are scanned across warps."""
+    A, V = tl.associative_scan((a.to(tl.float32), v.to(tl.float32)), axis=1, combine_fn=_combine)
+    last_row = (r == ROWS - 1)[None, :, None]
+    sub_A = tl.sum(tl.where(last_row, A, 0.0), axis=1)  # (WARPS, BLOCK_D)
+    sub_V = tl.sum(tl.where(last_row, V, 0.0), axis=1)
+    incl_A, incl_V = tl.associative_scan((sub_A, sub_V), axis=0, combine_fn=_combine)
+    tot_A, tot_V = _row(incl_A, sub, WARPS - 1), _row(incl_V, sub, WARPS - 1)
+    # row w of the inclusive scan moved to w + 1, the identity at 0
+    moved = (sub[:, None] == sub[None, :] + 1)[:, :, None]  # (to, from, 1)
+    excl_A = tl.sum(tl.where(moved, incl_A[None, :, :], 0.0), axis=1) + tl.where(sub == 0, 1.0, 0.0)[:, None]
+    excl_V = tl.sum(tl.where(moved, incl_V[None, :, :], 0.0), axis=1)
+    return A, V, tot_A, tot_V, excl_A, excl_V
+
+
+@triton.jit
 def _lookback_fwd_kernel(
     # pointers
     x_ptr, a_ptr,  # (B, T, D) inputs, any strides
@@ -203,7 +220,7 @@ def _lookback_fwd_kernel(
     state_ptr,  # (3, K, B, D) int32 workspace, SENTINEL-filled: per tile, aggregate A, V and inclusive state
     # sizes
     B, T, D: tl.constexpr,
-    # strides, in elements (T and D strides are compile-time: see _tile_offsets)
+    # strides, in elements (T and D strides are compile-time: each row's offset folds into the load)
     stride_x_b, stride_x_t: tl.constexpr, stride_x_d: tl.constexpr,
     stride_a_b, stride_a_t: tl.constexpr, stride_a_d: tl.constexpr,
     stride_h0_b, stride_h0_d,
@@ -235,21 +252,12 @@ def _lookback_fwd_kernel(
     # 1. each sub-tile's scan from a zero state (the last tile's padding rows: the identity, a=1, x=0), then
     # the sub-tiles' totals scanned across warps, and the tile's total
     if t0 + BLOCK_T <= T:
-        x = _load_tall_tile(x_first, rows, cols3, stride_x_t, stride_x_d, T - t0, D - d0, 0.0, True, EVEN_D)
-        a = _load_tall_tile(a_first, rows, cols3, stride_a_t, stride_a_d, T - t0, D - d0, 1.0, True, EVEN_D)
+        x = _load_tall_tile(x_first, rows, cols3, stride_x_t, stride_x_d, 0, T - t0, D - d0, 0.0, True, EVEN_D)
+        a = _load_tall_tile(a_first, rows, cols3, stride_a_t, stride_a_d, 0, T - t0, D - d0, 1.0, True, EVEN_D)
     else:
-        x = _load_tall_tile(x_first, rows, cols3, stride_x_t, stride_x_d, T - t0, D - d0, 0.0, False, EVEN_D)
-        a = _load_tall_tile(a_first, rows, cols3, stride_a_t, stride_a_d, T - t0, D - d0, 1.0, False, EVEN_D)
-    A, H = tl.associative_scan((a.to(tl.float32), x.to(tl.float32)), axis=1, combine_fn=_combine)
-    last_row = (r == ROWS - 1)[None, :, None]
-    sub_A = tl.sum(tl.where(last_row, A, 0.0), axis=1)  # (WARPS, BLOCK_D)
-    sub_H = tl.sum(tl.where(last_row, H, 0.0), axis=1)
-    incl_A, incl_H = tl.associative_scan((sub_A, sub_H), axis=0, combine_fn=_combine)
-    tot_A, tot_H = _row(incl_A, sub, WARPS - 1), _row(incl_H, sub, WARPS - 1)
-    # the pair of the sub-tiles before each: row w of the inclusive scan moved to w + 1, the identity at 0
-    moved = (sub[:, None] == sub[None, :] + 1)[:, :, None]  # (to, from, 1)
-    excl_A = tl.sum(tl.where(moved, incl_A[None, :, :], 0.0), axis=1) + tl.where(sub == 0, 1.0, 0.0)[:, None]
-    excl_H = tl.sum(tl.where(moved, incl_H[None, :, :], 0.0), axis=1)
+        x = _load_tall_tile(x_first, rows, cols3, stride_x_t, stride_x_d, 0, T - t0, D - d0, 0.0, False, EVEN_D)
+        a = _load_tall_tile(a_first, rows, cols3, stride_a_t, stride_a_d, 0, T - t0, D - d0, 1.0, False, EVEN_D)
+    A, H, tot_A, tot_H, excl_A, excl_H = _scan_sub_tiles(a, x, sub, r, ROWS, WARPS)
 
     # 2. the state entering the tile
     carry, state = _chain(tot_A, tot_H, k, b, d0, cols, mask_d, h0_ptr, stride_h0_b, stride_h0_d, state_ptr,
@@ -280,68 +288,73 @@ def _lookback_bwd_kernel(
     state_ptr,  # (3, K, B, D) int32 workspace, SENTINEL-filled, indexed by visiting order (from the end of T)
     # sizes
     B, T, D: tl.constexpr,
-    # strides, in elements (T and D strides are compile-time: see _tile_offsets)
+    # strides, in elements (T and D strides are compile-time: each row's offset folds into the load)
     stride_a_b, stride_a_t: tl.constexpr, stride_a_d: tl.constexpr,
     stride_h0_b, stride_h0_d,
     stride_dh_b, stride_dh_t: tl.constexpr, stride_dh_d: tl.constexpr,
     stride_dh_T_b, stride_dh_T_d,
-    # meta-parameters
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr,
+    # meta-parameters: a tile is WARPS sub-tiles of ROWS rows, one per warp (BLOCK_T = WARPS · ROWS rows)
+    ROWS: tl.constexpr, WARPS: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr,
     WINDOW: tl.constexpr,  # predecessors read per look-back step
     EVEN_D: tl.constexpr,  # D % BLOCK_D == 0: no channel masks
     HAS_H0: tl.constexpr, HAS_DH_T: tl.constexpr,
     PUBLISH_INCLUSIVE: tl.constexpr,  # False (tests only): only the first tile visited publishes its state
     LOOK_BACK: tl.constexpr,  # False (benchmarks only): skip step 2, wrong results
 ):
+    """The forward's tall tile, flipped in time: element (w, r) of the (WARPS, ROWS, BLOCK_D) tile holds
+    time t0 + BLOCK_T - 1 - (w · ROWS + r), so each sub-tile's scan along its rows, and the scan across
+    sub-tiles, run backward in time. (The time offsets are compile-time constants: the flip costs nothing,
+    where `reverse=True` shuffles lanes.)"""
+    BLOCK_T: tl.constexpr = WARPS * ROWS
     k, b, d0, cols, mask_d = _program_tile(B, D, BLOCK_D, VEC)
-    mask_cols = mask_d[None, :]
-    # Row i of the tile holds time t0 + BLOCK_T - 1 - i: a scan down the tile runs backward in time.
-    rows = BLOCK_T - 1 - tl.arange(0, BLOCK_T)
+    sub = tl.arange(0, WARPS)
+    r = tl.arange(0, ROWS)
+    rows = (BLOCK_T - 1 - (sub[:, None] * ROWS + r[None, :]))[:, :, None]  # (WARPS, ROWS, 1) time offsets
+    cols3 = cols[None, None, :]
     n_tiles = tl.cdiv(T, BLOCK_T)
     t0 = (n_tiles - 1 - k) * BLOCK_T
-    a_first = a_ptr + b * stride_a_b + d0.to(tl.int64) * stride_a_d
-    dh_first = dh_ptr + b * stride_dh_b + d0.to(tl.int64) * stride_dh_d
-    h_first = h_ptr + b * T * D + d0
-    dx_first = dx_ptr + b * T * D + d0
-    da_first = da_ptr + b * T * D + d0
-    # Whole: every row has a real a_{t+1} (t + 1 < T) and a real h_{t-1} (t >= 1).
-    whole = (t0 > 0) & (t0 + BLOCK_T < T)
+    a_next_first = a_ptr + b * stride_a_b + (t0 + 1).to(tl.int64) * stride_a_t + d0.to(tl.int64) * stride_a_d
+    dh_first = dh_ptr + b * stride_dh_b + t0.to(tl.int64) * stride_dh_t + d0.to(tl.int64) * stride_dh_d
+    h_prev_first = h_ptr + b * T * D + (t0 - 1).to(tl.int64) * D + d0  # row t0 - 1: h_{t-1} of row t0
+    dx_first = dx_ptr + b * T * D + t0.to(tl.int64) * D + d0
+    da_first = da_ptr + b * T * D + t0.to(tl.int64) * D + d0
 
-    # 1. the tile's reverse scan of (a_{t+1}, dh_t^out) from a zero gradient at its end
-    h_tile = h_first + (t0 - 1).to(tl.int64) * D + _tile_offsets(rows, cols, D, 1)  # h_{t-1}
-    if whole:
-        a_next, dh_out = _load_pair_tile(a_first, dh_first, t0, 0, T, T, rows, cols, mask_cols,
-                                         stride_a_t, stride_a_d, stride_dh_t, stride_dh_d, True, True, EVEN_D)
-        if EVEN_D:
-            h_prev = tl.load(h_tile).to(tl.float32)
-        else:
-            h_prev = tl.load(h_tile, mask=mask_cols, other=0.0).to(tl.float32)
-    else:
-        a_next, dh_out = _load_pair_tile(a_first, dh_first, t0, 0, T, T, rows, cols, mask_cols,
-                                         stride_a_t, stride_a_d, stride_dh_t, stride_dh_d, True, False, EVEN_D)
-        prev_rows = (rows >= 1 - t0) & (rows < T - t0)
-        h_prev = tl.load(h_tile, mask=prev_rows[:, None] & mask_cols, other=0.0).to(tl.float32)
+    # 1. each sub-tile's reverse scan of (a_{t+1}, dh_t^out) from a zero gradient at its end, then across
+    # sub-tiles. Whole: every row has a real a_{t+1} (t + 1 < T) and a real h_{t-1} (t >= 1).
+    if (t0 > 0) & (t0 + BLOCK_T < T):
+        a_next = _load_tall_tile(a_next_first, rows, cols3, stride_a_t, stride_a_d, 0, 0, D - d0, 1.0, True, EVEN_D)
+        dh_out = _load_tall_tile(dh_first, rows, cols3, stride_dh_t, stride_dh_d, 0, 0, D - d0, 0.0, True, EVEN_D)
+        h_prev = _load_tall_tile(h_prev_first, rows, cols3, D, 1, 0, 0, D - d0, 0.0, True, EVEN_D)
+    else:  # a_T and beyond: 1 (dh_T seeds row T - 1); h_{-1}: 0 (h0 below)
+        a_next = _load_tall_tile(a_next_first, rows, cols3, stride_a_t, stride_a_d, 0, T - 1 - t0, D - d0, 1.0,
+                                 False, EVEN_D)
+        dh_out = _load_tall_tile(dh_first, rows, cols3, stride_dh_t, stride_dh_d, 0, T - t0, D - d0, 0.0, False,
+                                 EVEN_D)
+        h_prev = _load_tall_tile(h_prev_first, rows, cols3, D, 1, 1 - t0, T - t0, D - d0, 0.0, False, EVEN_D)
+    h_prev = h_prev.to(tl.float32)
     if HAS_H0:
         h0 = tl.load(h0_ptr + b * stride_h0_b + (d0 + cols) * stride_h0_d, mask=mask_d, other=0.0)
-        h_prev = tl.where((rows == -t0)[:, None], h0.to(tl.float32)[None, :], h_prev)
-    A, G = tl.associative_scan((a_next.to(tl.float32), dh_out.to(tl.float32)), axis=0, combine_fn=_combine)
+        h_prev = tl.where(rows == -t0, h0.to(tl.float32)[None, None, :], h_prev)
+    A, G, tot_A, tot_G, excl_A, excl_G = _scan_sub_tiles(a_next, dh_out, sub, r, ROWS, WARPS)
 
     # 2. the gradient entering the tile from its end
-    carry, state = _chain(_row(A, rows, 0), _row(G, rows, 0), k, b, d0, cols, mask_d, dh_T_ptr, stride_dh_T_b,
-                          stride_dh_T_d, state_ptr, B, D, BLOCK_D, WINDOW, HAS_DH_T, PUBLISH_INCLUSIVE, LOOK_BACK)
+    carry, state = _chain(tot_A, tot_G, k, b, d0, cols, mask_d, dh_T_ptr, stride_dh_T_b, stride_dh_T_d,
+                          state_ptr, B, D, BLOCK_D, WINDOW, HAS_DH_T, PUBLISH_INCLUSIVE, LOOK_BACK)
 
-    # 3. the gradients
-    dh = G + A * carry[None, :]
-    if whole:
-        _store_tile(dx_first, dh, t0, T, rows, cols, mask_cols, D, True, EVEN_D)
-        _store_tile(da_first, dh * h_prev, t0, T, rows, cols, mask_cols, D, True, EVEN_D)
+    # 3. the gradients: each sub-tile's from the gradient entering it (from its end)
+    entering = excl_A * carry[None, :] + excl_G  # (WARPS, BLOCK_D)
+    dh = G + A * entering[:, None, :]
+    if (t0 > 0) & (t0 + BLOCK_T < T):
+        _store_tall_tile(dx_first, dh, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
+        _store_tall_tile(da_first, dh * h_prev, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
     else:
-        _store_tile(dx_first, dh, t0, T, rows, cols, mask_cols, D, False, EVEN_D)
-        _store_tile(da_first, dh * h_prev, t0, T, rows, cols, mask_cols, D, False, EVEN_D)
+        _store_tall_tile(dx_first, dh, rows, cols3, D, T - t0, D - d0, False, EVEN_D)
+        _store_tall_tile(da_first, dh * h_prev, rows, cols3, D, T - t0, D - d0, False, EVEN_D)
     if HAS_H0:
         if t0 == 0:  # dh0 = a_1 dh_1; `state` is dh at t = 0
-            a_1 = tl.load(a_first + cols * stride_a_d, mask=mask_d, other=0.0).to(tl.float32)
-            tl.store(dh0_ptr + b * D + d0 + cols, (a_1 * state).to(dh0_ptr.dtype.element_ty), mask=mask_d)
+            a_1 = tl.load(a_ptr + b * stride_a_b + (d0 + cols) * stride_a_d, mask=mask_d, other=0.0)
+            tl.store(dh0_ptr + b * D + d0 + cols, (a_1.to(tl.float32) * state).to(dh0_ptr.dtype.element_ty),
+                     mask=mask_d)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,36 +363,34 @@ def _lookback_bwd_kernel(
 
 # Forward: tall tiles of WARPS sub-tiles of ROWS rows (one warp each) × BLOCK_D = 32 lanes · VEC channels
 # (NOTES.md, attempt 17): 128 rows over 4 warps, 168 registers on sm_90, no spills (64 rows per warp spill in
-# bf16: `results/lookback_tall_first_h100.log`). Backward: one warp's BLOCK_T × BLOCK_D tile (attempt 12). Each tile's
-# scan stays in registers across its look-back; WINDOW predecessors per look-back read.
+# bf16: `results/lookback_tall_first_h100.log`). Backward: the same kind of tile; attempt 12's one warp of 32
+# rows, the one measured on a GPU. Each tile's scan stays in registers across its look-back; WINDOW
+# predecessors per look-back read.
 FORWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=4)
-BACKWARD_TILE = dict(BLOCK_T=32, BLOCK_D=64, VEC=2, WINDOW=4, num_warps=1)
-# Interpreter: tiny tiles and windows, so that CPU tests span several tiles, sub-tiles and windows.
-INTERPRETER_FORWARD_TILE = dict(ROWS=4, WARPS=2, BLOCK_D=16, VEC=1, WINDOW=2)
-INTERPRETER_BACKWARD_TILE = dict(BLOCK_T=8, BLOCK_D=16, VEC=1, WINDOW=2, num_warps=1)
+BACKWARD_TILE = dict(ROWS=32, WARPS=1, BLOCK_D=64, VEC=2, WINDOW=4)
+# Interpreter, both passes: tiny tiles and windows, so that CPU tests span several tiles, sub-tiles and windows.
+INTERPRETER_TILE = dict(ROWS=4, WARPS=2, BLOCK_D=16, VEC=1, WINDOW=2)
 
 
 def lookback_config(dtype: torch.dtype, backward: bool = False) -> dict:
-    """Kernel meta-parameters of one pass: forward {ROWS, WARPS, BLOCK_D, VEC, WINDOW} (a tile of
-    WARPS · ROWS rows, one warp per sub-tile), backward {BLOCK_T, BLOCK_D, VEC, WINDOW, num_warps}."""
+    """Kernel meta-parameters of one pass, {ROWS, WARPS, BLOCK_D, VEC, WINDOW}: a tile of WARPS · ROWS rows and
+    BLOCK_D = 32 · VEC channels, one warp per sub-tile of ROWS rows; WINDOW predecessors per look-back read."""
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"dtype: expected torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
     if triton_interpreter_on():
-        return dict(INTERPRETER_BACKWARD_TILE if backward else INTERPRETER_FORWARD_TILE)
+        return dict(INTERPRETER_TILE)
     return dict(BACKWARD_TILE if backward else FORWARD_TILE)
 
 
 def tile_rows(config: dict) -> int:
-    """Rows of T per program (per look-back) of a forward config."""
+    """Rows of T per program (per look-back) of a config."""
     return config["ROWS"] * config["WARPS"]
 
 
-def _check_config(config: dict, backward: bool) -> None:
-    """A config has exactly its pass's keys (those of `lookback_config`)."""
-    expected = set(BACKWARD_TILE if backward else FORWARD_TILE)
-    if set(config) != expected:
-        raise ValueError(f"config: expected the {'backward' if backward else 'forward'} tile's keys "
-                         f"{sorted(expected)}, got {sorted(config)}")
+def _check_config(config: dict) -> None:
+    """A config has exactly the keys of `lookback_config`'s."""
+    if set(config) != set(FORWARD_TILE):
+        raise ValueError(f"config: expected the keys {sorted(FORWARD_TILE)}, got {sorted(config)}")
 
 
 def _workspace(B: int, T: int, D: int, block_t: int, device) -> torch.Tensor:
@@ -395,7 +406,7 @@ def lookback_scan_fwd(x, a, h0, output_final_state, config=None, publish_inclusi
     (benchmarks): every tile starts from h0, wrong results: what the kernel costs without its look-back."""
     B, T, D = x.shape
     config = config or lookback_config(x.dtype)
-    _check_config(config, backward=False)
+    _check_config(config)
     block_t = tile_rows(config)
     _check_int32_offsets(dict(config, BLOCK_T=block_t), x=x, a=a)
     h = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
@@ -416,21 +427,22 @@ def lookback_scan_bwd(a, h, h0, dh, dh_T, config=None, publish_inclusive=True, l
     Options as in `lookback_scan_fwd`; config: backward tile meta-parameters."""
     B, T, D = a.shape
     config = config or lookback_config(a.dtype, backward=True)
-    _check_config(config, backward=True)
+    _check_config(config)
     if not h.is_contiguous():
         raise ValueError(f"h: expected the forward's contiguous output, got strides {h.stride()}")
-    _check_int32_offsets(config, a=a, dh=dh)
+    block_t = tile_rows(config)
+    _check_int32_offsets(dict(config, BLOCK_T=block_t), a=a, dh=dh)
     dx = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
     da = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
     dh0 = torch.empty(B, D, dtype=h0.dtype, device=a.device) if h0 is not None else None
-    state = _workspace(B, T, D, config["BLOCK_T"], a.device)
+    state = _workspace(B, T, D, block_t, a.device)
     h0_strides = h0.stride() if h0 is not None else (0, 0)
     dh_T_strides = dh_T.stride() if dh_T is not None else (0, 0)
-    grid = (_cdiv(T, config["BLOCK_T"]) * B * _cdiv(D, config["BLOCK_D"]),)
+    grid = (_cdiv(T, block_t) * B * _cdiv(D, config["BLOCK_D"]),)
     _lookback_bwd_kernel[grid](
         a, h, h0, dh, dh_T, dx, da, dh0, state, B, T, D, *a.stride(), *h0_strides, *dh.stride(), *dh_T_strides,
         EVEN_D=D % config["BLOCK_D"] == 0, HAS_H0=h0 is not None, HAS_DH_T=dh_T is not None,
-        PUBLISH_INCLUSIVE=publish_inclusive, LOOK_BACK=look_back, **config,
+        PUBLISH_INCLUSIVE=publish_inclusive, LOOK_BACK=look_back, num_warps=config["WARPS"], **config,
     )
     return dx, da, dh0
 

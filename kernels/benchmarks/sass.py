@@ -10,7 +10,7 @@ Without that, a batch stride of unknown alignment caps the pointers' alignment a
 loads are too narrow for cp.async: a different kernel (`alignment.py` times both).
 
 Triton compiles for a target it is told about (here CUDA sm_90) on any machine, and ships `cuobjdump`.
-For each kernel (forward, backward, chunk summary; the look-back forward of long sequences) at each element
+For each kernel (forward, backward, chunk summary; the look-back forward and backward) at each element
 size's tile, this prints the register count, register spills (the stack frame in bytes and its LDL/STL
 instructions; cuobjdump's LOCAL does not count them), local memory, shared memory, the number of warp
 shuffles (SHFL) and barriers (BAR) in the SASS, cp.async copies (LDGSTS: loads pipelined through shared
@@ -41,14 +41,16 @@ from kernels import lookback_scan as lookback
 
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 POINTER_TYPES = {"h_T_ptr": "*fp32", "init_ptr": "*fp32", "A_ptr": "*fp32", "V_ptr": "*fp32", "state_ptr": "*i32"}
-KERNELS = {  # name: (kernel, its constexpr flags, the table's pass whose tile it runs, or "look-back"): one-chunk
-    # forward with h_T and whole tiles only, backward with h0 and dh_T, the forward's chunk summary, and the
-    # look-back forward of long sequences (lookback_scan's tile)
+KERNELS = {  # name: (kernel, its constexpr flags, the table's pass whose tile it runs, or lookback_scan's):
+    # one-chunk forward with h_T and whole tiles only, backward with h0 and dh_T, the forward's chunk summary,
+    # and the look-back forward (linear_scan's at long T) and backward (an experiment)
     "fwd": (scan._scan_fwd_kernel, dict(HAS_INIT=False, STORE_FINAL=True, EVEN_T=True), "forward"),
     "bwd": (scan._scan_bwd_kernel, dict(HAS_H0=True, HAS_INIT=True), "backward"),
     "summary": (scan._chunk_summary_kernel, dict(REVERSE=False), "forward"),
     "lb fwd": (lookback._lookback_fwd_kernel,
                dict(HAS_H0=False, STORE_FINAL=True, PUBLISH_INCLUSIVE=True, LOOK_BACK=True), "look-back"),
+    "lb bwd": (lookback._lookback_bwd_kernel,
+               dict(HAS_H0=True, HAS_DH_T=True, PUBLISH_INCLUSIVE=True, LOOK_BACK=True), "look-back backward"),
 }
 DTYPES = {2: "bf16", 4: "fp32"}
 
@@ -106,8 +108,9 @@ def main() -> None:
           "(state strides along D: 1)")
     for size, dtype in DTYPES.items():
         for name, (kernel, flags, direction) in KERNELS.items():
-            if direction == "look-back":
-                tile = lookback.FORWARD_TILE | dict(num_warps=lookback.FORWARD_TILE["WARPS"])
+            if direction.startswith("look-back"):
+                config = lookback.BACKWARD_TILE if direction.endswith("backward") else lookback.FORWARD_TILE
+                tile = config | dict(num_warps=config["WARPS"])
             elif args.tile:
                 tile = dict(zip(("BLOCK_T", "BLOCK_D", "VEC", "STAGES", "num_warps"), args.tile))
             else:

@@ -7,15 +7,18 @@ Variants: "committed" (associative_scan's launchers and kernels/tiles.json, its 
 `linear_scan` runs this look-back forward), "look-back" at each tile, and
 "no look-back" at each tile: the same kernels with step 2 skipped (wrong results), which is what the
 one-tile-per-program structure costs without its look-back. A tile is the forward's (ROWS, WARPS, BLOCK_D,
-VEC, WINDOW); the backward runs its own (lookback_scan.BACKWARD_TILE). Each variant runs in its own process with a
-timeout, so that a look-back that never ends shows as missing rows and a message, not a stuck run.
+VEC, WINDOW), optionally followed by "/" and the backward's (else lookback_scan.BACKWARD_TILE). Each variant
+runs in its own process with a timeout, so that a look-back that never ends shows as missing rows and a
+message, not a stuck run.
 
-    python -m kernels.benchmarks.lookback [--out kernels/benchmarks/results] [--tiles 64,4,64,2,4 ...] [--smoke]
+    python -m kernels.benchmarks.lookback [--out kernels/benchmarks/results] [--tiles 32,4,64,2,4/16,8,64,2,4 ...]
+                                          [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -60,22 +63,22 @@ def measure(variant: str, tile: dict | None, copy_gbs: float, shapes: list) -> l
             bwd_fn, opts = committed.associative_scan_bwd, {}
         else:
             opts = dict(look_back=variant == "look-back")
-            fwd = lambda: lookback.lookback_scan_fwd(x, a, None, False, config=tile, **opts)  # noqa: E731
-            bwd_fn = lookback.lookback_scan_bwd
+            fwd = lambda: lookback.lookback_scan_fwd(x, a, None, False, config=tile["fwd"], **opts)  # noqa: E731
+            bwd_fn = functools.partial(lookback.lookback_scan_bwd, config=tile["bwd"])
         h, _ = fwd()
-        tile_name = ",".join(str(v) for v in tile.values()) if tile else "tiles.json"  # as --tiles takes it
+        tile_name = tile["name"] if tile else "tiles.json"  # as --tiles takes it
         row = dict(variant=variant, tile=tile_name, B=B, T=T, D=D, dtype=dtype_name)
         if variant == "look-back":  # against the committed kernels, with h0 and dh_T
             h0, dh_T = torch.randn(B, D, device=x.device), torch.randn(B, D, device=x.device)
             ref_h, ref_h_T = committed.associative_scan_fwd(x, a, h0, True, config=committed.tile_config(dtype))
             ref_grads = committed.associative_scan_bwd(a, ref_h, h0, dh, dh_T)
-            out_h, out_h_T = lookback.lookback_scan_fwd(x, a, h0, True, config=tile, **opts)
-            out_grads = lookback.lookback_scan_bwd(a, out_h, h0, dh, dh_T, **opts)
+            out_h, out_h_T = lookback.lookback_scan_fwd(x, a, h0, True, config=tile["fwd"], **opts)
+            out_grads = bwd_fn(a, out_h, h0, dh, dh_T, **opts)
             outs = [out_h, out_h_T, *out_grads]
             refs = [ref_h, ref_h_T, *ref_grads]
             row["max_rel_err"] = max(_rel(o, r) for o, r in zip(outs, refs))
             row["bitwise_repeats"] = sum(
-                torch.equal(lookback.lookback_scan_fwd(x, a, h0, True, config=tile, **opts)[0], out_h)
+                torch.equal(lookback.lookback_scan_fwd(x, a, h0, True, config=tile["fwd"], **opts)[0], out_h)
                 for _ in range(REPEATS))
         fwd_ms = bench_graph_ms(fwd)
         bwd_ms = bench_graph_ms(lambda: bwd_fn(a, h, None, dh, None, **opts))
@@ -87,6 +90,14 @@ def measure(variant: str, tile: dict | None, copy_gbs: float, shapes: list) -> l
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+def _parse_tile(text: str) -> dict:
+    """"ROWS,WARPS,BLOCK_D,VEC,WINDOW[/ROWS,WARPS,BLOCK_D,VEC,WINDOW]" -> {"name", "fwd", "bwd" (None: default)}."""
+    names = ("ROWS", "WARPS", "BLOCK_D", "VEC", "WINDOW")
+    fwd, _, bwd = text.partition("/")
+    config = lambda t: dict(zip(names, map(int, t.split(","))))  # noqa: E731
+    return dict(name=text, fwd=config(fwd), bwd=config(bwd) if bwd else None)
 
 
 def _run_variant(variant: str, tile: dict | None, copy_gbs: float, timeout_s: float, smoke: bool) -> list[dict]:
@@ -132,7 +143,7 @@ def plot(rows: list[dict], shapes: list, info: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    p.add_argument("--tiles", nargs="+", default=TILES, metavar="ROWS,WARPS,BLOCK_D,VEC,WINDOW")
+    p.add_argument("--tiles", nargs="+", default=TILES, metavar="ROWS,WARPS,BLOCK_D,VEC,WINDOW[/the backward's]")
     p.add_argument("--timeout", type=float, default=180, help="seconds per variant")
     p.add_argument("--smoke", action="store_true", help="tiny shapes (CPU + TRITON_INTERPRET=1 works)")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
@@ -145,8 +156,7 @@ def main() -> None:
     info = run_info()
     info["copy_GBps"] = copy_gbs = copy_bandwidth_gbs()
     print(json.dumps(info), flush=True)
-    names = ("ROWS", "WARPS", "BLOCK_D", "VEC", "WINDOW")
-    tiles = [dict(zip(names, map(int, t.split(",")))) for t in args.tiles]
+    tiles = [_parse_tile(t) for t in args.tiles]
     rows = _run_variant("committed", None, copy_gbs, args.timeout, args.smoke)
     for tile in tiles:
         for variant in ("look-back", "no look-back"):

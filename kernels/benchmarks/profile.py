@@ -7,7 +7,8 @@
 
 Each case is compiled and run twice first, so ncu sees only the measured call, inside an NVTX range named
 after its case. `--clock-control none` leaves the GPU's clocks as they are (ncu locks them by default).
-results/ncu_h100.txt is such a run on an H100 (NOTES #15).
+results/ncu_h100.txt is such a run on an H100 (NOTES #15), from before the look-back forward: its long-T case
+then ran the chunked path, which `associative_scan_fwd` now gives way to there (NOTES #17).
 """
 
 from __future__ import annotations

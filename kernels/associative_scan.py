@@ -9,7 +9,7 @@ and nothing is transposed.
 Two paths, chosen by shape:
 - one chunk (B · D fills the GPU): every program scans the whole of T. One kernel, 3·N·s bytes.
 - T-parallel (B · D small, T long, e.g. B=1, D=512, T=131072): T is cut into chunks across programs.
-  (The forward of this regime runs `lookback_scan.py`'s single pass instead, unless a chunk length is
+  (Both passes of this regime run `lookback_scan.py`'s single pass instead, unless a chunk length is
   given or torch's deterministic algorithms are on: see `associative_scan_fwd`.)
   1. `_chunk_summary_kernel` reduces each chunk to its pair (A_c, H_c) = (prod a, scan from zero);
   2. `_chunk_carry_kernel` scans the pairs across chunks into each chunk's initial state;
@@ -501,6 +501,20 @@ def _chunk_states(v, a, start, chunk_t: int, reverse: bool, config: dict, final=
     return init
 
 
+def _lookback_instead(dtype: torch.dtype, backward: bool, *tensors: torch.Tensor) -> dict | None:
+    """Where T would be cut into chunks: `lookback_scan.py`'s tile for this pass, or None to keep the chunked
+    path: under torch's deterministic algorithms (the look-back's order of combination depends on timing, so
+    its low bits may vary between runs), or where the look-back tile's 32-bit offsets do not fit `tensors`."""
+    if torch.are_deterministic_algorithms_enabled():
+        return None
+    from .lookback_scan import lookback_config, tile_rows  # it imports this module
+
+    config = lookback_config(dtype, backward)
+    if all(_tile_fits_int32(tile_rows(config), config["BLOCK_D"], t) for t in tensors):
+        return config
+    return None
+
+
 def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None):
     """x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None.
 
@@ -508,19 +522,17 @@ def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None
     With both None, where B · D leaves SMs idle and T would be cut into chunks, the forward is instead one
     pass over tall tiles chained by a decoupled look-back (`lookback_scan.py`, NOTES #17: 0.65 of copy
     bandwidth against 0.51 at (1, 131072, 512) bf16 on an H100), unless torch's deterministic algorithms are
-    on: the look-back's order of combination depends on timing, so its low bits may vary between runs."""
+    on (see `_lookback_instead`)."""
     B, T, D = x.shape
     auto = chunk_t is None and config is None
     config = config or tile_config(x.dtype)
     _check_int32_offsets(config, x=x, a=a)
     _check_chunk_t(chunk_t)
     chunk_t = chunk_t or _chunk_len(B, T, D, config["BLOCK_D"], _num_sms(x.device))
-    if auto and chunk_t < T and not torch.are_deterministic_algorithms_enabled():
-        from .lookback_scan import lookback_config, lookback_scan_fwd, tile_rows  # they import this module
+    if auto and chunk_t < T and (lookback := _lookback_instead(x.dtype, False, x, a)):
+        from .lookback_scan import lookback_scan_fwd  # it imports this module
 
-        lookback = lookback_config(x.dtype)
-        if all(_tile_fits_int32(tile_rows(lookback), lookback["BLOCK_D"], t) for t in (x, a)):
-            return lookback_scan_fwd(x, a, h0, output_final_state, config=lookback)
+        return lookback_scan_fwd(x, a, h0, output_final_state, config=lookback)
     h = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     h_T = torch.empty(B, D, dtype=torch.float32, device=x.device) if output_final_state else None
     n_chunks = _cdiv(T, chunk_t)
@@ -540,14 +552,22 @@ def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None
 
 
 def associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=None, config=None):
-    """a, h, dh: (B, T, D); h0, dh_T: (B, D) | None -> dx, da: (B, T, D) a.dtype, dh0: (B, D) h0.dtype | None."""
+    """a, h, dh: (B, T, D); h0, dh_T: (B, D) | None -> dx, da: (B, T, D) a.dtype, dh0: (B, D) h0.dtype | None.
+
+    chunk_t, config: as in `associative_scan_fwd`, and so is the choice of the look-back pass (NOTES #18:
+    0.77 of copy bandwidth against 0.59 at (1, 131072, 512) bf16 on an H100)."""
     B, T, D = a.shape
+    auto = chunk_t is None and config is None
     config = config or tile_config(a.dtype, backward=True)
     if not h.is_contiguous():
         raise ValueError(f"h: expected the forward's contiguous output, got strides {h.stride()}")
     _check_int32_offsets(config, a=a, dh=dh)
     _check_chunk_t(chunk_t)
     chunk_t = chunk_t or _chunk_len(B, T, D, config["BLOCK_D"], _num_sms(a.device))
+    if auto and chunk_t < T and (lookback := _lookback_instead(a.dtype, True, a, dh)):
+        from .lookback_scan import lookback_scan_bwd  # it imports this module
+
+        return lookback_scan_bwd(a, h, h0, dh, dh_T, config=lookback)
     dx = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
     da = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
     dh0 = torch.empty(B, D, dtype=h0.dtype, device=a.device) if h0 is not None else None
@@ -621,7 +641,7 @@ def linear_scan_associative(x, a, h0=None, output_final_state=False, *, chunk_t=
     """`kernels.linear_scan(impl="triton")` without the input checks.
 
     x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None.
-    chunk_t: rows of T per program (None: chosen by shape, and where T would be chunked the forward is
+    chunk_t: rows of T per program (None: chosen by shape, and where T would be chunked both passes are
     `lookback_scan.py`'s, whose low bits may vary between runs: see `associative_scan_fwd`; < T forces the
     T-parallel path in both passes).
 

@@ -1,13 +1,14 @@
 """Single-pass scan with decoupled look-back (Merrill & Garland 2016, "Single-pass Parallel Prefix Scan with
 Decoupled Look-back"): h_t = a_t ⊙ h_{t-1} + x_t over (B, T, D), and its fused backward.
 
-**Where `linear_scan` uses it**: the forward of `impl="triton"` where B · D leaves SMs idle and the chunked
-path would re-read x and a (long T, small batch: `associative_scan_fwd`). There, over tall tiles (a warp per
-sub-tile of ROWS rows), it reached 0.65 of copy bandwidth against the chunked path's 0.51 at
-(1, 131072, 512) bf16, 0.86 against 0.57 in fp32, on an H100 (kernels/benchmarks/NOTES.md, attempt 17).
-Where B · D fills the GPU it is slower than the one-chunk scan, and its backward (the same tiles flipped in
-time; by default attempt 12's one warp of 32 rows) is not used. Its low bits can vary between runs: the order in which a tile combines its predecessors
-depends on timing. `python -m kernels.benchmarks.lookback` times it against the committed kernels.
+**Where `linear_scan` uses it**: both passes of `impl="triton"` where B · D leaves SMs idle and the chunked
+path would re-read its inputs (long T, small batch: `associative_scan_fwd`, `associative_scan_bwd`). There,
+over tall tiles (a warp per sub-tile of ROWS rows), on an H100 (kernels/benchmarks/NOTES.md, attempts 17
+and 18) at (1, 131072, 512) the forward reached 0.65 of copy bandwidth against the chunked path's 0.51 in
+bf16 (0.90 against 0.57 in fp32), the backward 0.77 against 0.59 (0.95 against 0.66). Where B · D fills
+the GPU the one-chunk scan is faster. Its low bits can vary between runs: the order in which a tile
+combines its predecessors depends on timing. `python -m kernels.benchmarks.lookback` times it against
+the committed kernels.
 
 The one-chunk path of `associative_scan.py` gives each program a whole column (one batch row, BLOCK_D
 channels, all of T), so it runs B · D / BLOCK_D programs: two one-warp programs per SM at (8, 2048, 2048),
@@ -361,13 +362,14 @@ def _lookback_bwd_kernel(
 # Launchers
 # --------------------------------------------------------------------------------------------------
 
-# Forward: tall tiles of WARPS sub-tiles of ROWS rows (one warp each) × BLOCK_D = 32 lanes · VEC channels
-# (NOTES.md, attempt 17): 128 rows over 4 warps, 168 registers on sm_90, no spills (64 rows per warp spill in
-# bf16: `results/lookback_tall_first_h100.log`). Backward: the same kind of tile; attempt 12's one warp of 32
-# rows, the one measured on a GPU. Each tile's scan stays in registers across its look-back; WINDOW
-# predecessors per look-back read.
+# Tall tiles of WARPS sub-tiles of ROWS rows (one warp each) × BLOCK_D = 32 lanes · VEC channels; each
+# tile's scan stays in registers across its look-back, which reads WINDOW predecessors at a time.
+# Forward (NOTES.md, attempt 17): 128 rows over 4 warps, 168 registers on sm_90, no spills (64 rows per warp
+# spill in bf16: `results/lookback_tall_first_h100.log`); WINDOW 8 or 16 take 214 / 226 registers and lose
+# (attempt 18). Backward (attempt 18): the same tile, 240 registers, no spills; 16 rows × 4 warps and
+# 16 × 8 lose (the latter at one program per SM).
 FORWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=4)
-BACKWARD_TILE = dict(ROWS=32, WARPS=1, BLOCK_D=64, VEC=2, WINDOW=4)
+BACKWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=4)
 # Interpreter, both passes: tiny tiles and windows, so that CPU tests span several tiles, sub-tiles and windows.
 INTERPRETER_TILE = dict(ROWS=4, WARPS=2, BLOCK_D=16, VEC=1, WINDOW=2)
 

@@ -12,7 +12,8 @@ runs in its own process with a timeout, so that a look-back that never ends show
 message, not a stuck run.
 
     python -m kernels.benchmarks.lookback [--out kernels/benchmarks/results] [--tiles 32,4,64,2,4/16,8,64,2,4 ...]
-                                          [--smoke]
+                                          [--shapes 1,131072,512,bfloat16 ...]
+                                          [--variants look-back] [--smoke]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ SHAPES = [  # (B, T, D, dtype): the efficiency benchmark's, fp32 at the first, a
 ]
 SMOKE_SHAPES = [(2, 40, 24, "bfloat16"), (1, 70, 8, "float32")]  # --smoke: CPU with TRITON_INTERPRET=1 works
 TILES = ["32,4,64,2,4", "32,1,64,2,4"]  # forward: ROWS, WARPS, BLOCK_D, VEC, WINDOW
+VARIANTS = ["look-back", "no look-back"]  # per tile; "committed" runs once
 REPEATS = 20  # forward runs compared bit for bit with the first
 
 
@@ -100,10 +102,18 @@ def _parse_tile(text: str) -> dict:
     return dict(name=text, fwd=config(fwd), bwd=config(bwd) if bwd else None)
 
 
-def _run_variant(variant: str, tile: dict | None, copy_gbs: float, timeout_s: float, smoke: bool) -> list[dict]:
+def _parse_shape(text: str) -> tuple:
+    """"B,T,D,dtype" -> (B, T, D, dtype name)."""
+    B, T, D, dtype = text.split(",")
+    if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise ValueError(f"--shapes: expected B,T,D,dtype with a torch dtype name, got {text!r}")
+    return int(B), int(T), int(D), dtype
+
+
+def _run_variant(variant: str, tile: dict | None, copy_gbs: float, timeout_s: float, shapes: list) -> list[dict]:
     """measure() in a child process; its rows come back as JSON lines on stdout."""
     args = [sys.executable, "-m", "kernels.benchmarks.lookback", "--child", variant, json.dumps(tile), str(copy_gbs)]
-    args += ["--smoke"] if smoke else []
+    args += ["--shapes", *(",".join(map(str, s)) for s in shapes)]
     try:
         run = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
         stdout = run.stdout
@@ -145,10 +155,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--tiles", nargs="+", default=TILES, metavar="ROWS,WARPS,BLOCK_D,VEC,WINDOW[/the backward's]")
     p.add_argument("--timeout", type=float, default=180, help="seconds per variant")
+    p.add_argument("--shapes", nargs="+", type=_parse_shape, metavar="B,T,D,dtype", help="instead of SHAPES")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS, help="at each tile")
     p.add_argument("--smoke", action="store_true", help="tiny shapes (CPU + TRITON_INTERPRET=1 works)")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
-    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    shapes = args.shapes or (SMOKE_SHAPES if args.smoke else SHAPES)
     if args.child:
         variant, tile, copy_gbs = args.child
         measure(variant, json.loads(tile), float(copy_gbs), shapes)
@@ -157,10 +169,10 @@ def main() -> None:
     info["copy_GBps"] = copy_gbs = copy_bandwidth_gbs()
     print(json.dumps(info), flush=True)
     tiles = [_parse_tile(t) for t in args.tiles]
-    rows = _run_variant("committed", None, copy_gbs, args.timeout, args.smoke)
+    rows = _run_variant("committed", None, copy_gbs, args.timeout, shapes)
     for tile in tiles:
-        for variant in ("look-back", "no look-back"):
-            rows += _run_variant(variant, tile, copy_gbs, args.timeout, args.smoke)
+        for variant in args.variants:
+            rows += _run_variant(variant, tile, copy_gbs, args.timeout, shapes)
     if not rows:
         raise SystemExit("no variant measured a shape")
     for r in rows:

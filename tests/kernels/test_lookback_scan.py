@@ -70,20 +70,33 @@ def test_nan_inputs_with_the_sentinel_bits_do_not_hang():
     assert run.returncode == 0, run.stderr[-2000:]
 
 
-def test_configs_are_checked_and_given_per_pass(gen):
+def test_configs_are_checked_and_given_per_pass(gen, monkeypatch):
     """A config with a stray key is a ValueError naming `config`; linear_scan_lookback passes fwd_config and
-    bwd_config to their passes (here each other's default tile: different rows per tile on a GPU)."""
-    from kernels.lookback_scan import lookback_scan_bwd, lookback_scan_fwd
+    bwd_config to their passes (here tiles of different heights)."""
+    import kernels.lookback_scan as lookback
 
     x, a, h0, dy, dh_T = make_inputs(1, 2 * BT + 3, BD, torch.float32, gen, DEVICE)
-    fwd_tile, bwd_tile = lookback_config(torch.float32), lookback_config(torch.float32, backward=True)
+    fwd_tile = lookback_config(torch.float32)
+    bwd_tile = dict(lookback_config(torch.float32, backward=True), ROWS=fwd_tile["ROWS"] // 2)
     with pytest.raises(ValueError, match=r"^config: expected the keys"):
-        lookback_scan_fwd(x, a, None, False, config=dict(fwd_tile, num_warps=4))
-    h, _ = lookback_scan_fwd(x, a, None, False, config=fwd_tile)
+        lookback.lookback_scan_fwd(x, a, None, False, config=dict(fwd_tile, num_warps=4))
+    h, _ = lookback.lookback_scan_fwd(x, a, None, False, config=fwd_tile)
     with pytest.raises(ValueError, match=r"^config: expected the keys"):
-        lookback_scan_bwd(a, h, None, dy, None, config={k: v for k, v in bwd_tile.items() if k != "WINDOW"})
-    scan = functools.partial(linear_scan_lookback, fwd_config=bwd_tile, bwd_config=fwd_tile)
+        lookback.lookback_scan_bwd(a, h, None, dy, None, config={k: v for k, v in fwd_tile.items() if k != "WINDOW"})
+    seen = []
+
+    def spy(launcher):
+        def launch(*args, config, **kwargs):
+            seen.append(config)
+            return launcher(*args, config=config, **kwargs)
+
+        return launch
+
+    for name in ("lookback_scan_fwd", "lookback_scan_bwd"):
+        monkeypatch.setattr(lookback, name, spy(getattr(lookback, name)))
+    scan = functools.partial(linear_scan_lookback, fwd_config=fwd_tile, bwd_config=bwd_tile)
     out = outputs_and_grads(scan, x, a, h0, dy, dh_T)
+    assert seen == [fwd_tile, bwd_tile]
     interpreted = _interpreted("triton-lookback")
     ref_d = reference_in_dtype(x, a, h0, dy, dh_T, True, interpreted)
     assert_close_to_oracle(out, ref_d, oracle(x, a, h0, dy, dh_T), torch.float32, "configs", interpreted)

@@ -154,22 +154,26 @@ def test_t_parallel_path_is_chosen_by_shape():
 
 
 @pytest.mark.parametrize("deterministic", [False, True], ids=["default", "deterministic"])
-def test_long_sequence_forward_is_one_look_back_pass_unless_deterministic(deterministic, monkeypatch, gen):
-    """Where T would be cut into chunks, the forward is lookback_scan's single pass, or under torch's
-    deterministic algorithms the chunked path; the backward is chunked either way. Both match the oracle, on
-    D-slices (strided reads) spanning several look-back tiles and channel blocks, each with a partial last."""
+def test_long_sequence_passes_are_one_look_back_pass_unless_deterministic(deterministic, monkeypatch, gen):
+    """Where T would be cut into chunks, the forward and the backward are each lookback_scan's single pass, or
+    under torch's deterministic algorithms the chunked path. Both match the oracle, on D-slices (strided
+    reads) spanning several look-back tiles and channel blocks, each with a partial last."""
     import kernels.associative_scan as scan
     import kernels.lookback_scan as lookback
 
     monkeypatch.setattr(scan, "_chunk_len", lambda B, T, D, block_d, sms: 16)  # the regime of small B · D
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
-    lookback_fwd, calls = lookback.lookback_scan_fwd, []
+    calls = []
 
-    def counted(x, *args, **kwargs):
-        calls.append(x.stride())
-        return lookback_fwd(x, *args, **kwargs)
+    def counted(launcher):
+        def launch(first, *args, **kwargs):
+            calls.append((launcher.__name__, first.stride()))
+            return launcher(first, *args, **kwargs)
 
-    monkeypatch.setattr(lookback, "lookback_scan_fwd", counted)
+        return launch
+
+    for name in ("lookback_scan_fwd", "lookback_scan_bwd"):
+        monkeypatch.setattr(lookback, name, counted(getattr(lookback, name)))
     tile = lookback.lookback_config(torch.float32)
     B, T, D = 2, 3 * lookback.tile_rows(tile) + 5, tile["BLOCK_D"] + 3
     x, a, h0, dy, dh_T = make_inputs(B, T, D + 2, torch.float32, gen, DEVICE)
@@ -179,7 +183,8 @@ def test_long_sequence_forward_is_one_look_back_pass_unless_deterministic(determ
     grads = torch.autograd.grad((h, h_T), leaves, grad_outputs=(dy, dh_T))
     for name, out, truth in zip(NAMES, [h, h_T, *grads], oracle(x, a, h0, dy, dh_T)):
         assert rel_err(out, truth, scale=1.0) <= 1e-5, name
-    assert calls == ([] if deterministic else [x.stride()])
+    expected = [("lookback_scan_fwd", x.stride()), ("lookback_scan_bwd", a.stride())]  # the saved a: a view
+    assert calls == ([] if deterministic else expected)
 
 
 def test_reference_gradcheck():

@@ -5,7 +5,8 @@ Decoupled Look-back"): h_t = a_t ⊙ h_{t-1} + x_t over (B, T, D), and its fused
 path would re-read its inputs (long T, small batch: `associative_scan_fwd`, `associative_scan_bwd`). There,
 over tall tiles (a warp per sub-tile of ROWS rows), on an H100 (kernels/benchmarks/NOTES.md, attempts 17
 and 18) at (1, 131072, 512) the forward reached 0.65 of copy bandwidth against the chunked path's 0.51 in
-bf16 (0.90 against 0.57 in fp32), the backward 0.77 against 0.59 (0.95 against 0.66). Where B · D fills
+bf16 (0.90 against 0.57 in fp32), the backward 0.77 against 0.59 (0.95 against 0.66), and with
+WINDOW 2 (attempt 18) 0.72 forward, 0.77 backward (fp32 0.92, 0.96). Where B · D fills
 the GPU the one-chunk scan is faster. Its low bits can vary between runs: the order in which a tile
 combines its predecessors depends on timing. `python -m kernels.benchmarks.lookback` times it against
 the committed kernels.
@@ -365,11 +366,12 @@ def _lookback_bwd_kernel(
 # Tall tiles of WARPS sub-tiles of ROWS rows (one warp each) × BLOCK_D = 32 lanes · VEC channels; each
 # tile's scan stays in registers across its look-back, which reads WINDOW predecessors at a time.
 # Forward (NOTES.md, attempt 17): 128 rows over 4 warps, 168 registers on sm_90, no spills (64 rows per warp
-# spill in bf16: `results/lookback_tall_first_h100.log`); WINDOW 8 or 16 take 214 / 226 registers and lose
-# (attempt 18). Backward (attempt 18): the same tile, 240 registers, no spills; 16 rows × 4 warps and
-# 16 × 8 lose (the latter at one program per SM).
-FORWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=4)
-BACKWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=4)
+# spill in bf16: `results/lookback_tall_first_h100.log`). Backward (attempt 18): the same tile, 240 registers,
+# no spills; 16 rows × 4 warps and 16 × 8 lose (the latter at one program per SM). WINDOW (attempt 18): 2
+# beats 4 in both passes at long T (forward 0.72 against 0.65 at (1, 131072, 512) bf16); 8 and 16 take more
+# registers and lose; 1 would leave the window's loads replicated across warps (see `_check_config`).
+FORWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=2)
+BACKWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=2)
 # Interpreter, both passes: tiny tiles and windows, so that CPU tests span several tiles, sub-tiles and windows.
 INTERPRETER_TILE = dict(ROWS=4, WARPS=2, BLOCK_D=16, VEC=1, WINDOW=2)
 
@@ -390,9 +392,15 @@ def tile_rows(config: dict) -> int:
 
 
 def _check_config(config: dict) -> None:
-    """A config has exactly the keys of `lookback_config`'s."""
+    """A config has exactly the keys of `lookback_config`'s, and on a GPU a window of at least one element per
+    thread: WINDOW · BLOCK_D >= 32 · WARPS. With fewer, Triton replicates the window across warps, each copy
+    polls the workspace by itself and can see a slot published where another still sees SENTINEL, while
+    the loop's decisions come from one copy: a wrong or NaN carry (seen on an H100 with WINDOW 1, NOTES #18)."""
     if set(config) != set(FORWARD_TILE):
         raise ValueError(f"config: expected the keys {sorted(FORWARD_TILE)}, got {sorted(config)}")
+    if not triton_interpreter_on() and config["WINDOW"] * config["BLOCK_D"] < 32 * config["WARPS"]:
+        raise ValueError(f"config: expected WINDOW · BLOCK_D >= 32 · WARPS = {32 * config['WARPS']}, got "
+                         f"WINDOW {config['WINDOW']} · BLOCK_D {config['BLOCK_D']}")
 
 
 def _workspace(B: int, T: int, D: int, block_t: int, device) -> torch.Tensor:

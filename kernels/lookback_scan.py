@@ -3,13 +3,12 @@ Decoupled Look-back"): h_t = a_t ⊙ h_{t-1} + x_t over (B, T, D), and its fused
 
 **Where `linear_scan` uses it**: both passes of `impl="triton"` where B · D leaves SMs idle and the chunked
 path would re-read its inputs (long T, small batch: `associative_scan_fwd`, `associative_scan_bwd`). There,
-over tall tiles (a warp per sub-tile of ROWS rows), on an H100 (kernels/benchmarks/NOTES.md, attempts 17
-and 18) at (1, 131072, 512) the forward reached 0.65 of copy bandwidth against the chunked path's 0.51 in
-bf16 (0.90 against 0.57 in fp32), the backward 0.77 against 0.59 (0.95 against 0.66), and with
-WINDOW 2 (attempt 18) 0.72 forward, 0.77 backward (fp32 0.92, 0.96). Where B · D fills
-the GPU the one-chunk scan is faster. Its low bits can vary between runs: the order in which a tile
-combines its predecessors depends on timing. `python -m kernels.benchmarks.lookback` times it against
-the committed kernels.
+over tall tiles (a warp per sub-tile of ROWS rows) with a look-back by every warp for itself, on an H100
+(kernels/benchmarks/NOTES.md, attempts 17 and 18) at (1, 131072, 512) bf16 the forward reached 0.71 of copy
+bandwidth against the chunked path's 0.52, the backward 0.78 against 0.59 (fp32: 0.92 / 0.96 against
+0.57 / 0.66). Where B · D fills the GPU the one-chunk scan is as fast or faster. Its low bits can vary
+between runs: the order in which a tile combines its predecessors depends on timing.
+`python -m kernels.benchmarks.lookback` times it against the committed kernels.
 
 The one-chunk path of `associative_scan.py` gives each program a whole column (one batch row, BLOCK_D
 channels, all of T), so it runs B · D / BLOCK_D programs: two one-warp programs per SM at (8, 2048, 2048),
@@ -20,8 +19,8 @@ tiles are chained through global memory:
    (the forward scans each warp's sub-tile so, then the sub-tiles' totals across warps); the tile's total
    is its aggregate (A_k, V_k), published at once;
 2. look back: the state entering tile k is the nearest predecessor's published *inclusive* state,
-   combined with the aggregates of the tiles between (WINDOW predecessors per read; spin while one is
-   missing);
+   combined with the aggregates of the tiles between (each warp reads WINDOW predecessors at a time for
+   itself; spin while one is missing);
 3. publish tile k's inclusive state A_k carry + V_k, write h = H + A ⊙ (the state entering the row's
    sub-tile).
 
@@ -70,47 +69,61 @@ def _publish(ptr, value, mask):
 
 
 @triton.jit
-def _look_back(agg_A, agg_V, incl, k, slot_stride, cols, mask_d, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr):
-    """The state entering tile k >= 1 of one column, (BLOCK_D,) fp32.
+def _look_back(agg_A, agg_V, incl, k, slot_stride, cols, mask_d, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr,
+               WARPS: tl.constexpr):
+    """The state entering tile k >= 1 of one column, found by every warp for itself: (WARPS, BLOCK_D) fp32,
+    row w warp w's.
 
     agg_A, agg_V, incl: int32 pointers to slot 0 of this column in the three workspace planes (slot j of
-    channel d0 + c at + j · slot_stride + c). Reads WINDOW predecessors at a time, newest first: per channel,
-    the newest inclusive state in the window, combined with the aggregates after it; a window of aggregates
-    only is folded in and the next older one read. All channels move in step: while any open channel lacks
-    a slot it needs, the whole window is read again (spinning until it is published)."""
-    rows = tl.arange(0, WINDOW)
-    acc_A = tl.full([BLOCK_D], 1.0, dtype=tl.float32)  # the tiles from the window's top to k - 1, combined
-    acc_V = tl.zeros([BLOCK_D], dtype=tl.float32)
-    done = ~mask_d  # channels past D need nothing
-    top = k  # the window holds tiles top - WINDOW .. top - 1
-    pending = tl.sum(mask_d.to(tl.int32), axis=0)
+    channel d0 + c at + j · slot_stride + c). Each warp reads WINDOW predecessors at a time into its row of
+    a (WARPS, BLOCK_D) tensor and folds them newest first: per channel, the aggregates down to the newest
+    inclusive state; a window of aggregates only is folded in and the next older one read. A warp moves on
+    when every open channel of its row can, else it reads the same window again (spinning until published).
+    Its decisions are reductions along its own row, so the only cross-warp step per read is the loop's
+    condition. Every element is read by one thread (BLOCK_D >= 32 · VEC: see `_check_config`), so what a
+    thread decides on is what it combines. Warps may find the state through different predecessors: their
+    carries then differ in the last bits (NOTES #18)."""
+    sub = tl.arange(0, WARPS)
+    acc_A = tl.full([WARPS, BLOCK_D], 1.0, dtype=tl.float32)  # the tiles from the window's top to k - 1, combined
+    acc_V = tl.zeros([WARPS, BLOCK_D], dtype=tl.float32)
+    done = tl.broadcast_to(~mask_d[None, :], (WARPS, BLOCK_D))  # channels past D need nothing
+    top = tl.zeros([WARPS], dtype=tl.int32) + k  # per warp: its window holds tiles top - WINDOW .. top - 1
+    cols = cols[None, :] + 0 * sub[:, None]  # (WARPS, BLOCK_D)
+    pending = WARPS * tl.sum(mask_d.to(tl.int32), axis=0)
     while pending > 0:
-        j = top - WINDOW + rows
-        live = (j >= 0)[:, None] & ~done[None, :]
-        offs = j.to(tl.int64)[:, None] * slot_stride + cols[None, :]
-        H = tl.load(incl + offs, mask=live, other=SENTINEL, volatile=True)
-        A = tl.load(agg_A + offs, mask=live, other=SENTINEL, volatile=True)
-        V = tl.load(agg_V + offs, mask=live, other=SENTINEL, volatile=True)
-        has_incl = live & (H != SENTINEL)
-        has_agg = live & (A != SENTINEL) & (V != SENTINEL)
-        newest_incl = tl.max(tl.where(has_incl, rows[:, None], -1), axis=0)  # (BLOCK_D,), -1: none
-        after = rows[:, None] > newest_incl[None, :]
-        complete = tl.sum((live & after & ~has_agg).to(tl.int32), axis=0) == 0
-        resolved = complete & (newest_incl >= 0)
-        older = complete & (newest_incl < 0) & (top - WINDOW > 0)  # aggregates only, and more tiles below
-        if tl.min((done | resolved | older).to(tl.int32), axis=0) == 1:  # every open channel can move on
-            at_incl = rows[:, None] == newest_incl[None, :]
-            # rows before the inclusive state: identity; at it: (0, state); after it: the aggregates
-            w_A = tl.where(after, A.to(tl.float32, bitcast=True), tl.where(at_incl, 0.0, 1.0))
-            w_V = tl.where(after, V.to(tl.float32, bitcast=True),
-                           tl.where(at_incl, H.to(tl.float32, bitcast=True), 0.0))
-            s_A, s_V = tl.associative_scan((w_A, w_V), axis=0, combine_fn=_combine)
-            new_A, new_V = _combine(_row(s_A, rows, WINDOW - 1), _row(s_V, rows, WINDOW - 1), acc_A, acc_V)
-            acc_A = tl.where(done, acc_A, new_A)
-            acc_V = tl.where(done, acc_V, new_V)
-            done = done | resolved
-            top -= WINDOW
-            pending = tl.sum((~done).to(tl.int32), axis=0)
+        # the window newest first -> (win_A, win_V): its tiles after the newest inclusive state, combined;
+        # found: that state is among them; blocked: a slot needed before it is unpublished
+        win_A = tl.full([WARPS, BLOCK_D], 1.0, dtype=tl.float32)
+        win_V = tl.zeros([WARPS, BLOCK_D], dtype=tl.float32)
+        found = done
+        blocked = done & False
+        for i in tl.static_range(WINDOW):
+            j = top - 1 - i
+            live = (j >= 0)[:, None] & ~done
+            offs = j.to(tl.int64)[:, None] * slot_stride + cols
+            H = tl.load(incl + offs, mask=live, other=SENTINEL, volatile=True)
+            A = tl.load(agg_A + offs, mask=live, other=SENTINEL, volatile=True)
+            V = tl.load(agg_V + offs, mask=live, other=SENTINEL, volatile=True)
+            needed = live & ~found & ~blocked
+            has_incl = needed & (H != SENTINEL)
+            has_agg = needed & ~has_incl & (A != SENTINEL) & (V != SENTINEL)
+            blocked = blocked | (needed & ~has_incl & ~has_agg)
+            # tile j's pair: its inclusive state as (0, state), else its aggregate; it precedes the newer ones
+            slot_A = tl.where(has_incl, 0.0, A.to(tl.float32, bitcast=True))
+            slot_V = tl.where(has_incl, H.to(tl.float32, bitcast=True), V.to(tl.float32, bitcast=True))
+            new_A, new_V = _combine(slot_A, slot_V, win_A, win_V)
+            win_A = tl.where(has_incl | has_agg, new_A, win_A)
+            win_V = tl.where(has_incl | has_agg, new_V, win_V)
+            found = found | has_incl
+        can_move = done | (~blocked & (found | (top - WINDOW > 0)[:, None]))  # more tiles below: read on
+        move = tl.min(can_move.to(tl.int32), axis=1) == 1  # (WARPS,): every open channel of the warp
+        step = move[:, None] & ~done
+        new_A, new_V = _combine(win_A, win_V, acc_A, acc_V)
+        acc_A = tl.where(step, new_A, acc_A)
+        acc_V = tl.where(step, new_V, acc_V)
+        done = done | (step & found)
+        top = tl.where(move, top - WINDOW, top)
+        pending = tl.sum(tl.sum((~done).to(tl.int32), axis=1), axis=0)
     return acc_V  # acc_A = 0 once an inclusive state is folded in: acc_V is the state itself
 
 
@@ -129,18 +142,20 @@ def _program_tile(B, D: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr):
 
 @triton.jit
 def _chain(tot_A, tot_V, k, b, d0, cols, mask_d, start_ptr, stride_start_b, stride_start_d,
-           state_ptr, B, D: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, HAS_START: tl.constexpr,
-           PUBLISH_INCLUSIVE: tl.constexpr, LOOK_BACK: tl.constexpr):
+           state_ptr, B, D: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, WARPS: tl.constexpr,
+           HAS_START: tl.constexpr, PUBLISH_INCLUSIVE: tl.constexpr, LOOK_BACK: tl.constexpr):
     """Publish the tile's aggregate, look back, publish its inclusive state (the end of step 1, steps 2
     and 3's first half). (tot_A, tot_V) (BLOCK_D,): the tile's pair, its scan from zero to its last row
     visited; k: the tile's place in visiting order; b, d0: its batch row and first channel; start_ptr: (B, D)
     the state before the first tile visited (h0, or dh_T backward), zeros if not HAS_START; state_ptr: the
-    (3, K, B, D) workspace. -> (carry (BLOCK_D,) entering the tile, its inclusive state (BLOCK_D,))."""
+    (3, K, B, D) workspace. -> (carry (WARPS, BLOCK_D): the state entering the tile as each warp found it,
+    the tile's inclusive state (BLOCK_D,), from warp 0's)."""
     if HAS_START:
         start = tl.load(start_ptr + b * stride_start_b + (d0 + cols) * stride_start_d, mask=mask_d, other=0.0)
         start = start.to(tl.float32)
     else:
         start = tl.zeros([BLOCK_D], dtype=tl.float32)
+    start = tl.broadcast_to(start[None, :], (WARPS, BLOCK_D))
     N_D: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D
     plane = (tl.num_programs(0) // N_D).to(tl.int64) * D  # K · B · D: one program per tile
     agg_A, agg_V, incl = state_ptr, state_ptr + plane, state_ptr + 2 * plane
@@ -153,10 +168,10 @@ def _chain(tot_A, tot_V, k, b, d0, cols, mask_d, start_ptr, stride_start_b, stri
         _publish(agg_V + slot, tot_V, mask_d)
         if LOOK_BACK:
             carry = _look_back(agg_A + col_slot0, agg_V + col_slot0, incl + col_slot0, k, B * D, cols, mask_d,
-                               BLOCK_D, WINDOW)
+                               BLOCK_D, WINDOW, WARPS)
         else:  # benchmarks only: every tile starts from `start` (wrong results; the look-back's cost)
             carry = start
-    state = tot_A * carry + tot_V
+    state = tot_A * _row(carry, tl.arange(0, WARPS), 0) + tot_V
     if PUBLISH_INCLUSIVE:
         _publish(incl + slot, state, mask_d)
     elif k == 0:  # tests: every later tile must then look back through aggregates to tile 0
@@ -263,10 +278,10 @@ def _lookback_fwd_kernel(
 
     # 2. the state entering the tile
     carry, state = _chain(tot_A, tot_H, k, b, d0, cols, mask_d, h0_ptr, stride_h0_b, stride_h0_d, state_ptr,
-                          B, D, BLOCK_D, WINDOW, HAS_H0, PUBLISH_INCLUSIVE, LOOK_BACK)
+                          B, D, BLOCK_D, WINDOW, WARPS, HAS_H0, PUBLISH_INCLUSIVE, LOOK_BACK)
 
     # 3. the states: each sub-tile's from the state entering it
-    entering = excl_A * carry[None, :] + excl_H  # (WARPS, BLOCK_D)
+    entering = excl_A * carry + excl_H  # (WARPS, BLOCK_D)
     h = H + A * entering[:, None, :]
     if t0 + BLOCK_T <= T:
         _store_tall_tile(h_first, h, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
@@ -341,10 +356,10 @@ def _lookback_bwd_kernel(
 
     # 2. the gradient entering the tile from its end
     carry, state = _chain(tot_A, tot_G, k, b, d0, cols, mask_d, dh_T_ptr, stride_dh_T_b, stride_dh_T_d,
-                          state_ptr, B, D, BLOCK_D, WINDOW, HAS_DH_T, PUBLISH_INCLUSIVE, LOOK_BACK)
+                          state_ptr, B, D, BLOCK_D, WINDOW, WARPS, HAS_DH_T, PUBLISH_INCLUSIVE, LOOK_BACK)
 
     # 3. the gradients: each sub-tile's from the gradient entering it (from its end)
-    entering = excl_A * carry[None, :] + excl_G  # (WARPS, BLOCK_D)
+    entering = excl_A * carry + excl_G  # (WARPS, BLOCK_D)
     dh = G + A * entering[:, None, :]
     if (t0 > 0) & (t0 + BLOCK_T < T):
         _store_tall_tile(dx_first, dh, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
@@ -364,14 +379,15 @@ def _lookback_bwd_kernel(
 # --------------------------------------------------------------------------------------------------
 
 # Tall tiles of WARPS sub-tiles of ROWS rows (one warp each) × BLOCK_D = 32 lanes · VEC channels; each
-# tile's scan stays in registers across its look-back, which reads WINDOW predecessors at a time.
+# tile's scan stays in registers across its look-back, in which every warp reads WINDOW predecessors at a time.
 # Forward (NOTES.md, attempt 17): 128 rows over 4 warps, 168 registers on sm_90, no spills (64 rows per warp
-# spill in bf16: `results/lookback_tall_first_h100.log`). Backward (attempt 18): the same tile, 240 registers,
-# no spills; 16 rows × 4 warps and 16 × 8 lose (the latter at one program per SM). WINDOW (attempt 18): 2
-# beats 4 in both passes at long T (forward 0.72 against 0.65 at (1, 131072, 512) bf16); 8 and 16 take more
-# registers and lose; 1 would leave the window's loads replicated across warps (see `_check_config`).
-FORWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=2)
-BACKWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=2)
+# spill in bf16: `results/lookback_tall_first_h100.log`). Backward (attempt 18): the same tile; 16 rows × 4 warps
+# and 16 × 8 lose (the latter at one program per SM). WINDOW (attempt 18): a look-back by every warp for itself
+# with a window of 1 beat the whole program's with windows of 1 (one row) to 16 (0.71 / 0.78 forward /
+# backward at (1, 131072, 512) bf16 against 0.68 / 0.77 with the next best, the whole program's window of 2,
+# on one H100). Its backward compiles to 255 registers with a few spills (`results/sass_sm90_triton36.txt`).
+FORWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1)
+BACKWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1)
 # Interpreter, both passes: tiny tiles and windows, so that CPU tests span several tiles, sub-tiles and windows.
 INTERPRETER_TILE = dict(ROWS=4, WARPS=2, BLOCK_D=16, VEC=1, WINDOW=2)
 
@@ -392,15 +408,15 @@ def tile_rows(config: dict) -> int:
 
 
 def _check_config(config: dict) -> None:
-    """A config has exactly the keys of `lookback_config`'s, and on a GPU a window of at least one element per
-    thread: WINDOW · BLOCK_D >= 32 · WARPS. With fewer, Triton replicates the window across warps, each copy
-    polls the workspace by itself and can see a slot published where another still sees SENTINEL, while
-    the loop's decisions come from one copy: a wrong or NaN carry (seen on an H100 with WINDOW 1, NOTES #18)."""
+    """A config has exactly the keys of `lookback_config`'s, and on a GPU BLOCK_D >= 32 · VEC: no two lanes of a
+    warp share a channel. A look-back whose values are replicated across threads lets each copy poll the
+    workspace by itself, and one may see a slot published that another still sees unpublished: a wrong or
+    NaN carry (an early version whose window was replicated across warps returned NaNs on an H100, NOTES #18)."""
     if set(config) != set(FORWARD_TILE):
         raise ValueError(f"config: expected the keys {sorted(FORWARD_TILE)}, got {sorted(config)}")
-    if not triton_interpreter_on() and config["WINDOW"] * config["BLOCK_D"] < 32 * config["WARPS"]:
-        raise ValueError(f"config: expected WINDOW · BLOCK_D >= 32 · WARPS = {32 * config['WARPS']}, got "
-                         f"WINDOW {config['WINDOW']} · BLOCK_D {config['BLOCK_D']}")
+    if not triton_interpreter_on() and config["BLOCK_D"] < 32 * config["VEC"]:
+        raise ValueError(f"config: expected BLOCK_D >= 32 · VEC = {32 * config['VEC']}, got BLOCK_D "
+                         f"{config['BLOCK_D']}")
 
 
 def _workspace(B: int, T: int, D: int, block_t: int, device) -> torch.Tensor:

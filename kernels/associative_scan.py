@@ -8,6 +8,8 @@ and nothing is transposed.
 
 Two paths, chosen by shape:
 - one chunk (B · D fills the GPU): every program scans the whole of T. One kernel, 3·N·s bytes.
+  (Where its programs fill the SMs unevenly, e.g. 320 programs on 132 SMs, and T is long, both passes run
+  `lookback_scan.py`'s single pass instead: see `_lookback_instead`.)
 - T-parallel (B · D small, T long, e.g. B=1, D=512, T=131072): T is cut into chunks across programs.
   (Both passes of this regime run `lookback_scan.py`'s single pass instead, unless a chunk length is
   given or torch's deterministic algorithms are on: see `associative_scan_fwd`.)
@@ -410,6 +412,12 @@ TILES_PATH = Path(__file__).with_name("tiles.json")
 # The interpreter runs layouts as plain arrays: small tiles keep CPU tests quick and still span several.
 INTERPRETER_TILE = dict(BLOCK_T=16, BLOCK_D=16, VEC=1, STAGES=1, num_warps=1)
 MIN_CHUNK_T = 512  # the T-parallel path never makes chunks shorter than this (summary overhead)
+# The look-back pass (lookback_scan.py) instead of one chunk per program where those programs fill the SMs this
+# unevenly (programs / (SMs · programs per SM, rounded up)) and T is at least this long (NOTES #18: measured
+# fills 0.61-0.81 at T >= 2048 gain 0.04-0.16 of copy bandwidth forward + backward; fills of 0.97 lose 0.01-0.07;
+# at T = 256 the look-back loses).
+LOOKBACK_MAX_FILL = 0.9
+LOOKBACK_MIN_T = 2048
 CARRY_TILE = dict(BLOCK_C=32, BLOCK_D=64, num_warps=2)  # the (tiny) carry kernel's tile: BLOCK_C chunks at a time
 INTERPRETER_CARRY_TILE = dict(BLOCK_C=4, BLOCK_D=16, num_warps=1)  # tests' few chunks still span several blocks
 
@@ -458,6 +466,14 @@ def _chunk_len(B: int, T: int, D: int, block_d: int, num_sms: int) -> int:
     return _cdiv(_cdiv(T, n_chunks), 256) * 256
 
 
+def _one_chunk_fill(B: int, D: int, block_d: int, num_sms: int) -> float:
+    """How evenly one program per (batch row, channel block) fills the SMs: programs / (SMs · ceil(programs /
+    SMs)). At 320 programs on 132 SMs (0.81), 56 SMs hold three programs while 76 hold two, and the kernel
+    waits on the busiest."""
+    programs = B * _cdiv(D, block_d)
+    return programs / (num_sms * _cdiv(programs, num_sms))
+
+
 def _tile_fits_int32(block_t: int, block_d: int, t: torch.Tensor) -> bool:
     """Whether 32-bit offsets address a block_t × block_d tile of the (B, T, D) tensor t from its first row:
     block_t · stride_t + block_d · stride_d < 2**31."""
@@ -501,17 +517,24 @@ def _chunk_states(v, a, start, chunk_t: int, reverse: bool, config: dict, final=
     return init
 
 
-def _lookback_instead(dtype: torch.dtype, backward: bool, *tensors: torch.Tensor) -> dict | None:
-    """Where T would be cut into chunks: `lookback_scan.py`'s tile for this pass, or None to keep the chunked
-    path: under torch's deterministic algorithms (the look-back's order of combination depends on timing, so
-    its low bits may vary between runs), or where the look-back tile's 32-bit offsets do not fit `tensors`."""
-    if torch.are_deterministic_algorithms_enabled():
+def _lookback_instead(chunk_t: int, config: dict, backward: bool, *tensors: torch.Tensor) -> dict | None:
+    """`lookback_scan.py`'s tile for this pass where it is the faster path, else None (the chunked scan).
+
+    It is faster where T would be cut into chunks (chunk_t < T: B · D leaves SMs idle) and where one chunk per
+    program fills the SMs unevenly (`_one_chunk_fill` < LOOKBACK_MAX_FILL, T >= LOOKBACK_MIN_T); config: the
+    chunked pass's tile. None also under torch's deterministic algorithms (the look-back's order of combination
+    depends on timing, so its low bits may vary between runs), or where the look-back tile's 32-bit offsets do
+    not fit `tensors` (each (B, T, D))."""
+    B, T, D = tensors[0].shape
+    uneven = (T >= LOOKBACK_MIN_T
+              and _one_chunk_fill(B, D, config["BLOCK_D"], _num_sms(tensors[0].device)) < LOOKBACK_MAX_FILL)
+    if not (chunk_t < T or uneven) or torch.are_deterministic_algorithms_enabled():
         return None
     from .lookback_scan import lookback_config, tile_rows  # it imports this module
 
-    config = lookback_config(dtype, backward)
-    if all(_tile_fits_int32(tile_rows(config), config["BLOCK_D"], t) for t in tensors):
-        return config
+    lookback = lookback_config(tensors[0].dtype, backward)
+    if all(_tile_fits_int32(tile_rows(lookback), lookback["BLOCK_D"], t) for t in tensors):
+        return lookback
     return None
 
 
@@ -519,17 +542,17 @@ def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None
     """x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None.
 
     chunk_t: rows of T per program (None: by shape). config: tile meta-parameters (None: `tile_config`).
-    With both None, where B · D leaves SMs idle and T would be cut into chunks, the forward is instead one
-    pass over tall tiles chained by a decoupled look-back (`lookback_scan.py`, NOTES #17: 0.65 of copy
-    bandwidth against 0.51 at (1, 131072, 512) bf16 on an H100), unless torch's deterministic algorithms are
-    on (see `_lookback_instead`)."""
+    With both None, where B · D leaves SMs idle (T would be cut into chunks) or fills them unevenly, the
+    forward is instead one pass over tall tiles chained by a decoupled look-back (`lookback_scan.py`, NOTES
+    #17-18: on an H100 0.71 of copy bandwidth against 0.51 at (1, 131072, 512) bf16, 0.93 against 0.88 at
+    (4, 16384, 5120) fp16), unless torch's deterministic algorithms are on (see `_lookback_instead`)."""
     B, T, D = x.shape
     auto = chunk_t is None and config is None
     config = config or tile_config(x.dtype)
     _check_int32_offsets(config, x=x, a=a)
     _check_chunk_t(chunk_t)
     chunk_t = chunk_t or _chunk_len(B, T, D, config["BLOCK_D"], _num_sms(x.device))
-    if auto and chunk_t < T and (lookback := _lookback_instead(x.dtype, False, x, a)):
+    if auto and (lookback := _lookback_instead(chunk_t, config, False, x, a)):
         from .lookback_scan import lookback_scan_fwd  # it imports this module
 
         return lookback_scan_fwd(x, a, h0, output_final_state, config=lookback)
@@ -554,8 +577,9 @@ def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None
 def associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=None, config=None):
     """a, h, dh: (B, T, D); h0, dh_T: (B, D) | None -> dx, da: (B, T, D) a.dtype, dh0: (B, D) h0.dtype | None.
 
-    chunk_t, config: as in `associative_scan_fwd`, and so is the choice of the look-back pass (NOTES #18:
-    0.77 of copy bandwidth against 0.59 at (1, 131072, 512) bf16 on an H100)."""
+    chunk_t, config: as in `associative_scan_fwd`, and so is the choice of the look-back pass (NOTES #18,
+    on an H100: 0.79 of copy bandwidth against 0.59 at (1, 131072, 512) bf16, 0.94 against 0.87 at
+    (4, 16384, 5120) fp16)."""
     B, T, D = a.shape
     auto = chunk_t is None and config is None
     config = config or tile_config(a.dtype, backward=True)
@@ -564,7 +588,7 @@ def associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=None, config=None):
     _check_int32_offsets(config, a=a, dh=dh)
     _check_chunk_t(chunk_t)
     chunk_t = chunk_t or _chunk_len(B, T, D, config["BLOCK_D"], _num_sms(a.device))
-    if auto and chunk_t < T and (lookback := _lookback_instead(a.dtype, True, a, dh)):
+    if auto and (lookback := _lookback_instead(chunk_t, config, True, a, dh)):
         from .lookback_scan import lookback_scan_bwd  # it imports this module
 
         return lookback_scan_bwd(a, h, h0, dh, dh_T, config=lookback)

@@ -153,15 +153,30 @@ def test_t_parallel_path_is_chosen_by_shape():
     assert _chunk_len(1, 300, 512, block_d, sms) == 300  # too short to split
 
 
+def test_one_chunk_fill_counts_the_busiest_sm():
+    """The look-back replaces one chunk per program where those programs fill the SMs unevenly."""
+    from kernels.associative_scan import _one_chunk_fill
+
+    assert _one_chunk_fill(4, 5120, 64, 132) == pytest.approx(320 / 396)  # 56 SMs with 3 programs, 76 with 2
+    assert _one_chunk_fill(8, 2048, 64, 132) == pytest.approx(256 / 264)
+    assert _one_chunk_fill(1, 8192, 64, 128) == 1.0
+
+
+@pytest.mark.parametrize("regime", ["chunked", "uneven"])
 @pytest.mark.parametrize("deterministic", [False, True], ids=["default", "deterministic"])
-def test_long_sequence_passes_are_one_look_back_pass_unless_deterministic(deterministic, monkeypatch, gen):
-    """Where T would be cut into chunks, the forward and the backward are each lookback_scan's single pass, or
-    under torch's deterministic algorithms the chunked path. Both match the oracle, on D-slices (strided
-    reads) spanning several look-back tiles and channel blocks, each with a partial last."""
+def test_look_back_passes_where_faster_unless_deterministic(regime, deterministic, monkeypatch, gen):
+    """Where T would be cut into chunks, or one chunk per program would fill the SMs unevenly, the forward and
+    the backward are each lookback_scan's single pass, or under torch's deterministic algorithms the chunked
+    path. Both match the oracle, on D-slices (strided reads) spanning several look-back tiles and channel
+    blocks, each with a partial last."""
     import kernels.associative_scan as scan
     import kernels.lookback_scan as lookback
 
-    monkeypatch.setattr(scan, "_chunk_len", lambda B, T, D, block_d, sms: 16)  # the regime of small B · D
+    if regime == "chunked":  # small B · D
+        monkeypatch.setattr(scan, "_chunk_len", lambda B, T, D, block_d, sms: 16)
+    else:  # 4 one-chunk programs (2 batch rows × 2 channel blocks) on 3 SMs: fill 4 / 6
+        monkeypatch.setattr(scan, "_num_sms", lambda device: 3)
+        monkeypatch.setattr(scan, "LOOKBACK_MIN_T", 16)
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
     calls = []
 

@@ -39,8 +39,8 @@ def linear_scan(
         a: (B, T, D) gates, same dtype and device as x. Usually in [0, 1]; any values are computed faithfully.
         h0: (B, D) initial state, or None for zeros. x's dtype or float32.
         impl: "triton"     chunked associative scan in Triton (the default on CUDA; when B·D is too small
-                           to fill the GPU, each pass is one pass over tall tiles chained by a
-                           decoupled look-back);
+                           to fill the GPU, or fills its SMs unevenly at long T, each pass is one pass
+                           over tall tiles chained by a decoupled look-back);
               "sequential" Triton loop over t, one program per channel tile (the seed's algorithm);
               "reference"  plain PyTorch loop, the oracle, for debugging;
               "auto"       "triton" on CUDA, a pure-PyTorch doubling scan on CPU.
@@ -51,7 +51,7 @@ def linear_scan(
         Gradients flow to x, a, h0 and through h_T.
 
     Every implementation accumulates in float32. Every one is bitwise reproducible from run to run except
-    the look-back passes of impl="triton" (long T, small B·D), whose order of combination depends on
+    the look-back passes of impl="triton" (long T, small or uneven B·D), whose order of combination depends on
     timing; with torch.use_deterministic_algorithms(True) they give way to the chunked passes. Strided
     inputs (a D-slice, a transposed view) are read through their strides by the Triton kernels without a
     copy; outputs are contiguous. The Triton impls run on CPU tensors only under the Triton interpreter

@@ -1,14 +1,16 @@
 """Single-pass scan with decoupled look-back (Merrill & Garland 2016, "Single-pass Parallel Prefix Scan with
 Decoupled Look-back"): h_t = a_t ⊙ h_{t-1} + x_t over (B, T, D), and its fused backward.
 
-**Where `linear_scan` uses it**: both passes of `impl="triton"` where B · D leaves SMs idle and the chunked
-path would re-read its inputs (long T, small batch: `associative_scan_fwd`, `associative_scan_bwd`). There,
-over tall tiles (a warp per sub-tile of ROWS rows) with a look-back by every warp for itself, on an H100
-(kernels/benchmarks/NOTES.md, attempts 17 and 18) at (1, 131072, 512) bf16 the forward reached 0.71 of copy
-bandwidth against the chunked path's 0.52, the backward 0.78 against 0.59 (fp32: 0.92 / 0.96 against
-0.57 / 0.66). Where B · D fills the GPU the one-chunk scan is as fast or faster. Its low bits can vary
-between runs: the order in which a tile combines its predecessors depends on timing.
-`python -m kernels.benchmarks.lookback` times it against the committed kernels.
+**Where `linear_scan` uses it**: both passes of `impl="triton"` where the chunked scan's programs would not
+serve (`associative_scan._lookback_instead`): where B · D leaves SMs idle and the T-parallel path would
+re-read its inputs (long T, small batch), and where its one-chunk programs fill the SMs unevenly at long T.
+There, over tall tiles (a warp per sub-tile of ROWS rows) with a look-back by every warp for itself, on an
+H100 (kernels/benchmarks/NOTES.md, attempts 17 and 18): at (1, 131072, 512) bf16 0.71 / 0.79 of copy
+bandwidth forward / backward against the T-parallel path's 0.51 / 0.59 (fp32: 0.92 / 0.96 against 0.57 /
+0.66); at (4, 16384, 5120) fp16 0.93 / 0.94 against the one-chunk path's 0.88 / 0.87. Where B · D fills the
+SMs evenly the one-chunk path is faster. Its low bits can vary between runs: the order in which a tile
+combines its predecessors depends on timing. `python -m kernels.benchmarks.lookback` times it against the
+committed kernels.
 
 The one-chunk path of `associative_scan.py` gives each program a whole column (one batch row, BLOCK_D
 channels, all of T), so it runs B · D / BLOCK_D programs: two one-warp programs per SM at (8, 2048, 2048),

@@ -40,7 +40,7 @@ def main() -> None:
     for (B, T, D), dtype in SHAPES:
         x, a = scan_inputs(B, T, D, dtype)
         nbytes = scan_bytes(B, T, D, dtype, backward=False)
-        committed = scan.associative_scan_fwd(x, a, None, False)[0]
+        committed = scan.associative_scan_fwd(x, a, None, False, config=scan.tile_config(dtype))[0]  # one chunk
         for name, kernel in (("committed (specialised)", scan._scan_fwd_kernel), ("unspecialised", UNSPECIALISED)):
             for block_t, stages in TILES:
                 config = dict(BLOCK_T=block_t, BLOCK_D=64, VEC=2, STAGES=stages, num_warps=1)

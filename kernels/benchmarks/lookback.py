@@ -1,10 +1,10 @@
-"""The decoupled look-back scan (kernels/lookback_scan.py, NOTES.md attempts 12 and 17) against the committed
+"""The decoupled look-back scan (kernels/lookback_scan.py, NOTES.md attempts 12, 17 and 18) against the committed
 associative scan: agreement, run-to-run reproducibility, and the forward and backward launchers' time
 (replayed from a CUDA graph; the look-back's workspace fill included) as a fraction of the copy bandwidth
 measured in the same run, at the efficiency shapes.
 
-Variants: "committed" (associative_scan's launchers and kernels/tiles.json, its chunked forward even where
-`linear_scan` runs this look-back forward), "look-back" at each tile, and
+Variants: "committed" (associative_scan's launchers and kernels/tiles.json: its chunked passes even where
+`linear_scan` runs these look-back passes), "look-back" at each tile, and
 "no look-back" at each tile: the same kernels with step 2 skipped (wrong results), which is what the
 one-tile-per-program structure costs without its look-back. A tile is the forward's (ROWS, WARPS, BLOCK_D,
 VEC, WINDOW), optionally followed by "/" and the backward's (else lookback_scan.BACKWARD_TILE). Each variant
@@ -40,7 +40,7 @@ SHAPES = [  # (B, T, D, dtype): the efficiency benchmark's, fp32 at the first, a
     (4, 256, 5120, "float16"),
 ]
 SMOKE_SHAPES = [(2, 40, 24, "bfloat16"), (1, 70, 8, "float32")]  # --smoke: CPU with TRITON_INTERPRET=1 works
-TILES = ["32,4,64,2,4", "32,1,64,2,4"]  # forward: ROWS, WARPS, BLOCK_D, VEC, WINDOW
+TILES = ["32,4,64,2,1"]  # forward (and backward): ROWS, WARPS, BLOCK_D, VEC, WINDOW
 VARIANTS = ["look-back", "no look-back"]  # per tile; "committed" runs once
 REPEATS = 20  # forward runs compared bit for bit with the first
 
@@ -60,9 +60,11 @@ def measure(variant: str, tile: dict | None, copy_gbs: float, shapes: list) -> l
         x, a = scan_inputs(B, T, D, dtype)
         dh = torch.randn_like(x)
         if variant == "committed":
-            config = committed.tile_config(dtype)  # given: the associative forward even where linear_scan looks back
+            # configs given: the associative passes even where linear_scan looks back
+            config = committed.tile_config(dtype)
             fwd = lambda: committed.associative_scan_fwd(x, a, None, False, config=config)  # noqa: E731
-            bwd_fn, opts = committed.associative_scan_bwd, {}
+            bwd_config = committed.tile_config(dtype, backward=True)
+            bwd_fn, opts = functools.partial(committed.associative_scan_bwd, config=bwd_config), {}
         else:
             opts = dict(look_back=variant == "look-back")
             fwd = lambda: lookback.lookback_scan_fwd(x, a, None, False, config=tile["fwd"], **opts)  # noqa: E731
@@ -73,7 +75,8 @@ def measure(variant: str, tile: dict | None, copy_gbs: float, shapes: list) -> l
         if variant == "look-back":  # against the committed kernels, with h0 and dh_T
             h0, dh_T = torch.randn(B, D, device=x.device), torch.randn(B, D, device=x.device)
             ref_h, ref_h_T = committed.associative_scan_fwd(x, a, h0, True, config=committed.tile_config(dtype))
-            ref_grads = committed.associative_scan_bwd(a, ref_h, h0, dh, dh_T)
+            ref_grads = committed.associative_scan_bwd(a, ref_h, h0, dh, dh_T,
+                                                       config=committed.tile_config(dtype, backward=True))
             out_h, out_h_T = lookback.lookback_scan_fwd(x, a, h0, True, config=tile["fwd"], **opts)
             out_grads = bwd_fn(a, out_h, h0, dh, dh_T, **opts)
             outs = [out_h, out_h_T, *out_grads]

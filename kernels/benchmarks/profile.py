@@ -7,8 +7,9 @@
 
 Each case is compiled and run twice first, so ncu sees only the measured call, inside an NVTX range named
 after its case. `--clock-control none` leaves the GPU's clocks as they are (ncu locks them by default).
-results/ncu_h100.txt is such a run on an H100 (NOTES #15), from before the look-back forward: its long-T case
-then ran the chunked path, which `associative_scan_fwd` now gives way to there (NOTES #17).
+results/ncu_h100.txt is such a run on an H100 (NOTES #15), from before the look-back passes: its long-T case
+then ran the chunked path and its (4, 16384, 5120) case the one-chunk path; the launchers now run the
+look-back passes at both (NOTES #17, #18).
 """
 
 from __future__ import annotations

@@ -414,8 +414,8 @@ INTERPRETER_TILE = dict(BLOCK_T=16, BLOCK_D=16, VEC=1, STAGES=1, num_warps=1)
 MIN_CHUNK_T = 512  # the T-parallel path never makes chunks shorter than this (summary overhead)
 # The look-back pass (lookback_scan.py) instead of one chunk per program where those programs fill the SMs this
 # unevenly (programs / (SMs · programs per SM, rounded up)) and T is at least this long (NOTES #18: measured
-# fills 0.61-0.81 at T >= 2048 gain 0.04-0.16 of copy bandwidth forward + backward; fills of 0.97 lose 0.01-0.07;
-# at T = 256 the look-back loses).
+# fills 0.61-0.81 at T >= 2048 gain 0.04-0.16 of copy bandwidth forward + backward; fills of 0.97 lose up to
+# 0.05 (a tie in fp32); at T = 256 the look-back loses).
 LOOKBACK_MAX_FILL = 0.9
 LOOKBACK_MIN_T = 2048
 CARRY_TILE = dict(BLOCK_C=32, BLOCK_D=64, num_warps=2)  # the (tiny) carry kernel's tile: BLOCK_C chunks at a time

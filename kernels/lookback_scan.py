@@ -8,7 +8,7 @@ There, over tall tiles (a warp per sub-tile of ROWS rows) with a look-back by ev
 H100 (kernels/benchmarks/NOTES.md, attempts 17 and 18): at (1, 131072, 512) bf16 0.71 / 0.79 of copy
 bandwidth forward / backward against the T-parallel path's 0.51 / 0.59 (fp32: 0.92 / 0.96 against 0.57 /
 0.66); at (4, 16384, 5120) fp16 0.93 / 0.94 against the one-chunk path's 0.88 / 0.87. Where B · D fills the
-SMs evenly the one-chunk path is faster. Its low bits can vary between runs: the order in which a tile
+SMs evenly the one-chunk path is as fast or faster. Its low bits can vary between runs: the order in which a tile
 combines its predecessors depends on timing. `python -m kernels.benchmarks.lookback` times it against the
 committed kernels.
 
@@ -385,9 +385,9 @@ def _lookback_bwd_kernel(
 # Forward (NOTES.md, attempt 17): 128 rows over 4 warps, 168 registers on sm_90, no spills (64 rows per warp
 # spill in bf16: `results/lookback_tall_first_h100.log`). Backward (attempt 18): the same tile; 16 rows × 4 warps
 # and 16 × 8 lose (the latter at one program per SM). WINDOW (attempt 18): a look-back by every warp for itself
-# with a window of 1 beat the whole program's with windows of 1 (one row) to 16 (0.71 / 0.78 forward /
-# backward at (1, 131072, 512) bf16 against 0.68 / 0.77 with the next best, the whole program's window of 2,
-# on one H100). Its backward compiles to 255 registers with a few spills (`results/sass_sm90_triton36.txt`).
+# with a window of 1 beat the whole program's best safe window, 2 (0.71 / 0.78 forward / backward at
+# (1, 131072, 512) bf16 against 0.68 / 0.77 on the same H100); the whole program's window of 1 ran faster
+# still but returned NaNs (see `_check_config`). Its backward compiles to 255 registers with a few spills (`results/sass_sm90_triton36.txt`).
 FORWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1)
 BACKWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1)
 # Interpreter, both passes: tiny tiles and windows, so that CPU tests span several tiles, sub-tiles and windows.

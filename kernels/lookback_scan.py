@@ -387,7 +387,8 @@ def _lookback_bwd_kernel(
 # and 16 × 8 lose (the latter at one program per SM). WINDOW (attempt 18): a look-back by every warp for itself
 # with a window of 1 beat the whole program's best safe window, 2 (0.71 / 0.78 forward / backward at
 # (1, 131072, 512) bf16 against 0.68 / 0.77 on the same H100); the whole program's window of 1 ran faster
-# still but returned NaNs (see `_check_config`). Its backward compiles to 255 registers with a few spills (`results/sass_sm90_triton36.txt`).
+# still but returned NaNs (see `_check_config`). Its backward compiles to 255 registers with a few spills
+# (`results/sass_sm90_triton36.txt`).
 FORWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1)
 BACKWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1)
 # Interpreter, both passes: tiny tiles and windows, so that CPU tests span several tiles, sub-tiles and windows.

@@ -100,3 +100,15 @@ def test_configs_are_checked_and_given_per_pass(gen, monkeypatch):
     interpreted = _interpreted("triton-lookback")
     ref_d = reference_in_dtype(x, a, h0, dy, dh_T, True, interpreted)
     assert_close_to_oracle(out, ref_d, oracle(x, a, h0, dy, dh_T), torch.float32, "configs", interpreted)
+
+
+def test_gpu_configs_whose_look_back_would_be_replicated_are_refused(monkeypatch):
+    """On a GPU a channel block narrower than a warp's lanes (BLOCK_D < 32 · VEC) would let two threads poll the
+    same workspace slot and disagree (NOTES #18): a ValueError naming `config`, before any launch."""
+    import kernels.lookback_scan as lookback
+
+    monkeypatch.setattr(lookback, "triton_interpreter_on", lambda: False)
+    tile = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1)
+    lookback._check_config(tile)  # the committed GPU tile passes
+    with pytest.raises(ValueError, match=r"^config: expected BLOCK_D >= 32 · VEC = 64, got BLOCK_D 32"):
+        lookback._check_config(dict(tile, BLOCK_D=32))

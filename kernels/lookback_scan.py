@@ -5,10 +5,10 @@ Decoupled Look-back"): h_t = a_t ⊙ h_{t-1} + x_t over (B, T, D), and its fused
 serve (`associative_scan._lookback_instead`): where B · D leaves SMs idle and the T-parallel path would
 re-read its inputs (long T, small batch), and where its one-chunk programs fill the SMs unevenly at long T.
 There, over tall tiles (a warp per sub-tile of ROWS rows) with a look-back by every warp for itself, on an
-H100 (kernels/benchmarks/NOTES.md, attempts 17 and 18): at (1, 131072, 512) bf16 0.71 / 0.79 of copy
-bandwidth forward / backward against the T-parallel path's 0.51 / 0.59 (fp32: 0.92 / 0.96 against 0.57 /
-0.66); at (4, 16384, 5120) fp16 0.93 / 0.94 against the one-chunk path's 0.88 / 0.87. Where B · D fills the
-SMs evenly the one-chunk path is as fast or faster. Its low bits can vary between runs: the order in which a tile
+H100 (kernels/benchmarks/NOTES.md, attempts 17, 18 and 20; `results/lookback_rescan_h100.log`): at
+(1, 131072, 512) bf16 0.81 / 0.83 of copy bandwidth forward / backward against the T-parallel path's
+0.51 / 0.59 (fp32: 0.92 / 0.96 against 0.57 / 0.67); at (4, 16384, 5120) fp16 0.95 / 0.94 against the
+one-chunk path's 0.88 / 0.87. Where B · D fills the SMs evenly the one-chunk path is as fast or faster. Its low bits can vary between runs: the order in which a tile
 combines its predecessors depends on timing. `python -m kernels.benchmarks.lookback` times it against the
 committed kernels.
 
@@ -17,14 +17,15 @@ channels, all of T), so it runs B · D / BLOCK_D programs: two one-warp programs
 and its T-parallel path re-reads x and a (5/3 of the minimum bytes). Here every tile of T is a program, and
 tiles are chained through global memory:
 
-1. load the tile, scan it from a zero state -> per row (A, H): the gate product and the state so far
-   (the forward scans each warp's sub-tile so, then the sub-tiles' totals across warps); the tile's total
-   is its aggregate (A_k, V_k), published at once;
+1. load the tile and combine its rows from a zero state into its aggregate (A_k, V_k): the gate product and
+   the state at its last row (each warp folds its own sub-tile, then the sub-tiles' totals are scanned across
+   warps); publish it at once. The backward keeps the per-row scan (A, H) of this step for step 3; the forward
+   keeps the tile's inputs and scans them in step 3 (fewer registers across step 2);
 2. look back: the state entering tile k is the nearest predecessor's published *inclusive* state,
    combined with the aggregates of the tiles between (each warp reads WINDOW predecessors at a time for
    itself; spin while one is missing);
-3. publish tile k's inclusive state A_k carry + V_k, write h = H + A ⊙ (the state entering the row's
-   sub-tile).
+3. publish tile k's inclusive state A_k carry + V_k, write h: each sub-tile's rows scanned from the state
+   entering it (backward: dh = G + A ⊙ that state).
 
 Bytes: the minimum (3·N·s forward, 5·N·s backward) plus 12 bytes per channel per tile of workspace
 (3 fp32 planes: aggregate A, V and inclusive state), filled with SENTINEL before the launch. A value and
@@ -211,25 +212,34 @@ def _store_tall_tile(first, value, rows, cols, D: tl.constexpr, n_rows, n_cols, 
 
 
 @triton.jit
-def _scan_sub_tiles(a, v, sub, r, ROWS: tl.constexpr, WARPS: tl.constexpr):
-    """Pairs (a, v) (WARPS, ROWS, BLOCK_D), sub-tile w in row w -> (A, V) each sub-tile's scan from zero along
-    its rows; (tot_A, tot_V) (BLOCK_D,) the whole tile's pair; (excl_A, excl_V) (WARPS, BLOCK_D) the pair of
-    the sub-tiles before each (the identity before sub-tile 0). sub, r: tl.arange(0, WARPS), tl.arange(0, ROWS).
-    Each warp scans its own rows in registers; only the WARPS sub-tile totals are scanned across warps."""
-    A, V = tl.associative_scan((a.to(tl.float32), v.to(tl.float32)), axis=1, combine_fn=_combine)
-    last_row = (r == ROWS - 1)[None, :, None]
-    sub_A = tl.sum(tl.where(last_row, A, 0.0), axis=1)  # (WARPS, BLOCK_D)
-    sub_V = tl.sum(tl.where(last_row, V, 0.0), axis=1)
+def _reduce_sub_tiles(a, v, sub, WARPS: tl.constexpr):
+    """Pairs (a, v) (WARPS, ROWS, BLOCK_D), sub-tile w in row w -> (tot_A, tot_V) (BLOCK_D,) the whole tile's pair;
+    (excl_A, excl_V) (WARPS, BLOCK_D) the pair of the sub-tiles before each (the identity before sub-tile 0).
+    sub: tl.arange(0, WARPS). Each warp folds its own rows into its sub-tile's total in registers; only the WARPS
+    sub-tile totals are scanned across warps."""
+    sub_A, sub_V = tl.reduce((a.to(tl.float32), v.to(tl.float32)), axis=1, combine_fn=_combine)  # (WARPS, BLOCK_D)
     incl_A, incl_V = tl.associative_scan((sub_A, sub_V), axis=0, combine_fn=_combine)
     tot_A, tot_V = _row(incl_A, sub, WARPS - 1), _row(incl_V, sub, WARPS - 1)
     # row w of the inclusive scan moved to w + 1, the identity at 0
     moved = (sub[:, None] == sub[None, :] + 1)[:, :, None]  # (to, from, 1)
     excl_A = tl.sum(tl.where(moved, incl_A[None, :, :], 0.0), axis=1) + tl.where(sub == 0, 1.0, 0.0)[:, None]
     excl_V = tl.sum(tl.where(moved, incl_V[None, :, :], 0.0), axis=1)
-    return A, V, tot_A, tot_V, excl_A, excl_V
+    return tot_A, tot_V, excl_A, excl_V
 
 
 @triton.jit
+def _widen(v, opaque_zero):
+    """v (any shape, the loaded dtype) -> fp32, by another route than a plain `.to(tl.float32)`: 2-byte values are
+    first xor-ed with `opaque_zero`, a run-time 0, so the compiler cannot merge this widening with an earlier one
+    of the same tensor and keep the fp32 copy alive in between (see `_lookback_fwd_kernel`)."""
+    if v.dtype == tl.float32:
+        return v
+    else:
+        bits = v.to(tl.int16, bitcast=True) ^ opaque_zero.to(tl.int16)
+        return bits.to(v.dtype, bitcast=True).to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["opaque_zero"])
 def _lookback_fwd_kernel(
     # pointers
     x_ptr, a_ptr,  # (B, T, D) inputs, any strides
@@ -237,6 +247,7 @@ def _lookback_fwd_kernel(
     h_ptr,  # (B, T, D) output, contiguous
     h_T_ptr,  # (B, D) fp32 final state, contiguous; unused if not STORE_FINAL
     state_ptr,  # (3, K, B, D) int32 workspace, SENTINEL-filled: per tile, aggregate A, V and inclusive state
+    opaque_zero,  # 0, never specialised on (see `_widen`)
     # sizes
     B, T, D: tl.constexpr,
     # strides, in elements (T and D strides are compile-time: each row's offset folds into the load)
@@ -253,8 +264,13 @@ def _lookback_fwd_kernel(
 ):
     """A tall tile per program, held as (WARPS, ROWS, BLOCK_D): the look-back's cost per row falls as the tile
     grows (NOTES #12, #17), but a (BLOCK_T, BLOCK_D) tile over several warps would scan its rows across warps.
-    Here each warp scans its own ROWS consecutive rows in registers (sub-tile w is rows w·ROWS ..), and only
-    the WARPS sub-tile totals are scanned across warps."""
+    Here each warp folds its own ROWS consecutive rows in registers (sub-tile w is rows w·ROWS ..), and only
+    the WARPS sub-tile totals are scanned across warps.
+
+    Across the look-back the program holds the tile's inputs as loaded, not their scan: the aggregate comes from
+    a fold of the rows (step 1), and the rows are scanned after the look-back, from the state entering each
+    sub-tile (step 3). At 2 bytes per element that halves what the wait holds (packed pairs, not fp32 values), so
+    a 256-row tile fits the 168 registers of three programs per SM (NOTES #20)."""
     BLOCK_T: tl.constexpr = WARPS * ROWS
     k, b, d0, cols, mask_d = _program_tile(B, D, BLOCK_D, VEC)
     t0 = k * BLOCK_T
@@ -268,23 +284,25 @@ def _lookback_fwd_kernel(
     a_first = a_ptr + b * stride_a_b + t0.to(tl.int64) * stride_a_t + d0.to(tl.int64) * stride_a_d
     h_first = h_ptr + b * T * D + t0.to(tl.int64) * D + d0
 
-    # 1. each sub-tile's scan from a zero state (the last tile's padding rows: the identity, a=1, x=0), then
-    # the sub-tiles' totals scanned across warps, and the tile's total
+    # 1. each sub-tile's total (the last tile's padding rows: the identity, a=1, x=0), then the sub-tiles'
+    # totals scanned across warps, and the tile's total
     if t0 + BLOCK_T <= T:
         x = _load_tall_tile(x_first, rows, cols3, stride_x_t, stride_x_d, 0, T - t0, D - d0, 0.0, True, EVEN_D)
         a = _load_tall_tile(a_first, rows, cols3, stride_a_t, stride_a_d, 0, T - t0, D - d0, 1.0, True, EVEN_D)
     else:
         x = _load_tall_tile(x_first, rows, cols3, stride_x_t, stride_x_d, 0, T - t0, D - d0, 0.0, False, EVEN_D)
         a = _load_tall_tile(a_first, rows, cols3, stride_a_t, stride_a_d, 0, T - t0, D - d0, 1.0, False, EVEN_D)
-    A, H, tot_A, tot_H, excl_A, excl_H = _scan_sub_tiles(a, x, sub, r, ROWS, WARPS)
+    tot_A, tot_H, excl_A, excl_H = _reduce_sub_tiles(a, x, sub, WARPS)
 
     # 2. the state entering the tile
     carry, state = _chain(tot_A, tot_H, k, b, d0, cols, mask_d, h0_ptr, stride_h0_b, stride_h0_d, state_ptr,
                           B, D, BLOCK_D, WINDOW, WARPS, HAS_H0, PUBLISH_INCLUSIVE, LOOK_BACK)
 
-    # 3. the states: each sub-tile's from the state entering it
+    # 3. the states: each sub-tile's rows scanned from the state entering it (folded into its first row's x)
     entering = excl_A * carry + excl_H  # (WARPS, BLOCK_D)
-    h = H + A * entering[:, None, :]
+    a = _widen(a, opaque_zero)
+    x = _widen(x, opaque_zero) + tl.where((r == 0)[None, :, None], a * entering[:, None, :], 0.0)
+    _, h = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
     if t0 + BLOCK_T <= T:
         _store_tall_tile(h_first, h, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
     else:
@@ -294,7 +312,7 @@ def _lookback_fwd_kernel(
             tl.store(h_T_ptr + b * D + d0 + cols, state, mask=mask_d)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["opaque_zero"])
 def _lookback_bwd_kernel(
     # pointers
     a_ptr,  # (B, T, D) gates, any strides
@@ -305,6 +323,7 @@ def _lookback_bwd_kernel(
     dx_ptr, da_ptr,  # (B, T, D) outputs, contiguous
     dh0_ptr,  # (B, D) output, contiguous; unused if not HAS_H0
     state_ptr,  # (3, K, B, D) int32 workspace, SENTINEL-filled, indexed by visiting order (from the end of T)
+    opaque_zero,  # 0, never specialised on (see `_widen`)
     # sizes
     B, T, D: tl.constexpr,
     # strides, in elements (T and D strides are compile-time: each row's offset folds into the load)
@@ -323,7 +342,8 @@ def _lookback_bwd_kernel(
     """The forward's tall tile, flipped in time: element (w, r) of the (WARPS, ROWS, BLOCK_D) tile holds
     time t0 + BLOCK_T - 1 - (w · ROWS + r), so each sub-tile's scan along its rows, and the scan across
     sub-tiles, run backward in time. (The time offsets are compile-time constants: the flip costs nothing,
-    where `reverse=True` shuffles lanes.)"""
+    where `reverse=True` shuffles lanes.) As in the forward, the inputs (a_{t+1}, dh_t^out, h_{t-1}) are held
+    as loaded across the look-back, and scanned after it."""
     BLOCK_T: tl.constexpr = WARPS * ROWS
     k, b, d0, cols, mask_d = _program_tile(B, D, BLOCK_D, VEC)
     sub = tl.arange(0, WARPS)
@@ -338,9 +358,10 @@ def _lookback_bwd_kernel(
     dx_first = dx_ptr + b * T * D + t0.to(tl.int64) * D + d0
     da_first = da_ptr + b * T * D + t0.to(tl.int64) * D + d0
 
-    # 1. each sub-tile's reverse scan of (a_{t+1}, dh_t^out) from a zero gradient at its end, then across
-    # sub-tiles. Whole: every row has a real a_{t+1} (t + 1 < T) and a real h_{t-1} (t >= 1).
-    if (t0 > 0) & (t0 + BLOCK_T < T):
+    # 1. each sub-tile's total of (a_{t+1}, dh_t^out) from a zero gradient at its end, then across sub-tiles.
+    # Whole: every row has a real a_{t+1} (t + 1 < T) and a real h_{t-1} (t >= 1).
+    whole = (t0 > 0) & (t0 + BLOCK_T < T)
+    if whole:
         a_next = _load_tall_tile(a_next_first, rows, cols3, stride_a_t, stride_a_d, 0, 0, D - d0, 1.0, True, EVEN_D)
         dh_out = _load_tall_tile(dh_first, rows, cols3, stride_dh_t, stride_dh_d, 0, 0, D - d0, 0.0, True, EVEN_D)
         h_prev = _load_tall_tile(h_prev_first, rows, cols3, D, 1, 0, 0, D - d0, 0.0, True, EVEN_D)
@@ -350,24 +371,28 @@ def _lookback_bwd_kernel(
         dh_out = _load_tall_tile(dh_first, rows, cols3, stride_dh_t, stride_dh_d, 0, T - t0, D - d0, 0.0, False,
                                  EVEN_D)
         h_prev = _load_tall_tile(h_prev_first, rows, cols3, D, 1, 1 - t0, T - t0, D - d0, 0.0, False, EVEN_D)
-    h_prev = h_prev.to(tl.float32)
-    if HAS_H0:
-        h0 = tl.load(h0_ptr + b * stride_h0_b + (d0 + cols) * stride_h0_d, mask=mask_d, other=0.0)
-        h_prev = tl.where(rows == -t0, h0.to(tl.float32)[None, None, :], h_prev)
-    A, G, tot_A, tot_G, excl_A, excl_G = _scan_sub_tiles(a_next, dh_out, sub, r, ROWS, WARPS)
+    tot_A, tot_G, excl_A, excl_G = _reduce_sub_tiles(a_next, dh_out, sub, WARPS)
 
     # 2. the gradient entering the tile from its end
     carry, state = _chain(tot_A, tot_G, k, b, d0, cols, mask_d, dh_T_ptr, stride_dh_T_b, stride_dh_T_d,
                           state_ptr, B, D, BLOCK_D, WINDOW, WARPS, HAS_DH_T, PUBLISH_INCLUSIVE, LOOK_BACK)
 
-    # 3. the gradients: each sub-tile's from the gradient entering it (from its end)
+    # 3. the gradients: each sub-tile's rows scanned from the gradient entering it (from its end)
     entering = excl_A * carry + excl_G  # (WARPS, BLOCK_D)
-    dh = G + A * entering[:, None, :]
-    if (t0 > 0) & (t0 + BLOCK_T < T):
+    a_next = _widen(a_next, opaque_zero)
+    dh_out = _widen(dh_out, opaque_zero) + tl.where((r == 0)[None, :, None], a_next * entering[:, None, :], 0.0)
+    _, dh = tl.associative_scan((a_next, dh_out), axis=1, combine_fn=_combine)
+    if whole:
         _store_tall_tile(dx_first, dh, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
-        _store_tall_tile(da_first, dh * h_prev, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
     else:
         _store_tall_tile(dx_first, dh, rows, cols3, D, T - t0, D - d0, False, EVEN_D)
+    h_prev = h_prev.to(tl.float32)  # widened only now, after dx's store: fewer spills on sm_90
+    if HAS_H0:
+        h0 = tl.load(h0_ptr + b * stride_h0_b + (d0 + cols) * stride_h0_d, mask=mask_d, other=0.0)
+        h_prev = tl.where(rows == -t0, h0.to(tl.float32)[None, None, :], h_prev)
+    if whole:
+        _store_tall_tile(da_first, dh * h_prev, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
+    else:
         _store_tall_tile(da_first, dh * h_prev, rows, cols3, D, T - t0, D - d0, False, EVEN_D)
     if HAS_H0:
         if t0 == 0:  # dh0 = a_1 dh_1; `state` is dh at t = 0
@@ -380,29 +405,38 @@ def _lookback_bwd_kernel(
 # Launchers
 # --------------------------------------------------------------------------------------------------
 
-# Tall tiles of WARPS sub-tiles of ROWS rows (one warp each) × BLOCK_D = 32 lanes · VEC channels; each
-# tile's scan stays in registers across its look-back, in which every warp reads WINDOW predecessors at a time.
-# Forward (NOTES.md, attempt 17): 128 rows over 4 warps, 168 registers on sm_90, no spills (64 rows per warp
-# spill in bf16: `results/lookback_tall_first_h100.log`). Backward (attempt 18): the same tile; 16 rows × 4 warps
-# and 16 × 8 lose (the latter at one program per SM). WINDOW (attempt 18): a look-back by every warp for itself
-# with a window of 1 beat the whole program's best safe window, 2 (0.71 / 0.78 forward / backward at
-# (1, 131072, 512) bf16 against 0.68 / 0.77 on the same H100); the whole program's window of 1 ran faster
-# still but returned NaNs (see `_check_config`). Its backward compiles to 255 registers with a few spills
-# (`results/sass_sm90_triton36.txt`).
-FORWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1)
-BACKWARD_TILE = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1)
+# Tall tiles of WARPS sub-tiles of ROWS rows (one warp each) × BLOCK_D = 32 lanes · VEC channels, per element
+# size; every warp reads WINDOW predecessors at a time in the look-back. MAXNREG caps the registers per thread
+# (0: no cap): 168 leaves three 4-warp programs per SM (65536 registers / (3 · 128 threads) = 170, allocated in
+# steps of 8). History (NOTES.md): 128-row tiles (attempt 17); the look-back per warp with a window of 1 (attempt
+# 18: it beat the whole program's best safe window, 2; the whole program's window of 1 returned NaNs, see
+# `_check_config`); inputs held across the look-back and scanned after it, and the cap (attempt 20): at 2 bytes per
+# element the forward's 256-row tile and the backward's 128-row tile then fit 168 registers on sm_90 (no spills; the
+# backward with h0 and dh_T: 15 spill instructions; uncapped: 250 and 254 registers, two programs per SM), which took (1, 131072, 512) bf16 from 0.71 / 0.79 of copy bandwidth
+# forward / backward to 0.81 / 0.83 on an H100. fp32 tiles hold twice the bytes: capped, the backward spills
+# (CPU-side sm_90 compile), and the uncapped 256-row forward lost to the 128-row one (0.88 against 0.92 at
+# (1, 131072, 512)).
+FORWARD_TILES = {  # element size (bytes): tile
+    2: dict(ROWS=64, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=168),
+    4: dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=0),
+}
+BACKWARD_TILES = {
+    2: dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=168),
+    4: dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=0),
+}
 # Interpreter, both passes: tiny tiles and windows, so that CPU tests span several tiles, sub-tiles and windows.
-INTERPRETER_TILE = dict(ROWS=4, WARPS=2, BLOCK_D=16, VEC=1, WINDOW=2)
+INTERPRETER_TILE = dict(ROWS=4, WARPS=2, BLOCK_D=16, VEC=1, WINDOW=2, MAXNREG=0)
 
 
 def lookback_config(dtype: torch.dtype, backward: bool = False) -> dict:
-    """Kernel meta-parameters of one pass, {ROWS, WARPS, BLOCK_D, VEC, WINDOW}: a tile of WARPS · ROWS rows and
-    BLOCK_D = 32 · VEC channels, one warp per sub-tile of ROWS rows; WINDOW predecessors per look-back read."""
+    """Kernel meta-parameters of one pass, {ROWS, WARPS, BLOCK_D, VEC, WINDOW, MAXNREG}: a tile of WARPS · ROWS rows
+    and BLOCK_D = 32 · VEC channels, one warp per sub-tile of ROWS rows; WINDOW predecessors per look-back read;
+    MAXNREG registers per thread at most (0: no cap)."""
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"dtype: expected torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
     if triton_interpreter_on():
         return dict(INTERPRETER_TILE)
-    return dict(BACKWARD_TILE if backward else FORWARD_TILE)
+    return dict((BACKWARD_TILES if backward else FORWARD_TILES)[dtype.itemsize])
 
 
 def tile_rows(config: dict) -> int:
@@ -415,11 +449,17 @@ def _check_config(config: dict) -> None:
     warp share a channel. A look-back whose values are replicated across threads lets each copy poll the
     workspace by itself, and one may see a slot published that another still sees unpublished: a wrong or
     NaN carry (an early version whose window was replicated across warps returned NaNs on an H100, NOTES #18)."""
-    if set(config) != set(FORWARD_TILE):
-        raise ValueError(f"config: expected the keys {sorted(FORWARD_TILE)}, got {sorted(config)}")
+    if set(config) != set(INTERPRETER_TILE):
+        raise ValueError(f"config: expected the keys {sorted(INTERPRETER_TILE)}, got {sorted(config)}")
     if not triton_interpreter_on() and config["BLOCK_D"] < 32 * config["VEC"]:
         raise ValueError(f"config: expected BLOCK_D >= 32 · VEC = {32 * config['VEC']}, got BLOCK_D "
                          f"{config['BLOCK_D']}")
+
+
+def _launch_options(config: dict) -> dict:
+    """A checked config -> the kernel's meta-parameters and launch options."""
+    meta = {k: v for k, v in config.items() if k != "MAXNREG"}
+    return dict(meta, num_warps=config["WARPS"], **({"maxnreg": config["MAXNREG"]} if config["MAXNREG"] else {}))
 
 
 def _workspace(B: int, T: int, D: int, block_t: int, device) -> torch.Tensor:
@@ -444,9 +484,9 @@ def lookback_scan_fwd(x, a, h0, output_final_state, config=None, publish_inclusi
     h0_strides = h0.stride() if h0 is not None else (0, 0)
     grid = (_cdiv(T, block_t) * B * _cdiv(D, config["BLOCK_D"]),)
     _lookback_fwd_kernel[grid](
-        x, a, h0, h, h_T, state, B, T, D, *x.stride(), *a.stride(), *h0_strides,
+        x, a, h0, h, h_T, state, 0, B, T, D, *x.stride(), *a.stride(), *h0_strides,
         EVEN_D=D % config["BLOCK_D"] == 0, HAS_H0=h0 is not None, STORE_FINAL=output_final_state,
-        PUBLISH_INCLUSIVE=publish_inclusive, LOOK_BACK=look_back, num_warps=config["WARPS"], **config,
+        PUBLISH_INCLUSIVE=publish_inclusive, LOOK_BACK=look_back, **_launch_options(config),
     )
     return h, h_T
 
@@ -469,9 +509,9 @@ def lookback_scan_bwd(a, h, h0, dh, dh_T, config=None, publish_inclusive=True, l
     dh_T_strides = dh_T.stride() if dh_T is not None else (0, 0)
     grid = (_cdiv(T, block_t) * B * _cdiv(D, config["BLOCK_D"]),)
     _lookback_bwd_kernel[grid](
-        a, h, h0, dh, dh_T, dx, da, dh0, state, B, T, D, *a.stride(), *h0_strides, *dh.stride(), *dh_T_strides,
+        a, h, h0, dh, dh_T, dx, da, dh0, state, 0, B, T, D, *a.stride(), *h0_strides, *dh.stride(), *dh_T_strides,
         EVEN_D=D % config["BLOCK_D"] == 0, HAS_H0=h0 is not None, HAS_DH_T=dh_T is not None,
-        PUBLISH_INCLUSIVE=publish_inclusive, LOOK_BACK=look_back, num_warps=config["WARPS"], **config,
+        PUBLISH_INCLUSIVE=publish_inclusive, LOOK_BACK=look_back, **_launch_options(config),
     )
     return dx, da, dh0
 

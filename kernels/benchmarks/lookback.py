@@ -5,13 +5,16 @@ measured in the same run, at the efficiency shapes.
 
 Variants: "committed" (associative_scan's launchers and kernels/tiles.json: its chunked passes even where
 `linear_scan` runs these look-back passes), "look-back" at each tile, and
-"no look-back" at each tile: the same kernels with step 2 skipped (wrong results), which is what the
-one-tile-per-program structure costs without its look-back. A tile is the forward's (ROWS, WARPS, BLOCK_D,
-VEC, WINDOW), optionally followed by "/" and the backward's (else lookback_scan.BACKWARD_TILE). Each variant
+"no look-back" at each tile: the same kernels with step 2 skipped (wrong results), which was what the
+one-tile-per-program structure costs without its look-back. Under a register cap (MAXNREG, the 2-byte tiles
+since NOTES #20) it no longer is: without the look-back the compiler schedules the kernel otherwise, and it
+spills (CPU-side sm_90 compile: 344 and 150 spill instructions forward and backward, none with the look-back). A tile is "default" (`lookback_config`'s tiles for
+each pass and element size) or the forward's (ROWS, WARPS, BLOCK_D, VEC, WINDOW[, MAXNREG]), optionally followed
+by "/" and the backward's (else the default backward tile). Each variant
 runs in its own process with a timeout, so that a look-back that never ends shows as missing rows and a
 message, not a stuck run.
 
-    python -m kernels.benchmarks.lookback [--out kernels/benchmarks/results] [--tiles 32,4,64,2,4/16,8,64,2,4 ...]
+    python -m kernels.benchmarks.lookback [--out kernels/benchmarks/results] [--tiles default 32,4,64,2,1,168/32,4,64,2,1 ...]
                                           [--shapes 1,131072,512,bfloat16 ...]
                                           [--variants look-back] [--smoke]
 """
@@ -40,7 +43,7 @@ SHAPES = [  # (B, T, D, dtype): the efficiency benchmark's, fp32 at the first, a
     (4, 256, 5120, "float16"),
 ]
 SMOKE_SHAPES = [(2, 40, 24, "bfloat16"), (1, 70, 8, "float32")]  # --smoke: CPU with TRITON_INTERPRET=1 works
-TILES = ["32,4,64,2,1"]  # forward (and backward): ROWS, WARPS, BLOCK_D, VEC, WINDOW
+TILES = ["default"]  # or forward (and backward): ROWS, WARPS, BLOCK_D, VEC, WINDOW[, MAXNREG]
 VARIANTS = ["look-back", "no look-back"]  # per tile; "committed" runs once
 REPEATS = 20  # forward runs compared bit for bit with the first
 
@@ -98,10 +101,13 @@ def measure(variant: str, tile: dict | None, copy_gbs: float, shapes: list) -> l
 
 
 def _parse_tile(text: str) -> dict:
-    """"ROWS,WARPS,BLOCK_D,VEC,WINDOW[/ROWS,WARPS,BLOCK_D,VEC,WINDOW]" -> {"name", "fwd", "bwd" (None: default)}."""
-    names = ("ROWS", "WARPS", "BLOCK_D", "VEC", "WINDOW")
+    """"default" or "ROWS,WARPS,BLOCK_D,VEC,WINDOW[,MAXNREG][/the backward's]" -> {"name", "fwd", "bwd"} (None:
+    the default tile). MAXNREG defaults to 0, no cap."""
+    names = ("ROWS", "WARPS", "BLOCK_D", "VEC", "WINDOW", "MAXNREG")
+    if text == "default":
+        return dict(name=text, fwd=None, bwd=None)
     fwd, _, bwd = text.partition("/")
-    config = lambda t: dict(zip(names, map(int, t.split(","))))  # noqa: E731
+    config = lambda t: dict(zip(names, [*map(int, t.split(",")), 0][:len(names)]))  # noqa: E731
     return dict(name=text, fwd=config(fwd), bwd=config(bwd) if bwd else None)
 
 
@@ -156,7 +162,8 @@ def plot(rows: list[dict], shapes: list, info: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    p.add_argument("--tiles", nargs="+", default=TILES, metavar="ROWS,WARPS,BLOCK_D,VEC,WINDOW[/the backward's]")
+    p.add_argument("--tiles", nargs="+", default=TILES,
+                   metavar="default|ROWS,WARPS,BLOCK_D,VEC,WINDOW[,MAXNREG][/the backward's]")
     p.add_argument("--timeout", type=float, default=180, help="seconds per variant")
     p.add_argument("--shapes", nargs="+", type=_parse_shape, metavar="B,T,D,dtype", help="instead of SHAPES")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS, help="at each tile")

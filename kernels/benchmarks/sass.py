@@ -71,10 +71,12 @@ def compile_sm90(kernel, dtype: str, D: int, tile: dict, flags: dict) -> str:
             constexprs[name] = 1
         else:  # T, chunk length, batch strides: multiples of 16 at such shapes, which Triton's JIT specialises on
             signature[name] = "i32"
-            if name != "B":  # the batch size (look-back kernels) is whatever it is: 1 at long T
+            if name not in ("B", "opaque_zero"):  # look-back kernels: the batch size is whatever it is (1 at long
+                # T); opaque_zero is never specialised on
                 attrs[(i,)] = [["tt.divisibility", 16]]
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": tile["num_warps"]})
+                              target=GPUTarget("cuda", 90, 32),
+                              options={k: v for k, v in tile.items() if k in ("num_warps", "maxnreg")})
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
@@ -109,8 +111,8 @@ def main() -> None:
     for size, dtype in DTYPES.items():
         for name, (kernel, flags, direction) in KERNELS.items():
             if direction.startswith("look-back"):
-                config = lookback.BACKWARD_TILE if direction.endswith("backward") else lookback.FORWARD_TILE
-                tile = config | dict(num_warps=config["WARPS"])
+                tiles = lookback.BACKWARD_TILES if direction.endswith("backward") else lookback.FORWARD_TILES
+                tile = lookback._launch_options(tiles[size])
             elif args.tile:
                 tile = dict(zip(("BLOCK_T", "BLOCK_D", "VEC", "STAGES", "num_warps"), args.tile))
             else:

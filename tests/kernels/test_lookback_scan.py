@@ -108,7 +108,7 @@ def test_gpu_configs_whose_look_back_would_be_replicated_are_refused(monkeypatch
     import kernels.lookback_scan as lookback
 
     monkeypatch.setattr(lookback, "triton_interpreter_on", lambda: False)
-    tile = dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1)
-    lookback._check_config(tile)  # the committed GPU tile passes
+    tile = lookback.BACKWARD_TILES[2]
+    lookback._check_config(tile)  # a committed GPU tile passes
     with pytest.raises(ValueError, match=r"^config: expected BLOCK_D >= 32 · VEC = 64, got BLOCK_D 32"):
         lookback._check_config(dict(tile, BLOCK_D=32))

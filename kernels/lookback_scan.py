@@ -8,9 +8,9 @@ There, over tall tiles (a warp per sub-tile of ROWS rows) with a look-back by ev
 H100 (kernels/benchmarks/NOTES.md, attempts 17, 18 and 20; `results/lookback_rescan_h100.log`): at
 (1, 131072, 512) bf16 0.81 / 0.83 of copy bandwidth forward / backward against the T-parallel path's
 0.51 / 0.59 (fp32: 0.92 / 0.96 against 0.57 / 0.67); at (4, 16384, 5120) fp16 0.95 / 0.94 against the
-one-chunk path's 0.88 / 0.87. Where B · D fills the SMs evenly the one-chunk path is as fast or faster. Its low bits can vary between runs: the order in which a tile
-combines its predecessors depends on timing. `python -m kernels.benchmarks.lookback` times it against the
-committed kernels.
+one-chunk path's 0.88 / 0.87. Where B · D fills the SMs evenly the one-chunk path is as fast or faster. Its
+low bits can vary between runs: the order in which a tile combines its predecessors depends on timing.
+`python -m kernels.benchmarks.lookback` times it against the committed kernels.
 
 The one-chunk path of `associative_scan.py` gives each program a whole column (one batch row, BLOCK_D
 channels, all of T), so it runs B · D / BLOCK_D programs: two one-warp programs per SM at (8, 2048, 2048),
@@ -410,12 +410,12 @@ def _lookback_bwd_kernel(
 # (0: no cap): 168 leaves three 4-warp programs per SM (65536 registers / (3 · 128 threads) = 170, allocated in
 # steps of 8). History (NOTES.md): 128-row tiles (attempt 17); the look-back per warp with a window of 1 (attempt
 # 18: it beat the whole program's best safe window, 2; the whole program's window of 1 returned NaNs, see
-# `_check_config`); inputs held across the look-back and scanned after it, and the cap (attempt 20): at 2 bytes per
-# element the forward's 256-row tile and the backward's 128-row tile then fit 168 registers on sm_90 (no spills; the
-# backward with h0 and dh_T: 15 spill instructions; uncapped: 250 and 254 registers, two programs per SM), which took (1, 131072, 512) bf16 from 0.71 / 0.79 of copy bandwidth
-# forward / backward to 0.81 / 0.83 on an H100. fp32 tiles hold twice the bytes: capped, the backward spills
-# (CPU-side sm_90 compile), and the uncapped 256-row forward lost to the 128-row one (0.88 against 0.92 at
-# (1, 131072, 512)).
+# `_check_config`); inputs held across the look-back and scanned after it, and the cap (attempt 20). At 2 bytes
+# per element the forward's 256-row tile and the backward's 128-row tile then fit 168 registers on sm_90 (no
+# spills; the backward with h0 and dh_T: 15 spill instructions; uncapped: 250 and 254 registers, two programs
+# per SM), which took (1, 131072, 512) bf16 from 0.71 / 0.79 of copy bandwidth forward / backward to 0.81 / 0.83
+# on an H100. fp32 tiles hold twice the bytes: capped, the backward spills (CPU-side sm_90 compile), and the
+# uncapped 256-row forward lost to the 128-row one (0.88 against 0.92 at (1, 131072, 512)).
 FORWARD_TILES = {  # element size (bytes): tile
     2: dict(ROWS=64, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=168),
     4: dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=0),

@@ -1,20 +1,20 @@
-"""The decoupled look-back scan (kernels/lookback_scan.py, NOTES.md attempts 12, 17 and 18) against the committed
+"""The decoupled look-back scan (kernels/lookback_scan.py, NOTES.md attempts 12, 17-20) against the committed
 associative scan: agreement, run-to-run reproducibility, and the forward and backward launchers' time
 (replayed from a CUDA graph; the look-back's workspace fill included) as a fraction of the copy bandwidth
 measured in the same run, at the efficiency shapes.
 
 Variants: "committed" (associative_scan's launchers and kernels/tiles.json: its chunked passes even where
-`linear_scan` runs these look-back passes), "look-back" at each tile, and
-"no look-back" at each tile: the same kernels with step 2 skipped (wrong results), which was what the
-one-tile-per-program structure costs without its look-back. Under a register cap (MAXNREG, the 2-byte tiles
-since NOTES #20) it no longer is: without the look-back the compiler schedules the kernel otherwise, and it
-spills (CPU-side sm_90 compile: 344 and 150 spill instructions forward and backward, none with the look-back). A tile is "default" (`lookback_config`'s tiles for
-each pass and element size) or the forward's (ROWS, WARPS, BLOCK_D, VEC, WINDOW[, MAXNREG]), optionally followed
-by "/" and the backward's (else the default backward tile). Each variant
-runs in its own process with a timeout, so that a look-back that never ends shows as missing rows and a
-message, not a stuck run.
+`linear_scan` runs these look-back passes), "look-back" at each tile, and "no look-back" at each tile: the same
+kernels with step 2 skipped (wrong results), which was what the one-tile-per-program structure costs without
+its look-back. Under a register cap (MAXNREG, the 2-byte tiles since NOTES #20) it no longer is: without the
+look-back the compiler schedules the kernel otherwise, and it spills (CPU-side sm_90 compile: 344 and 150 spill
+instructions forward and backward, none with the look-back). A tile is "default" (`lookback_config`'s tiles
+for each pass and element size) or the forward's (ROWS, WARPS, BLOCK_D, VEC, WINDOW[, MAXNREG]), optionally
+followed by "/" and the backward's (else the default backward tile). Each variant runs in its own process
+with a timeout, so that a look-back that never ends shows as missing rows and a message, not a stuck run.
 
-    python -m kernels.benchmarks.lookback [--out kernels/benchmarks/results] [--tiles default 32,4,64,2,1,168/32,4,64,2,1 ...]
+    python -m kernels.benchmarks.lookback [--out kernels/benchmarks/results]
+                                          [--tiles default 64,4,64,2,1,168/32,4,64,2,1 ...]
                                           [--shapes 1,131072,512,bfloat16 ...]
                                           [--variants look-back] [--smoke]
 """

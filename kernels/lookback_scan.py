@@ -412,10 +412,11 @@ def _lookback_bwd_kernel(
 # 18: it beat the whole program's best safe window, 2; the whole program's window of 1 returned NaNs, see
 # `_check_config`); inputs held across the look-back and scanned after it, and the cap (attempt 20). At 2 bytes
 # per element the forward's 256-row tile and the backward's 128-row tile then fit 168 registers on sm_90 (no
-# spills; the backward with h0 and dh_T: 15 spill instructions; uncapped: 250 and 254 registers, two programs
-# per SM), which took (1, 131072, 512) bf16 from 0.71 / 0.79 of copy bandwidth forward / backward to 0.81 / 0.83
-# on an H100. fp32 tiles hold twice the bytes: capped, the backward spills (CPU-side sm_90 compile), and the
-# uncapped 256-row forward lost to the 128-row one (0.88 against 0.92 at (1, 131072, 512)).
+# spills; the backward with h0 and dh_T: 15 spill instructions; uncapped: 250 registers forward, 254 backward at
+# B >= 2, two programs per SM), which took (1, 131072, 512) bf16 from 0.71 / 0.79 of copy bandwidth forward /
+# backward (`results/lookback_rescan_probe1_h100.log`) to 0.81 / 0.83 on an H100. fp32 tiles hold twice the
+# bytes: capped, the backward spills (CPU-side sm_90 compile), and the uncapped 256-row forward lost to the
+# 128-row one (0.88 against 0.92 at (1, 131072, 512)).
 FORWARD_TILES = {  # element size (bytes): tile
     2: dict(ROWS=64, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=168),
     4: dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=0),

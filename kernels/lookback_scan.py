@@ -19,13 +19,13 @@ tiles are chained through global memory:
 
 1. load the tile and combine its rows from a zero state into its aggregate (A_k, V_k): the gate product and
    the state at its last row (each warp folds its own sub-tile, then the sub-tiles' totals are scanned across
-   warps); publish it at once. The backward keeps the per-row scan (A, H) of this step for step 3; the forward
-   keeps the tile's inputs and scans them in step 3 (fewer registers across step 2);
+   warps); publish it at once. The program keeps the tile's inputs as loaded, not a per-row scan, through
+   step 2 (fewer registers: NOTES #20);
 2. look back: the state entering tile k is the nearest predecessor's published *inclusive* state,
    combined with the aggregates of the tiles between (each warp reads WINDOW predecessors at a time for
    itself; spin while one is missing);
 3. publish tile k's inclusive state A_k carry + V_k, write h: each sub-tile's rows scanned from the state
-   entering it (backward: dh = G + A ⊙ that state).
+   entering it (backward: dh, and from it dx and da).
 
 Bytes: the minimum (3·N·s forward, 5·N·s backward) plus 12 bytes per channel per tile of workspace
 (3 fp32 planes: aggregate A, V and inclusive state), filled with SENTINEL before the launch. A value and
@@ -239,6 +239,17 @@ def _widen(v, opaque_zero):
         return bits.to(v.dtype, bitcast=True).to(tl.float32)
 
 
+@triton.jit
+def _scan_from(a, v, entering, r, opaque_zero):
+    """Pairs (a, v) (WARPS, ROWS, BLOCK_D) as loaded, entering (WARPS, BLOCK_D) the state entering each sub-tile
+    -> (WARPS, ROWS, BLOCK_D) fp32, each sub-tile's rows scanned from it (step 3): the state is folded into the
+    first row's v, v_0 + a_0 · entering. r: tl.arange(0, ROWS)."""
+    a = _widen(a, opaque_zero)
+    v = _widen(v, opaque_zero) + tl.where((r == 0)[None, :, None], a * entering[:, None, :], 0.0)
+    _, h = tl.associative_scan((a, v), axis=1, combine_fn=_combine)
+    return h
+
+
 @triton.jit(do_not_specialize=["opaque_zero"])
 def _lookback_fwd_kernel(
     # pointers
@@ -300,9 +311,7 @@ def _lookback_fwd_kernel(
 
     # 3. the states: each sub-tile's rows scanned from the state entering it (folded into its first row's x)
     entering = excl_A * carry + excl_H  # (WARPS, BLOCK_D)
-    a = _widen(a, opaque_zero)
-    x = _widen(x, opaque_zero) + tl.where((r == 0)[None, :, None], a * entering[:, None, :], 0.0)
-    _, h = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
+    h = _scan_from(a, x, entering, r, opaque_zero)
     if t0 + BLOCK_T <= T:
         _store_tall_tile(h_first, h, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
     else:
@@ -379,9 +388,7 @@ def _lookback_bwd_kernel(
 
     # 3. the gradients: each sub-tile's rows scanned from the gradient entering it (from its end)
     entering = excl_A * carry + excl_G  # (WARPS, BLOCK_D)
-    a_next = _widen(a_next, opaque_zero)
-    dh_out = _widen(dh_out, opaque_zero) + tl.where((r == 0)[None, :, None], a_next * entering[:, None, :], 0.0)
-    _, dh = tl.associative_scan((a_next, dh_out), axis=1, combine_fn=_combine)
+    dh = _scan_from(a_next, dh_out, entering, r, opaque_zero)
     if whole:
         _store_tall_tile(dx_first, dh, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
     else:

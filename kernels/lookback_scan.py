@@ -5,8 +5,8 @@ Decoupled Look-back"): h_t = a_t ⊙ h_{t-1} + x_t over (B, T, D), and its fused
 serve (`associative_scan._lookback_instead`): where B · D leaves SMs idle and the T-parallel path would
 re-read its inputs (long T, small batch), and where its one-chunk programs fill the SMs unevenly at long T.
 There, over tall tiles (a warp per sub-tile of ROWS rows) with a look-back by every warp for itself, on an
-H100 (kernels/benchmarks/NOTES.md, attempts 17, 18 and 20; `results/lookback_rescan_h100.log`): at
-(1, 131072, 512) bf16 0.81 / 0.83 of copy bandwidth forward / backward against the T-parallel path's
+H100 (kernels/benchmarks/NOTES.md, attempts 17, 18, 20 and 21; `results/lookback_rescan_h100.log`): at
+(1, 131072, 512) bf16 0.83 / 0.83 of copy bandwidth forward / backward against the T-parallel path's
 0.51 / 0.59 (fp32: 0.92 / 0.96 against 0.57 / 0.67); at (4, 16384, 5120) fp16 0.95 / 0.94 against the
 one-chunk path's 0.88 / 0.87. Where B · D fills the SMs evenly the one-chunk path is as fast or faster. Its
 low bits can vary between runs: the order in which a tile combines its predecessors depends on timing.
@@ -360,6 +360,8 @@ def _lookback_bwd_kernel(
     # meta-parameters: a tile is WARPS sub-tiles of ROWS rows, one per warp (BLOCK_T = WARPS · ROWS rows)
     ROWS: tl.constexpr, WARPS: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr,
     WINDOW: tl.constexpr,  # predecessors read per look-back step
+    EVEN_T: tl.constexpr,  # T % (WARPS · ROWS) == 0: every tile is whole (its first and last rows may still lack
+    # a_{t+1} or h_{t-1})
     EVEN_D: tl.constexpr,  # D % BLOCK_D == 0: no channel masks
     HAS_H0: tl.constexpr, HAS_DH_T: tl.constexpr,
     PUBLISH_INCLUSIVE: tl.constexpr,  # False (tests only): only the first tile visited publishes its state
@@ -387,7 +389,12 @@ def _lookback_bwd_kernel(
     # 1. each sub-tile's total of (a_{t+1}, dh_t^out) from a zero gradient at its end, then across sub-tiles.
     # Whole: every row has a real a_{t+1} (t + 1 < T) and a real h_{t-1} (t >= 1).
     whole = (t0 > 0) & (t0 + BLOCK_T < T)
-    if whole:
+    if EVEN_T:  # one copy of the code, masked by rows only where a row may be missing (NOTES #21)
+        a_next = _load_tall_tile(a_next_first, rows, cols3, stride_a_t, stride_a_d, 0, T - 1 - t0, D - d0, 1.0,
+                                 False, EVEN_D)
+        dh_out = _load_tall_tile(dh_first, rows, cols3, stride_dh_t, stride_dh_d, 0, 0, D - d0, 0.0, True, EVEN_D)
+        h_prev = _load_tall_tile(h_prev_first, rows, cols3, D, 1, 1 - t0, T - t0, D - d0, 0.0, False, EVEN_D)
+    elif whole:
         a_next = _load_tall_tile(a_next_first, rows, cols3, stride_a_t, stride_a_d, 0, 0, D - d0, 1.0, True, EVEN_D)
         dh_out = _load_tall_tile(dh_first, rows, cols3, stride_dh_t, stride_dh_d, 0, 0, D - d0, 0.0, True, EVEN_D)
         h_prev = _load_tall_tile(h_prev_first, rows, cols3, D, 1, 0, 0, D - d0, 0.0, True, EVEN_D)
@@ -406,7 +413,9 @@ def _lookback_bwd_kernel(
     # 3. the gradients: each sub-tile's rows scanned from the gradient entering it (from its end)
     entering = excl_A * carry + excl_G  # (WARPS, BLOCK_D)
     dh = _scan_from(a_next, dh_out, entering, r, opaque_zero)
-    if whole:
+    if EVEN_T:
+        _store_tall_tile(dx_first, dh, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
+    elif whole:
         _store_tall_tile(dx_first, dh, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
     else:
         _store_tall_tile(dx_first, dh, rows, cols3, D, T - t0, D - d0, False, EVEN_D)
@@ -414,7 +423,9 @@ def _lookback_bwd_kernel(
     if HAS_H0:
         h0 = tl.load(h0_ptr + b * stride_h0_b + (d0 + cols) * stride_h0_d, mask=mask_d, other=0.0)
         h_prev = tl.where(rows == -t0, h0.to(tl.float32)[None, None, :], h_prev)
-    if whole:
+    if EVEN_T:
+        _store_tall_tile(da_first, dh * h_prev, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
+    elif whole:
         _store_tall_tile(da_first, dh * h_prev, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
     else:
         _store_tall_tile(da_first, dh * h_prev, rows, cols3, D, T - t0, D - d0, False, EVEN_D)
@@ -436,9 +447,10 @@ def _lookback_bwd_kernel(
 # 18: it beat the whole program's best safe window, 2; the whole program's window of 1 returned NaNs, see
 # `_check_config`); inputs held across the look-back and scanned after it, and the cap (attempt 20). At 2 bytes
 # per element the forward's 256-row tile and the backward's 128-row tile then fit 168 registers on sm_90 (no
-# spills; the backward with h0 and dh_T: 15 spill instructions; uncapped: 250 registers forward, 254 backward at
-# B >= 2, two programs per SM), which took (1, 131072, 512) bf16 from 0.71 / 0.79 of copy bandwidth forward /
-# backward (`results/lookback_rescan_probe1_h100.log`) to 0.81 / 0.83 on an H100. fp32 tiles hold twice the
+# spills; the backward with h0 and dh_T when T is not a whole number of tiles: 15 spill instructions; uncapped: 250
+# registers forward, 254 backward at B >= 2, two programs per SM), which took (1, 131072, 512) bf16 from 0.71 / 0.79
+# of copy bandwidth forward / backward (`results/lookback_rescan_probe1_h100.log`) to 0.81 / 0.83 on an H100, and
+# 0.83 / 0.83 with EVEN_T (attempt 21: one copy of the tile code when T is whole tiles). fp32 tiles hold twice the
 # bytes: capped, the backward spills (CPU-side sm_90 compile), and the uncapped 256-row forward lost to the
 # 128-row one (0.88 against 0.92 at (1, 131072, 512)).
 FORWARD_TILES = {  # element size (bytes): tile
@@ -536,7 +548,7 @@ def lookback_scan_bwd(a, h, h0, dh, dh_T, config=None, publish_inclusive=True, l
     grid = (_cdiv(T, block_t) * B * _cdiv(D, config["BLOCK_D"]),)
     _lookback_bwd_kernel[grid](
         a, h, h0, dh, dh_T, dx, da, dh0, state, 0, B, T, D, *a.stride(), *h0_strides, *dh.stride(), *dh_T_strides,
-        EVEN_D=D % config["BLOCK_D"] == 0, HAS_H0=h0 is not None, HAS_DH_T=dh_T is not None,
+        EVEN_T=T % block_t == 0, EVEN_D=D % config["BLOCK_D"] == 0, HAS_H0=h0 is not None, HAS_DH_T=dh_T is not None,
         PUBLISH_INCLUSIVE=publish_inclusive, LOOK_BACK=look_back, **_launch_options(config),
     )
     return dx, da, dh0

@@ -43,14 +43,15 @@ CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuob
 POINTER_TYPES = {"h_T_ptr": "*fp32", "init_ptr": "*fp32", "A_ptr": "*fp32", "V_ptr": "*fp32", "state_ptr": "*i32"}
 KERNELS = {  # name: (kernel, its constexpr flags, the table's pass whose tile it runs, or lookback_scan's):
     # one-chunk forward with h_T and whole tiles only, backward with h0 and dh_T, the forward's chunk summary,
-    # and the look-back forward (whole tiles only) and backward (linear_scan's at long T)
+    # and the look-back forward and backward (linear_scan's at long T), whole tiles only
     "fwd": (scan._scan_fwd_kernel, dict(HAS_INIT=False, STORE_FINAL=True, EVEN_T=True), "forward"),
     "bwd": (scan._scan_bwd_kernel, dict(HAS_H0=True, HAS_INIT=True), "backward"),
     "summary": (scan._chunk_summary_kernel, dict(REVERSE=False), "forward"),
     "lb fwd": (lookback._lookback_fwd_kernel,
                dict(HAS_H0=False, STORE_FINAL=True, EVEN_T=True, PUBLISH_INCLUSIVE=True, LOOK_BACK=True), "look-back"),
     "lb bwd": (lookback._lookback_bwd_kernel,
-               dict(HAS_H0=True, HAS_DH_T=True, PUBLISH_INCLUSIVE=True, LOOK_BACK=True), "look-back backward"),
+               dict(HAS_H0=True, HAS_DH_T=True, EVEN_T=True, PUBLISH_INCLUSIVE=True, LOOK_BACK=True),
+               "look-back backward"),
 }
 DTYPES = {2: "bf16", 4: "fp32"}
 

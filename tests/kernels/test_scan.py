@@ -100,10 +100,12 @@ def test_matches_reference(impl, dtype, shape, gen):
 @pytest.mark.parametrize("with_h0, h0_dtype", [(False, None), (True, torch.float32), (True, torch.bfloat16)],
                          ids=["no-h0", "h0-fp32", "h0-bf16"])
 @pytest.mark.parametrize("output_final_state", [False, True])
-def test_optional_state(impl, with_h0, output_final_state, h0_dtype, gen):
-    """h0 absent or present (fp32, or x's dtype), h_T returned or not; bf16 inputs."""
+@pytest.mark.parametrize("T", [BLOCK_T + 7, 2 * BLOCK_T], ids=["ragged", "whole-tiles"])
+def test_optional_state(impl, with_h0, output_final_state, h0_dtype, T, gen):
+    """h0 absent or present (fp32, or x's dtype), h_T returned or not; bf16 inputs, T ragged or whole tiles (the
+    kernels' EVEN_T paths, whose masks at the ends of T differ)."""
     dtype = torch.bfloat16
-    x, a, h0, dy, dh_T = make_inputs(2, BLOCK_T + 7, 5, dtype, gen, DEVICE, with_h0=with_h0, h0_dtype=h0_dtype)
+    x, a, h0, dy, dh_T = make_inputs(2, T, 5, dtype, gen, DEVICE, with_h0=with_h0, h0_dtype=h0_dtype)
     out = outputs_and_grads(_impl(impl), x, a, h0, dy, dh_T, output_final_state)
     ref_d = reference_in_dtype(x, a, h0, dy, dh_T, output_final_state, _interpreted(impl))
     ref64 = oracle(x, a, h0, dy, dh_T, output_final_state)

@@ -36,6 +36,10 @@ class LinearScanFunction(torch.autograd.Function):
 
 
 def apply_scan(x, a, h0, output_final_state: bool, forward: Callable, backward: Callable, **opts):
-    """Run an implementation with autograd; always returns (h, h_T | None)."""
+    """Run an implementation with autograd; always returns (h, h_T | None). Where no gradient can flow (grad mode
+    off, or no input requires one) the forward runs alone: autograd.Function.apply costs tens of µs of host
+    time, more than the kernels take at small shapes (NOTES #21)."""
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, a, h0))):
+        return forward(x, a, h0, output_final_state, **opts)
     out = LinearScanFunction.apply(x, a, h0, output_final_state, forward, backward, opts)
     return out if output_final_state else (out, None)

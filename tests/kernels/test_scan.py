@@ -297,6 +297,23 @@ def test_return_is_always_a_pair():
         assert isinstance(out, tuple) and len(out) == 2 and out[1] is None
 
 
+@pytest.mark.parametrize("impl", ["triton", "sequential", "auto"])
+def test_autograd_records_the_scan_only_where_a_gradient_can_flow(impl, gen):
+    """Without inputs that require grad, or under no_grad, the forward runs without autograd.Function (its host
+    time exceeds the kernels' at small shapes): same outputs, no graph. With them, the graph is there."""
+    x, a, h0, _, _ = make_inputs(2, 5, 3, torch.float32, gen, DEVICE)
+    plain = linear_scan(x, a, h0, impl=impl, output_final_state=True)
+    assert all(t.grad_fn is None for t in plain)
+    leaves = [t.detach().requires_grad_() for t in (x, a, h0)]
+    recorded = linear_scan(*leaves, impl=impl, output_final_state=True)
+    assert all(t.grad_fn is not None for t in recorded)
+    with torch.no_grad():
+        unrecorded = linear_scan(*leaves, impl=impl, output_final_state=True)
+    assert all(t.grad_fn is None for t in unrecorded)
+    for p, r, u in zip(plain, recorded, unrecorded):
+        assert torch.equal(p, r) and torch.equal(p, u)
+
+
 def _is_valid_tile(t: dict) -> bool:
     """Powers of two (tl.arange), and BLOCK_D = 32 lanes · VEC · num_warps (whole columns per thread) or half
     that (rows over two lanes), as the kernels' layout is built for (associative_scan._thread_columns)."""

@@ -544,7 +544,7 @@ def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None
     chunk_t: rows of T per program (None: by shape). config: tile meta-parameters (None: `tile_config`).
     With both None, where B · D leaves SMs idle (T would be cut into chunks) or fills them unevenly, the
     forward is instead one pass over tall tiles chained by a decoupled look-back (`lookback_scan.py`, NOTES
-    #17-20: on an H100 0.81 of copy bandwidth against 0.51 at (1, 131072, 512) bf16, 0.95 against 0.88 at
+    #17-21: on an H100 0.83 of copy bandwidth against 0.51 at (1, 131072, 512) bf16, 0.95 against 0.88 at
     (4, 16384, 5120) fp16), unless torch's deterministic algorithms are on (see `_lookback_instead`)."""
     B, T, D = x.shape
     auto = chunk_t is None and config is None
@@ -577,8 +577,8 @@ def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None
 def associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=None, config=None):
     """a, h, dh: (B, T, D); h0, dh_T: (B, D) | None -> dx, da: (B, T, D) a.dtype, dh0: (B, D) h0.dtype | None.
 
-    chunk_t, config: as in `associative_scan_fwd`, and so is the choice of the look-back pass (NOTES #18-20,
-    on an H100: 0.83 of copy bandwidth against 0.59 at (1, 131072, 512) bf16, 0.94 against 0.87 at
+    chunk_t, config: as in `associative_scan_fwd`, and so is the choice of the look-back pass (NOTES #18-21,
+    on an H100: 0.83 of copy bandwidth against 0.60 at (1, 131072, 512) bf16, 0.93 against 0.87 at
     (4, 16384, 5120) fp16)."""
     B, T, D = a.shape
     auto = chunk_t is None and config is None

@@ -7,7 +7,7 @@ re-read its inputs (long T, small batch), and where its one-chunk programs fill 
 There, over tall tiles (a warp per sub-tile of ROWS rows) with a look-back by every warp for itself, on an
 H100 (kernels/benchmarks/NOTES.md, attempts 17, 18, 20 and 21; `results/lookback_rescan_h100.log`): at
 (1, 131072, 512) bf16 0.83 / 0.83 of copy bandwidth forward / backward against the T-parallel path's
-0.51 / 0.59 (fp32: 0.92 / 0.96 against 0.57 / 0.67); at (4, 16384, 5120) fp16 0.95 / 0.94 against the
+0.51 / 0.60 (fp32: 0.92 / 0.97 against 0.57 / 0.66); at (4, 16384, 5120) fp16 0.95 / 0.93 against the
 one-chunk path's 0.88 / 0.87. Where B · D fills the SMs evenly the one-chunk path is as fast or faster. Its
 low bits can vary between runs: the order in which a tile combines its predecessors depends on timing.
 `python -m kernels.benchmarks.lookback` times it against the committed kernels.
@@ -309,7 +309,7 @@ def _lookback_fwd_kernel(
 
     # 1. each sub-tile's total (the last tile's padding rows: the identity, a=1, x=0), then the sub-tiles'
     # totals scanned across warps, and the tile's total
-    if EVEN_T:  # one copy of the code: the kernel is smaller and faster (NOTES #21)
+    if EVEN_T:  # one copy of the code: 2208 SASS instructions instead of 3352 at bf16, and faster (NOTES #21)
         x, a = _load_fwd_tile(x_first, a_first, rows, cols3, stride_x_t, stride_x_d, stride_a_t, stride_a_d,
                               T - t0, D - d0, True, EVEN_D)
     elif t0 + BLOCK_T <= T:

@@ -1,4 +1,4 @@
-"""The decoupled look-back scan (kernels/lookback_scan.py, NOTES.md attempts 12, 17-20) against the committed
+"""The decoupled look-back scan (kernels/lookback_scan.py, NOTES.md attempts 12, 17-21) against the committed
 associative scan: agreement, run-to-run reproducibility, and the forward and backward launchers' time
 (replayed from a CUDA graph; the look-back's workspace fill included) as a fraction of the copy bandwidth
 measured in the same run, at the efficiency shapes.

@@ -8,7 +8,8 @@ There, over tall tiles (a warp per sub-tile of ROWS rows) with a look-back by ev
 H100 (kernels/benchmarks/NOTES.md, attempts 17, 18, 20 and 21; `results/lookback_rescan_h100.log`): at
 (1, 131072, 512) bf16 0.83 / 0.83 of copy bandwidth forward / backward against the T-parallel path's
 0.51 / 0.60 (fp32: 0.92 / 0.97 against 0.57 / 0.66); at (4, 16384, 5120) fp16 0.95 / 0.93 against the
-one-chunk path's 0.88 / 0.87. Where B · D fills the SMs evenly the one-chunk path is as fast or faster. Its
+one-chunk path's 0.88 / 0.87. Where B · D fills the SMs evenly the one-chunk forward is faster at 2 bytes per
+element (0.84 against 0.81 at (8, 2048, 2048) bf16; the backward and fp32 are within 0.01), and it is kept. Its
 low bits can vary between runs: the order in which a tile combines its predecessors depends on timing.
 `python -m kernels.benchmarks.lookback` times it against the committed kernels.
 

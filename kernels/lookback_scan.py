@@ -310,10 +310,8 @@ def _lookback_fwd_kernel(
 
     # 1. each sub-tile's total (the last tile's padding rows: the identity, a=1, x=0), then the sub-tiles'
     # totals scanned across warps, and the tile's total
-    if EVEN_T:  # one copy of the code: 2208 SASS instructions instead of 3352 at bf16, and faster (NOTES #21)
-        x, a = _load_fwd_tile(x_first, a_first, rows, cols3, stride_x_t, stride_x_d, stride_a_t, stride_a_d,
-                              T - t0, D - d0, True, EVEN_D)
-    elif t0 + BLOCK_T <= T:
+    whole = (t0 + BLOCK_T <= T) | EVEN_T  # EVEN_T: the masked copy is folded away (NOTES #21)
+    if whole:
         x, a = _load_fwd_tile(x_first, a_first, rows, cols3, stride_x_t, stride_x_d, stride_a_t, stride_a_d,
                               T - t0, D - d0, True, EVEN_D)
     else:
@@ -328,9 +326,7 @@ def _lookback_fwd_kernel(
     # 3. the states: each sub-tile's rows scanned from the state entering it (folded into its first row's x)
     entering = excl_A * carry + excl_H  # (WARPS, BLOCK_D)
     h = _scan_from(a, x, entering, r, opaque_zero)
-    if EVEN_T:
-        _store_tall_tile(h_first, h, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
-    elif t0 + BLOCK_T <= T:
+    if whole:
         _store_tall_tile(h_first, h, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
     else:
         _store_tall_tile(h_first, h, rows, cols3, D, T - t0, D - d0, False, EVEN_D)
@@ -414,9 +410,7 @@ def _lookback_bwd_kernel(
     # 3. the gradients: each sub-tile's rows scanned from the gradient entering it (from its end)
     entering = excl_A * carry + excl_G  # (WARPS, BLOCK_D)
     dh = _scan_from(a_next, dh_out, entering, r, opaque_zero)
-    if EVEN_T:
-        _store_tall_tile(dx_first, dh, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
-    elif whole:
+    if whole | EVEN_T:
         _store_tall_tile(dx_first, dh, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
     else:
         _store_tall_tile(dx_first, dh, rows, cols3, D, T - t0, D - d0, False, EVEN_D)
@@ -424,9 +418,7 @@ def _lookback_bwd_kernel(
     if HAS_H0:
         h0 = tl.load(h0_ptr + b * stride_h0_b + (d0 + cols) * stride_h0_d, mask=mask_d, other=0.0)
         h_prev = tl.where(rows == -t0, h0.to(tl.float32)[None, None, :], h_prev)
-    if EVEN_T:
-        _store_tall_tile(da_first, dh * h_prev, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
-    elif whole:
+    if whole | EVEN_T:
         _store_tall_tile(da_first, dh * h_prev, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
     else:
         _store_tall_tile(da_first, dh * h_prev, rows, cols3, D, T - t0, D - d0, False, EVEN_D)

@@ -70,6 +70,16 @@ def copy_ms(nbytes: int, device: str | None = None) -> float:
     return bench_ms(lambda: dst.copy_(src))
 
 
+def add_ms(B: int, T: int, D: int, dtype: torch.dtype) -> float:
+    """bench_ms of h = x + a at (B, T, D): an elementwise kernel that reads and writes exactly the scan
+    forward's bytes (x and a in, h out) with no dependency along T, in torch's own kernel: what the forward
+    could reach under the same timing if the scan were free. Unlike a copy of the same number of bytes, it
+    also has the forward's mix of two reads to one write."""
+    x, a = scan_inputs(B, T, D, dtype)
+    h = torch.empty_like(x)
+    return bench_ms(lambda: torch.add(x, a, out=h))
+
+
 def scan_bytes(B: int, T: int, D: int, dtype: torch.dtype, backward: bool) -> int:
     """Fewest bytes a scan must move: forward reads x, a and writes h (3·N·s); the backward adds
     reading dh, a, h and writing dx, da (8·N·s in all)."""

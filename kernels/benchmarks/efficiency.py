@@ -10,6 +10,8 @@ Minimal bytes: forward 3·N·s (read x, a; write h), forward+backward 8·N·s (N
 Each row also times a plain device-to-device copy of the same bytes, eagerly under the same do_bench timing
 (`copy_ms`): `frac_of_same_copy` = copy time / scan time, how close the scan comes to the best a kernel of
 that size is timed at. (A copy of 100 MB reaches only ~0.85 of the 2 GB copy's bandwidth: NOTES #16.)
+Forward rows also time h = x + a (`add_ms`): the forward's exact traffic, two reads to one write, with no
+scan; `frac_of_same_add` = its time / the scan's.
 
     python -m kernels.benchmarks.efficiency [--out kernels/benchmarks/results] [--smoke]
 """
@@ -25,7 +27,7 @@ import torch
 
 from kernels import linear_scan
 
-from .common import (DEVICE, bench_graph_ms, bench_ms, copy_bandwidth_gbs, copy_ms, print_table, run_info,
+from .common import (DEVICE, add_ms, bench_graph_ms, bench_ms, copy_bandwidth_gbs, copy_ms, print_table, run_info,
                      scan_bytes, scan_inputs, write_csv)
 
 SHAPES = [  # (B, T, D, dtype)
@@ -71,12 +73,21 @@ def same_bytes_copy_ms(nbytes: int) -> float:
     return copy_ms(nbytes)
 
 
+@functools.lru_cache(maxsize=None)
+def same_traffic_add_ms(B: int, T: int, D: int, dtype: torch.dtype) -> float:
+    """`add_ms` at a shape, timed once per shape in a run."""
+    return add_ms(B, T, D, dtype)
+
+
 def row(impl, B, T, D, dtype, pass_, ms, copy_gbs) -> dict:
-    nbytes = scan_bytes(B, T, D, dtype, pass_.startswith("fwd+bwd"))
+    backward = pass_.startswith("fwd+bwd")
+    nbytes = scan_bytes(B, T, D, dtype, backward)
     gbs = nbytes / ms / 1e6
     same_copy = same_bytes_copy_ms(nbytes)
+    same_add = float("nan") if backward else same_traffic_add_ms(B, T, D, dtype)
     return dict(impl=impl, pass_=pass_, B=B, T=T, D=D, dtype=str(dtype).split(".")[-1],
-                ms=ms, GBps=gbs, frac_of_copy=gbs / copy_gbs, copy_ms=same_copy, frac_of_same_copy=same_copy / ms)
+                ms=ms, GBps=gbs, frac_of_copy=gbs / copy_gbs, copy_ms=same_copy, frac_of_same_copy=same_copy / ms,
+                add_ms=same_add, frac_of_same_add=same_add / ms)
 
 
 def main() -> None:
@@ -99,7 +110,8 @@ def main() -> None:
             sweep_rows.append(row(impl, sweep["B"], T, sweep["D"], sweep["dtype"], pass_, ms, copy_gbs))
         torch.cuda.empty_cache() if DEVICE == "cuda" else None
     print(f"\nForward vs sequence length (B={sweep['B']}, D={sweep['D']}, {sweep['dtype']}):")
-    print_table(sweep_rows, ["impl", "pass_", "T", "ms", "GBps", "frac_of_copy", "copy_ms", "frac_of_same_copy"])
+    print_table(sweep_rows, ["impl", "pass_", "T", "ms", "GBps", "frac_of_copy", "copy_ms", "frac_of_same_copy",
+                             "add_ms", "frac_of_same_add"])
 
     shape_rows = []
     for B, T, D, dtype in shapes:
@@ -110,7 +122,7 @@ def main() -> None:
         torch.cuda.empty_cache() if DEVICE == "cuda" else None
     print(f"\nTraining and long-sequence shapes (copy bandwidth {copy_gbs:.0f} GB/s, read + write):")
     print_table(shape_rows, ["impl", "pass_", "B", "T", "D", "dtype", "ms", "GBps", "frac_of_copy", "copy_ms",
-                             "frac_of_same_copy"])
+                             "frac_of_same_copy", "add_ms", "frac_of_same_add"])
 
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "efficiency_sweep.csv", sweep_rows)
@@ -143,15 +155,18 @@ def plot(sweep_rows, shape_rows, info, path: Path) -> None:
     ax1.legend()
 
     labels = sorted({(r["B"], r["T"], r["D"], r["dtype"]) for r in shape_rows}, key=lambda k: k[0] * k[1] * k[2])
-    # the copy of a pass's bytes, then each scan's series; fraction = minimal bytes / time / copy bandwidth
-    series = [("copy", p) for p in ("fwd", "fwd+bwd")] + [(i, p) for i in ("triton", "sequential") for p in PASSES]
+    # x + a and the copies of a pass's bytes, then each scan's series; fraction = minimal bytes / time / copy
+    # bandwidth (the comparators' time in place of the scan's)
+    series = ([("add", "fwd")] + [("copy", p) for p in ("fwd", "fwd+bwd")]
+              + [(i, p) for i in ("triton", "sequential") for p in PASSES])
     width = 0.8 / len(series)
     for i, (impl, pass_) in enumerate(series):
-        if impl == "copy":
+        if impl in ("add", "copy"):
             rows = [next(r for r in shape_rows if (r["B"], r["T"], r["D"], r["dtype"]) == k and r["pass_"] == pass_)
                     for k in labels]
-            vals = [r["frac_of_copy"] * r["ms"] / r["copy_ms"] for r in rows]
-            style = dict(color="0.35" if pass_ == "fwd" else "0.65", label=f"copy of the {pass_}'s bytes")
+            vals = [r["frac_of_copy"] * r["ms"] / r[f"{impl}_ms"] for r in rows]
+            style = (dict(color="0.15", label="x + a (the forward's traffic)") if impl == "add" else
+                     dict(color="0.35" if pass_ == "fwd" else "0.65", label=f"copy of the {pass_}'s bytes"))
         else:
             vals = [next(r["frac_of_copy"] for r in shape_rows if (r["B"], r["T"], r["D"], r["dtype"]) == k
                          and r["impl"] == impl and r["pass_"] == pass_) for k in labels]

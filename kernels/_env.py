@@ -1,7 +1,11 @@
-"""Whether Triton runs interpreted on the CPU (TRITON_INTERPRET=1, read by triton when it is imported)."""
+"""Whether Triton runs interpreted on the CPU (TRITON_INTERPRET, read by triton when it is imported).
 
-import os
+Asks Triton itself, so that every spelling it accepts ("1", "true", "on", "yes", any case) or refuses
+("false", "off", "2", ...) means the same here as in its JIT.
+"""
+
+import triton
 
 
 def triton_interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return bool(triton.knobs.runtime.interpret)

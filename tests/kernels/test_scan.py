@@ -133,6 +133,21 @@ def test_strided_views(impl, gen):
         assert rel_err(out, truth, scale=1.0) <= 1e-5, name
 
 
+@pytest.mark.parametrize("impl", ["triton", "sequential"])
+@pytest.mark.parametrize("with_h0, output_final_state", [(True, True), (False, False)])
+def test_batches_above_the_grid_limit_run_in_slices(impl, with_h0, output_final_state, monkeypatch, gen):
+    """CUDA grids hold at most 65535 programs along y and z, where the kernels put B: a larger batch runs in
+    slices. The limit is lowered to 2 here so that B = 5 takes three slices (the last one ragged)."""
+    import kernels
+
+    monkeypatch.setattr(kernels, "MAX_BATCH_PER_LAUNCH", 2)
+    x, a, h0, dy, dh_T = make_inputs(5, BLOCK_T + 3, 7, torch.float32, gen, DEVICE, with_h0=with_h0)
+    out = outputs_and_grads(_impl(impl), x, a, h0, dy, dh_T, output_final_state)
+    ref_d = reference_in_dtype(x, a, h0, dy, dh_T, output_final_state, _interpreted(impl))
+    ref64 = oracle(x, a, h0, dy, dh_T, output_final_state)
+    assert_close_to_oracle(out, ref_d, ref64, torch.float32, f"{impl} in slices", _interpreted(impl))
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_non_finite_inputs_propagate_like_the_reference(impl, gen):
     B, T, D = 1, 40, 4
@@ -283,9 +298,10 @@ def test_tile_config_rejects_other_dtypes():
         tile_config(torch.float64)
 
 
+@pytest.mark.parametrize("off", ["0", "false", "off"])  # spelled as Triton reads them: all mean "compile"
 @pytest.mark.parametrize("impl", ["triton", "sequential"])
-def test_triton_on_cpu_without_the_interpreter_says_how_to_fix_it(impl, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+def test_triton_on_cpu_without_the_interpreter_says_how_to_fix_it(impl, off, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", off)
     with pytest.raises(ValueError, match=r"impl='auto' or\s+impl='reference'.*TRITON_INTERPRET=1"):
         linear_scan(*_good(), impl=impl)
 

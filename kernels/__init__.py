@@ -14,6 +14,9 @@ from .torch_scan import linear_scan_torch
 __all__ = ["linear_scan", "IMPLS"]
 
 IMPLS = ("auto", "triton", "sequential", "reference")
+# CUDA caps a launch grid's y and z axes at 65535 programs, and the Triton kernels index the batch there: a larger
+# batch is scanned in slices of at most this many sequences.
+MAX_BATCH_PER_LAUNCH = 65535
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -64,6 +67,8 @@ def linear_scan(
         return linear_scan_reference(x, a, h0, output_final_state)
     if impl == "torch":
         return linear_scan_torch(x, a, h0, output_final_state)
+    if x.shape[0] > MAX_BATCH_PER_LAUNCH:
+        return _in_batch_slices(x, a, h0, impl, output_final_state)
     if impl == "triton":
         from .associative_scan import linear_scan_associative
 
@@ -71,6 +76,18 @@ def linear_scan(
     from .sequential_scan import linear_scan_sequential
 
     return linear_scan_sequential(x, a, h0, output_final_state)
+
+
+def _in_batch_slices(x, a, h0, impl, output_final_state):
+    """`linear_scan` over slices of at most MAX_BATCH_PER_LAUNCH sequences, outputs concatenated along B."""
+    parts = [
+        linear_scan(x[i : i + MAX_BATCH_PER_LAUNCH], a[i : i + MAX_BATCH_PER_LAUNCH],
+                    None if h0 is None else h0[i : i + MAX_BATCH_PER_LAUNCH], impl=impl,
+                    output_final_state=output_final_state)
+        for i in range(0, x.shape[0], MAX_BATCH_PER_LAUNCH)
+    ]
+    h = torch.cat([h for h, _ in parts])
+    return h, torch.cat([h_T for _, h_T in parts]) if output_final_state else None
 
 
 def _check_inputs(x, a, h0, impl, output_final_state) -> None:

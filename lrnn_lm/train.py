@@ -7,7 +7,8 @@ the whole validation and test splits, prints a summary and writes it to run_dir/
 Checkpoints, in run_dir/checkpoints, written by Lightning on rank 0, atomically (a kill while writing leaves
 the previous file): last.ckpt every trainer.checkpoint_every steps and at the end, best.ckpt at the lowest
 val/loss. A checkpoint holds the model, optimizer, scheduler, loop progress, the data position (see
-resumable_loader.py), the config and the tokenizer, in plain containers, and is loaded with weights_only=True.
+resumable_loader.py), torch's random state (`RNGState`), the config and the tokenizer, in plain containers,
+and is loaded with weights_only=True.
 
 A non-finite loss stops the run before the optimizer step (see lit_module.py): last.ckpt stays the last good state.
 """
@@ -27,6 +28,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ThroughputMonitor, Timer
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 
 from .config import Config, TrainerConfig, load_config
 from .data import LMDataModule
@@ -71,6 +73,7 @@ def train(cfg: Config, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
             best,
             *(monitors if logger else []),
             timer,
+            RNGState(),
             *callbacks,
         ],
     )
@@ -100,6 +103,27 @@ def train(cfg: Config, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(format_summary(summary, run_dir))
     return summary
+
+
+class RNGState(Callback):
+    """Keeps torch's random state (dropout's masks) in every checkpoint and restores it when fit resumes, so that
+    a resumed run draws the masks the uninterrupted one would have. Lightning's checkpoints do not hold it, and
+    `train` seeds every run from the start. The CUDA state is the current device's, each rank's own (in DDP every
+    rank is seeded alike, so rank 0's state, the one written, is every rank's). The data order has its own
+    (resumable_loader.py)."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
+        on_cuda = module.device.type == "cuda"
+        checkpoint["rng_states"] = {"cpu": torch.get_rng_state(),
+                                    "cuda": torch.cuda.get_rng_state(module.device) if on_cuda else None}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states is None or trainer.state.fn != TrainerFn.FITTING:  # evaluation draws nothing
+            return
+        torch.set_rng_state(states["cpu"])
+        if states["cuda"] is not None and module.device.type == "cuda":
+            torch.cuda.set_rng_state(states["cuda"], module.device)
 
 
 def _evaluation(logged: dict[str, Any], prefix: str) -> dict[str, float | int]:

@@ -131,10 +131,11 @@ def test_sigkill_then_resume_continues_from_the_checkpoint(tmp_path, corpus):
 @pytest.mark.slow
 @pytest.mark.parametrize("checkpoint_at", ["mid-epoch", "end-of-epoch"])
 def test_resumed_run_sees_the_same_batches_and_ends_with_the_same_weights(tmp_path, corpus, checkpoint_at):
-    """Crash after a checkpoint, resume, and compare with an uninterrupted run, across an epoch boundary."""
+    """Crash after a checkpoint, resume, and compare with an uninterrupted run, across an epoch boundary. With
+    dropout on, so that the resumed run must also draw the masks the uninterrupted one drew."""
     def config(name, **fields):
         overrides = tiny_overrides(tmp_path / name, corpus, data__seq_len=256, trainer__val_every=1000,
-                                   trainer__logger="none", **fields)
+                                   trainer__logger="none", model__dropout=0.2, **fields)
         return load_config(None, overrides)
 
     data = LMDataModule(config("probe").data, vocab_size=512)  # to count the batches of an epoch

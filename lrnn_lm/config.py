@@ -26,6 +26,10 @@ def _check(cond: bool, name: str, expected: str, got: Any) -> None:
         raise ValueError(f"{name}: expected {expected}, got {got!r}")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 4096
@@ -118,11 +122,13 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(isinstance(self.source, str) and self.source != "", "data.source", "a non-empty string", self.source)
         _check(0 < self.val_fraction < 0.5, "data.val_fraction", "in (0, 0.5)", self.val_fraction)
-        _check(self.seq_len >= 2, "data.seq_len", ">= 2", self.seq_len)
-        _check(self.batch_size >= 1, "data.batch_size", ">= 1", self.batch_size)
-        _check(self.num_workers >= 0, "data.num_workers", ">= 0", self.num_workers)
-        _check(self.max_train_docs is None or self.max_train_docs >= 1, "data.max_train_docs", "None or >= 1",
-               self.max_train_docs)
+        _check(_is_int(self.seq_len) and self.seq_len >= 2, "data.seq_len", "an integer >= 2", self.seq_len)
+        _check(_is_int(self.batch_size) and self.batch_size >= 1, "data.batch_size", "an integer >= 1",
+               self.batch_size)
+        _check(_is_int(self.num_workers) and self.num_workers >= 0, "data.num_workers", "an integer >= 0",
+               self.num_workers)
+        _check(self.max_train_docs is None or (_is_int(self.max_train_docs) and self.max_train_docs >= 1),
+               "data.max_train_docs", "None or an integer >= 1", self.max_train_docs)
 
 
 @dataclass
@@ -144,7 +150,8 @@ class OptimConfig:
         self.betas = tuple(self.betas)
         _check(self.lr > 0, "optim.lr", "> 0", self.lr)
         _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
-        _check(self.warmup_steps >= 0, "optim.warmup_steps", ">= 0", self.warmup_steps)
+        _check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "optim.warmup_steps", "an integer >= 0",
+               self.warmup_steps)
         _check(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", "two values in [0, 1)",
                self.betas)
@@ -168,7 +175,8 @@ class TrainerConfig:
     num_nodes: int = 1
     """Lightning nodes."""
     strategy: str = "auto"
-    """Lightning strategy: 'auto', 'ddp', 'fsdp', ..."""
+    """Lightning strategy: 'auto', 'ddp', 'ddp_spawn', ... Not FSDP: its precision plugin refuses gradient
+    clipping by norm, and the non-finite guard would see only each rank's shard of the gradients."""
     precision: str = "auto"
     """'auto' = bf16-mixed on GPU, 32-true on CPU; or any Lightning precision string."""
     compile: bool | Literal["auto"] = "auto"
@@ -198,6 +206,8 @@ class TrainerConfig:
         _check(self.wandb_mode in ("auto", "offline", "online", "disabled"), "trainer.wandb_mode",
                "'auto', 'offline', 'online' or 'disabled'", self.wandb_mode)
         _check(self.compile in (True, False, "auto"), "trainer.compile", "true, false or 'auto'", self.compile)
+        _check(isinstance(self.strategy, str) and not self.strategy.lower().startswith("fsdp"), "trainer.strategy",
+               "a Lightning strategy name other than FSDP ('auto', 'ddp', ...: see TrainerConfig)", self.strategy)
 
 
 @dataclass
@@ -280,6 +290,14 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     Values are parsed as YAML scalars (`512` -> int, `1e-3` -> float, `true` -> bool, `null` -> None).
     """
     out: dict[str, Any] = {}
+    for section, name, _, parsed in _override_items(args):
+        out.setdefault(section, {})[name] = parsed
+    return out
+
+
+def _override_items(args: list[str]) -> list[tuple[str, str, str, Any]]:
+    """Command-line overrides -> (section, field, the text given, its YAML value) per override."""
+    items = []
     i = 0
     while i < len(args):
         arg = args[i]
@@ -298,8 +316,24 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         parsed = yaml.safe_load(value) if value != "" else ""
         if isinstance(parsed, str) and _is_float(parsed):
             parsed = float(parsed)  # YAML 1.1 reads '1e-3' as a string
-        out.setdefault(section, {})[name] = parsed
-    return out
+        items.append((section, name, value, parsed))
+    return items
+
+
+def _as_given(section: str, name: str, text: str, parsed: Any) -> Any:
+    """A command-line value for field `section.name`: its YAML value, or the text given where the field takes a
+    string and the YAML value does not fit it, so that `--trainer.precision 32` is '32' and `--data.source 012`
+    is '012' (YAML 1.1 reads 10), while `--trainer.devices 2` (int | str) stays 2."""
+    sections = typing.get_type_hints(Config)
+    if parsed is None or isinstance(parsed, str) or section not in sections:
+        return parsed
+    hint = typing.get_type_hints(sections[section]).get(name)
+    if hint is None or not (hint is str or str in typing.get_args(hint)):
+        return parsed  # an unknown field (Config.from_dict says so) or one that takes no string
+    try:
+        return _coerce(hint, parsed, f"{section}.{name}")
+    except (TypeError, ValueError):
+        return text
 
 
 def _is_float(s: str) -> bool:
@@ -317,8 +351,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         with open(resolve_config_path(path), encoding="utf-8") as f:
             d = yaml.safe_load(f) or {}
         _check(isinstance(d, dict), f"config {path}", "a mapping of sections", type(d).__name__)
-    for section, values in parse_overrides(overrides or []).items():
+    for section, name, text, parsed in _override_items(overrides or []):
         d.setdefault(section, {})
         _check(isinstance(d[section], dict), section, "a mapping", d[section])
-        d[section].update(values)
+        d[section][name] = _as_given(section, name, text, parsed)
     return Config.from_dict(d)

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from lrnn_lm.config import CONFIG_DIR, Config, load_config, parse_overrides, resolve_config_path
+from lrnn_lm.config import CONFIG_DIR, Config, DataConfig, OptimConfig, load_config, parse_overrides, resolve_config_path
 from lrnn_lm.model import LinearRNNLM
 
 PRESETS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -35,6 +35,7 @@ def test_preset_loads_and_builds(path):
         (["--data.no_such_field", "1"], ValueError, "no_such_field"),
         (["--nosuchsection.field", "1"], ValueError, "nosuchsection"),
         (["--model.vocab_size", "0"], ValueError, "model.vocab_size"),
+        (["--trainer.strategy", "fsdp"], ValueError, "trainer.strategy"),
     ],
 )
 def test_bad_values_name_the_field(overrides, error, names):
@@ -53,6 +54,22 @@ def test_overrides_parse_as_yaml_scalars():
     }
     cfg = load_config("tiny.yaml", args)
     assert (cfg.model.d_model, cfg.optim.lr, cfg.trainer.resume) == (512, 1e-3, True)
+
+
+def test_string_fields_keep_the_text_given():
+    """YAML would read these as numbers (012 as octal 10); where a field takes a string the text is kept, and
+    where it takes a number too (devices: int | str) the number."""
+    args = ["--trainer.precision", "32", "--trainer.wandb_project", "2024", "--data.source", "012",
+            "--trainer.devices", "2"]
+    t = load_config("tiny.yaml", args)
+    assert (t.trainer.precision, t.trainer.wandb_project, t.data.source, t.trainer.devices) == ("32", "2024", "012", 2)
+
+
+@pytest.mark.parametrize("make", [lambda: DataConfig(seq_len=2.5), lambda: DataConfig(batch_size=True),
+                                  lambda: OptimConfig(warmup_steps=1.5)], ids=["seq_len", "batch_size", "warmup"])
+def test_sections_built_directly_check_integer_types(make):
+    with pytest.raises(ValueError, match=r"expected an integer"):
+        make()
 
 
 def test_round_trip_through_plain_dicts():

@@ -50,7 +50,8 @@ def linear_scan(
         output_final_state: also return h_T.
 
     Returns:
-        (h, h_T): h is (B, T, D) in x's dtype; h_T is (B, D) float32 when output_final_state, else None.
+        (h, h_T): h is (B, T, D) in x's dtype; h_T is (B, D) float32 (float64 for float64 inputs) when
+        output_final_state, else None.
         Gradients flow to x, a, h0 and through h_T.
 
     Every implementation accumulates in float32. Every one is bitwise reproducible from run to run except

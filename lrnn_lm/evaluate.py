@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> None:
 
     module, tokenizer = load_checkpoint(args.ckpt)
     cfg = module.cfg
-    batch_size = args.batch_size or cfg.data.batch_size
-    data_cfg = cfg.data if args.seq_len is None else replace(cfg.data, seq_len=args.seq_len)  # validated on replace
+    given = {"seq_len": args.seq_len, "batch_size": args.batch_size}
+    data_cfg = replace(cfg.data, **{k: v for k, v in given.items() if v is not None})  # validated: 0 is refused
+    batch_size = data_cfg.batch_size
     if args.text_file:
         loader = text_file_loader(args.text_file, tokenizer, cfg.model.eos_id, data_cfg.seq_len, batch_size)
     else:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 
 from .tiny_run import run_script, tiny_overrides, write_local_corpus
 
@@ -21,7 +23,7 @@ def test_scaling_reports_tokens_per_second_per_device(tmp_path):
     report = json.loads((out_dir / "scaling.json").read_text())
     (run,) = report["runs"]
     assert run["gpus"] == 1 and run["steps"] == 130 and run["windows"] == 3
-    assert run["tokens_per_s_per_gpu"] > 0 and run["scaling_efficiency"] == 1.0
+    assert run["tokens_per_s_per_gpu"] > 0 and run["tokens_per_s"] == run["tokens_per_s_per_gpu"]
     assert report["info"]["config"] == "tiny.yaml" and "| 1 |" in done.stdout
 
     # --measure-only re-reads the finished run: the same figures, nothing trained
@@ -30,3 +32,23 @@ def test_scaling_reports_tokens_per_second_per_device(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "again" / "scaling.json").read_text())["runs"] == report["runs"]
     assert len(list((tmp_path / "runs" / "1gpu" / "csv").glob("version_*"))) == 1
+
+    # the efficiency of a run appended to the report: its per-GPU rate over the 1-GPU run's. A "2-GPU" run made
+    # from the 1-GPU log with every rate halved must come out at 0.5, and its total rate at the 1-GPU one.
+    shutil.copytree(tmp_path / "runs" / "1gpu", tmp_path / "runs" / "2gpu")
+    (metrics,) = (tmp_path / "runs" / "2gpu" / "csv").glob("version_*/metrics.csv")
+    with open(metrics) as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        if r.get("train/device/items_per_sec"):
+            r["train/device/items_per_sec"] = str(float(r["train/device/items_per_sec"]) / 2)
+    with open(metrics, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    both = run_script("-m", "lrnn_lm.benchmarks.scaling", "--config", "tiny.yaml", "--gpus", "2", "--steps", "130",
+                      "--out", str(out_dir), "--runs", str(tmp_path / "runs"), "--measure-only", "--append", *extra)
+    assert both.returncode == 0, both.stderr[-3000:]
+    one, two = json.loads((out_dir / "scaling.json").read_text())["runs"]
+    assert (one["gpus"], two["gpus"]) == (1, 2) and one["scaling_efficiency"] == 1.0
+    assert abs(two["scaling_efficiency"] - 0.5) < 1e-12 and abs(two["tokens_per_s"] - one["tokens_per_s"]) < 1e-6

@@ -90,6 +90,8 @@ def test_train_then_evaluate_then_generate(tmp_path, corpus, capsys):
     assert math.isfinite(short["bpb"]) and short["bpb"] != pytest.approx(result["bpb"], rel=1e-6)
     with pytest.raises(ValueError, match="seq_len"):
         evaluate_main(["--ckpt", last, "--split", "test", "--seq-len", "1"])
+    with pytest.raises(ValueError, match=r"batch_size: expected an integer >= 1, got 0"):  # not "the default"
+        evaluate_main(["--ckpt", last, "--split", "test", "--batch-size", "0"])
 
     text = "ROMEO: But soft, what light through yonder window breaks? — ¿ü\n"
     (tmp_path / "text.txt").write_text(text, encoding="utf-8")

@@ -102,13 +102,16 @@ def test_configs_are_checked_and_given_per_pass(gen, monkeypatch):
     assert_close_to_oracle(out, ref_d, oracle(x, a, h0, dy, dh_T), torch.float32, "configs", interpreted)
 
 
-def test_gpu_configs_whose_look_back_would_be_replicated_are_refused(monkeypatch):
-    """On a GPU a channel block narrower than a warp's lanes (BLOCK_D < 32 · VEC) would let two threads poll the
-    same workspace slot and disagree (NOTES #18): a ValueError naming `config`, before any launch."""
+@pytest.mark.parametrize("vec, block_d", [(1, 32), (2, 128), (4, 128)])
+def test_gpu_configs_other_than_the_measured_ones_are_refused(vec, block_d, monkeypatch):
+    """On a GPU only the channel blocks measured correct there (VEC 2, 64 channels) pass: VEC 1 tiles returned
+    wrong results on an H100 and 128-channel ones read out of bounds. A ValueError naming `config`, before any
+    launch."""
     import kernels.lookback_scan as lookback
 
     monkeypatch.setattr(lookback, "triton_interpreter_on", lambda: False)
     tile = lookback.BACKWARD_TILES[2]
     lookback._check_config(tile)  # a committed GPU tile passes
-    with pytest.raises(ValueError, match=r"^config: expected BLOCK_D >= 32 · VEC = 64, got BLOCK_D 32"):
-        lookback._check_config(dict(tile, BLOCK_D=32))
+    with pytest.raises(ValueError, match=rf"^config: expected VEC 2 and BLOCK_D 64 on a GPU, got VEC {vec} and "
+                                         rf"BLOCK_D {block_d}"):
+        lookback._check_config(dict(tile, VEC=vec, BLOCK_D=block_d))

@@ -298,6 +298,13 @@ def test_tile_config_rejects_other_dtypes():
         tile_config(torch.float64)
 
 
+@pytest.mark.parametrize("spelling", ["1", "TRUE", "on", "Yes", "y", "0", "false", "off", "", " 1", "2", "no"])
+def test_interpreter_setting_is_read_as_triton_reads_it(spelling, monkeypatch):
+    getenv_bool = pytest.importorskip("triton._C.libtriton").getenv_bool  # Triton's own reader (C++)
+    monkeypatch.setenv("TRITON_INTERPRET", spelling)
+    assert triton_interpreter_on() == getenv_bool("TRITON_INTERPRET", False)
+
+
 @pytest.mark.parametrize("off", ["0", "false", "off"])  # spelled as Triton reads them: all mean "compile"
 @pytest.mark.parametrize("impl", ["triton", "sequential"])
 def test_triton_on_cpu_without_the_interpreter_says_how_to_fix_it(impl, off, monkeypatch):

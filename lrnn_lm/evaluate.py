@@ -41,6 +41,9 @@ from .train import resolve_precision
 
 def evaluate(module: LitLM, loader: DataLoader) -> dict[str, float | int]:
     """-> {loss, ppl, bpb, tokens, bytes} of `module` over every batch of `loader`, on one device."""
+    if len(loader) == 0:  # Lightning would skip the loop and return no metrics
+        raise ValueError("evaluate: expected text with at least one token to predict, got none (an empty text file "
+                         "or split)")
     precision = resolve_precision(replace(module.cfg.trainer, accelerator="auto"))  # where this machine runs it
     trainer = L.Trainer(accelerator="auto", devices=1, precision=precision, logger=False,
                         enable_model_summary=False, enable_progress_bar=False)

@@ -142,7 +142,7 @@ def format_summary(s: dict[str, Any], run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def resolve_precision(t: TrainerConfig) -> str:
+def resolve_precision(t: TrainerConfig) -> str | int:
     """trainer.precision, with 'auto' = bf16-mixed on GPU, 32-true on CPU."""
     return t.precision if t.precision != "auto" else ("bf16-mixed" if _on_gpu(t) else "32-true")
 

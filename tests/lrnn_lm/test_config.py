@@ -36,6 +36,8 @@ def test_preset_loads_and_builds(path):
         (["--nosuchsection.field", "1"], ValueError, "nosuchsection"),
         (["--model.vocab_size", "0"], ValueError, "model.vocab_size"),
         (["--trainer.strategy", "fsdp"], ValueError, "trainer.strategy"),
+        (["--data.val_split", "train"], ValueError, "data.val_split"),
+        (["--data.test_split", "validation"], ValueError, "data.test_split"),
     ],
 )
 def test_bad_values_name_the_field(overrides, error, names):
@@ -58,11 +60,11 @@ def test_overrides_parse_as_yaml_scalars():
 
 def test_string_fields_keep_the_text_given():
     """YAML would read these as numbers (012 as octal 10); where a field takes a string the text is kept, and
-    where it takes a number too (devices: int | str) the number."""
+    where it takes a number too (devices, precision: int | str) the number."""
     args = ["--trainer.precision", "32", "--trainer.wandb_project", "2024", "--data.source", "012",
             "--trainer.devices", "2"]
     t = load_config("tiny.yaml", args)
-    assert (t.trainer.precision, t.trainer.wandb_project, t.data.source, t.trainer.devices) == ("32", "2024", "012", 2)
+    assert (t.trainer.precision, t.trainer.wandb_project, t.data.source, t.trainer.devices) == (32, "2024", "012", 2)
 
 
 @pytest.mark.parametrize("make", [lambda: DataConfig(seq_len=2.5), lambda: DataConfig(batch_size=True),
@@ -70,6 +72,12 @@ def test_string_fields_keep_the_text_given():
 def test_sections_built_directly_check_integer_types(make):
     with pytest.raises(ValueError, match=r"expected an integer"):
         make()
+
+
+def test_an_empty_section_in_a_file_takes_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("optim:\ntrainer:\n  precision: 32\n")
+    cfg = load_config(tmp_path / "c.yaml", ["--optim.lr", "0.01"])
+    assert (cfg.optim.lr, cfg.trainer.precision) == (0.01, 32)
 
 
 def test_round_trip_through_plain_dicts():

@@ -77,14 +77,16 @@ def test_train_then_evaluate_then_generate(tmp_path, corpus, capsys):
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5  # it learns
 
     last = str(run / "checkpoints" / "last.ckpt")
-    evaluated = run_script("-m", "lrnn_lm.evaluate", "--ckpt", last, "--split", "test")
+    best = summary["evaluated"]  # the checkpoint the summary evaluated: compare like with like
+    assert best == str(run / "checkpoints" / "best.ckpt")
+    evaluated = run_script("-m", "lrnn_lm.evaluate", "--ckpt", best, "--split", "test")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     result = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
     assert result["bytes"] == summary["test"]["bytes"]
     assert result["bpb"] == pytest.approx(summary["test"]["bpb"], rel=1e-6)  # the same protocol, the same numbers
 
     # shorter windows (--seq-len): the same tokens predicted, each from less context
-    evaluate_main(["--ckpt", last, "--split", "test", "--seq-len", "8"])
+    evaluate_main(["--ckpt", best, "--split", "test", "--seq-len", "8"])
     short = json.loads(capsys.readouterr().out)
     assert short["seq_len"] == 8 and (short["tokens"], short["bytes"]) == (result["tokens"], result["bytes"])
     assert math.isfinite(short["bpb"]) and short["bpb"] != pytest.approx(result["bpb"], rel=1e-6)
@@ -98,6 +100,9 @@ def test_train_then_evaluate_then_generate(tmp_path, corpus, capsys):
     evaluate_main(["--ckpt", last, "--text-file", str(tmp_path / "text.txt")])  # in-process: no second start-up
     result = json.loads(capsys.readouterr().out)
     assert result["bytes"] == len(text.encode("utf-8")) and math.isfinite(result["bpb"])
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    with pytest.raises(ValueError, match="at least one token to predict"):
+        evaluate_main(["--ckpt", last, "--text-file", str(tmp_path / "empty.txt")])
 
     generate = ["--ckpt", last, "--prompt", "ROMEO:", "--max-new-tokens", "20"]
     samples = []

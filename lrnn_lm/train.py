@@ -74,6 +74,7 @@ def train(cfg: Config, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
             *(monitors if logger else []),
             timer,
             RNGState(),
+            SameRunOnResume(),
             *callbacks,
         ],
     )
@@ -124,6 +125,30 @@ class RNGState(Callback):
         torch.set_rng_state(states["cpu"])
         if states["cuda"] is not None and module.device.type == "cuda":
             torch.cuda.set_rng_state(states["cuda"], module.device)
+
+
+class SameRunOnResume(Callback):
+    """Refuses to resume from a checkpoint whose config differs in what the restored state depends on: the model,
+    the data (its windows, batch size and order), the optimizer and its schedule's rate, the seed. Lightning would
+    restore the old learning rates and place the data position in another order of windows without a word. Free to
+    change: how long and how often (max_steps, val_every, checkpoint_every, ...), where it runs and logs."""
+
+    FREE = {"data": {"num_workers", "cache_dir"},
+            "trainer": {"max_steps", "val_every", "limit_val_batches", "checkpoint_every", "accelerator", "devices",
+                        "num_nodes", "strategy", "precision", "compile", "logger", "wandb_project", "wandb_mode",
+                        "log_every", "run_dir", "resume"}}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        saved = checkpoint["hyper_parameters"]["config"]
+        now = json.loads(json.dumps(module.cfg.to_dict()))  # as saved: plain dicts and lists
+        changed = [f"{section}.{name}: {saved.get(section, {}).get(name)!r} in the checkpoint, {value!r} now"
+                   for section, fields in now.items() for name, value in fields.items()
+                   if name not in self.FREE.get(section, ()) and saved.get(section, {}).get(name) != value]
+        if changed:
+            raise ValueError("trainer.resume: expected the checkpoint's settings for what it restores, got changes: "
+                             + "; ".join(changed) + ". Start a new run_dir to train with them.")
 
 
 def _evaluation(logged: dict[str, Any], prefix: str) -> dict[str, float | int]:

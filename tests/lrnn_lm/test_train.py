@@ -171,6 +171,21 @@ def test_resumed_run_sees_the_same_batches_and_ends_with_the_same_weights(tmp_pa
     assert resumed.params == uninterrupted.params
 
 
+def test_resume_refuses_changed_settings_but_not_a_longer_run(tmp_path, corpus):
+    """A changed learning rate or batch size on resume is an error naming the field (Lightning would restore the
+    old rates and put the data position in another order); more steps are fine."""
+    def config(**fields):
+        overrides = tiny_overrides(tmp_path / "run", corpus, trainer__val_every=1000, trainer__logger="none",
+                                   trainer__checkpoint_every=2, **fields)
+        return load_config(None, overrides)
+
+    train(config(trainer__max_steps=2))
+    for changed, name in ((dict(optim__lr=0.5), "optim.lr"), (dict(data__batch_size=8), "data.batch_size")):
+        with pytest.raises(ValueError, match=rf"^trainer.resume: .*{name}: "):
+            train(config(trainer__max_steps=4, trainer__resume=True, **changed))
+    assert train(config(trainer__max_steps=4, trainer__resume=True))["steps"] == 4
+
+
 @pytest.mark.slow
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, corpus, monkeypatch):
     nll = LitLM._nll

@@ -50,6 +50,13 @@ def test_top_k_1_is_greedy():
     assert torch.equal(top1, greedy)
 
 
+def test_a_tiny_temperature_samples_the_argmax():
+    """1e-40 divides logits past fp32's range: that must still be (near-)greedy decoding, not a NaN softmax."""
+    model = tiny_model()
+    greedy = sample(model, prompt(), max_new_tokens=8, temperature=0.0)
+    assert torch.equal(sample(model, prompt(), max_new_tokens=8, temperature=1e-40), greedy)
+
+
 def test_top_k_samples_only_the_k_most_likely():
     model = tiny_model()
     p = prompt(batch_size=1).expand(256, -1)

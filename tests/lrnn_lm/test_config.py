@@ -1,9 +1,13 @@
-"""The typed config: every preset loads, bad values and unknown names fail naming the field, CLI overrides."""
+"""The typed config: every preset loads, bad values and unknown names fail naming the field, the command line."""
+
+import dataclasses
+import typing
 
 import pytest
 import yaml
 
-from lrnn_lm.config import CONFIG_DIR, Config, DataConfig, OptimConfig, load_config, parse_overrides, resolve_config_path
+from lrnn_lm.config import (CONFIG_DIR, Config, DataConfig, ModelConfig, OptimConfig, TrainerConfig, build_parser,
+                            load_config, resolve_config_path)
 from lrnn_lm.model import LinearRNNLM
 
 PRESETS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -17,6 +21,7 @@ def test_the_presets_exist():
 def test_preset_loads_and_builds(path):
     cfg = load_config(path)
     assert resolve_config_path(path.name) == path and resolve_config_path(path.stem) == path
+    assert load_config(path.stem) == cfg
     # the GPU presets compile on CUDA (3.6x faster steps at 32 x 2048 tokens, README); the CPU preset never does
     assert cfg.trainer.compile == (False if path.stem == "tiny" else "auto")
     assert cfg.model.eos_id == 0
@@ -30,14 +35,17 @@ def test_preset_loads_and_builds(path):
         (["--data.seq_len", "1"], ValueError, "data.seq_len"),
         (["--optim.lr", "-1"], ValueError, "optim.lr"),
         (["--trainer.logger", "tensorboard"], ValueError, "trainer.logger"),
-        (["--trainer.max_steps", "many"], TypeError, "trainer.max_steps"),
-        (["--data.batch_size", "2.5"], TypeError, "data.batch_size"),
+        (["--trainer.max_steps", "many"], ValueError, "trainer.max_steps"),
+        (["--data.batch_size", "2.5"], ValueError, "data.batch_size"),
         (["--data.no_such_field", "1"], ValueError, "no_such_field"),
         (["--nosuchsection.field", "1"], ValueError, "nosuchsection"),
         (["--model.vocab_size", "0"], ValueError, "model.vocab_size"),
         (["--trainer.strategy", "fsdp"], ValueError, "trainer.strategy"),
         (["--data.val_split", "train"], ValueError, "data.val_split"),
         (["--data.test_split", "validation"], ValueError, "data.test_split"),
+        (["--optim.lr", ".inf"], ValueError, "optim.lr"),
+        (["--model.scan", "cuda"], ValueError, "model.scan"),
+        (["--trainer.compile", "maybe"], ValueError, "trainer.compile"),
     ],
 )
 def test_bad_values_name_the_field(overrides, error, names):
@@ -47,15 +55,28 @@ def test_bad_values_name_the_field(overrides, error, names):
 
 def test_overrides_parse_as_yaml_scalars():
     args = ["--model.d_model", "512", "--optim.lr", "1e-3", "--trainer.resume", "--data.max_train_docs", "null",
-            "data.source=corpus/*.txt", "--trainer.compile", "false"]
-    assert parse_overrides(args) == {
-        "model": {"d_model": 512},
-        "optim": {"lr": 1e-3},
-        "trainer": {"resume": True, "compile": False},
-        "data": {"max_train_docs": None, "source": "corpus/*.txt"},
-    }
+            "--data.source=corpus/*.txt", "--trainer.compile", "false", "--optim.betas", "[0.9, 0.99]"]
     cfg = load_config("tiny.yaml", args)
-    assert (cfg.model.d_model, cfg.optim.lr, cfg.trainer.resume) == (512, 1e-3, True)
+    assert (cfg.model.d_model, cfg.optim.lr, cfg.trainer.resume, cfg.trainer.compile) == (512, 1e-3, True, False)
+    assert (cfg.data.max_train_docs, cfg.data.source, cfg.optim.betas) == (None, "corpus/*.txt", (0.9, 0.99))
+
+
+def test_help_lists_every_field_with_its_docstring_and_default():
+    text = " ".join(build_parser().format_help().split())
+    for section, section_cls in typing.get_type_hints(Config).items():
+        for f in dataclasses.fields(section_cls):
+            assert f"--{section}.{f.name}" in text
+        assert " ".join(section_cls.__doc__.split()).rstrip(".") in text, section  # the section's heading
+    assert "Residual stream width. (type: int, default: 256)" in text
+    assert "--print_config" in text
+
+
+def test_print_config_writes_a_runnable_yaml(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load_config("small.yaml", ["--model.d_model", "512", "--print_config"])
+    assert exit_.value.code == 0
+    (tmp_path / "printed.yaml").write_text(capsys.readouterr().out)
+    assert load_config(tmp_path / "printed.yaml") == load_config("small.yaml", ["--model.d_model", "512"])
 
 
 def test_string_fields_keep_the_text_given():
@@ -68,10 +89,25 @@ def test_string_fields_keep_the_text_given():
 
 
 @pytest.mark.parametrize("make", [lambda: DataConfig(seq_len=2.5), lambda: DataConfig(batch_size=True),
-                                  lambda: OptimConfig(warmup_steps=1.5)], ids=["seq_len", "batch_size", "warmup"])
+                                  lambda: OptimConfig(warmup_steps=1.5), lambda: ModelConfig(n_layers=True),
+                                  lambda: TrainerConfig(max_steps=True), lambda: ModelConfig(eos_id=False)],
+                         ids=["seq_len", "batch_size", "warmup", "n_layers", "max_steps", "eos_id"])
 def test_sections_built_directly_check_integer_types(make):
+    """A bool is not an integer anywhere, whether the section comes from the command line or from Python."""
     with pytest.raises(ValueError, match=r"expected an integer"):
         make()
+
+
+@pytest.mark.parametrize("make", [lambda: ModelConfig(dropout=True), lambda: OptimConfig(lr=float("nan")),
+                                  lambda: ModelConfig(gate_lower_bound=1), lambda: TrainerConfig(resume=1)],
+                         ids=["dropout", "lr", "gate_lower_bound", "resume"])
+def test_sections_built_directly_check_numbers_and_bools(make):
+    with pytest.raises(ValueError, match=r"expected (a finite number|true or false|true, false or 'auto')"):
+        make()
+
+
+def test_old_scan_names_are_accepted():
+    assert load_config(None, ["--model.scan", "triton"]).model.scan == "triton"
 
 
 def test_an_empty_section_in_a_file_takes_overrides(tmp_path):
@@ -86,7 +122,17 @@ def test_round_trip_through_plain_dicts():
 
 
 def test_yaml_is_loaded_safely(tmp_path):
-    path = tmp_path / "evil.yaml"
-    path.write_text("trainer: !!python/object/apply:os.system ['echo pwned']\n")
-    with pytest.raises(yaml.YAMLError):
+    """jsonargparse reads presets with a SafeLoader: an object tag is an error, and its code never runs."""
+    path, marker = tmp_path / "evil.yaml", tmp_path / "pwned"
+    path.write_text(f"trainer: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ValueError, match="config"):
         load_config(path)
+    assert not marker.exists()
+
+
+def test_malformed_yaml_is_one_line_naming_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  d_model: [1\n")
+    with pytest.raises(ValueError) as error:
+        load_config(path)
+    assert "\n" not in str(error.value) and "bad.yaml" in str(error.value)

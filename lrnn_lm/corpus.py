@@ -22,9 +22,10 @@ documents do not change with the training seed.
 
 from __future__ import annotations
 
+import codecs
 import glob
-import re
 import importlib.util
+import re
 from pathlib import Path
 
 import datasets
@@ -93,10 +94,29 @@ def _looks_like_path(source: str) -> bool:
             or source.startswith((".", "/", "~")) or Path(source).expanduser().exists())
 
 
+def check_utf8(files: list[Path]) -> None:
+    """Every text file (.txt, .json, .jsonl) decodes as UTF-8, or a ValueError names the first that does not: the
+    `datasets` readers would fail later with a long error that names no file."""
+    for f in files:
+        if f.suffix == ".parquet":
+            continue
+        decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+        with open(f, "rb") as stream:
+            try:
+                while chunk := stream.read(1 << 20):
+                    decoder.decode(chunk)
+                    offset += len(chunk)
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"data.source: not UTF-8: {f} (at byte {offset + e.start}); convert it to UTF-8, "
+                                 f"e.g. iconv -f latin1 -t utf-8") from None
+
+
 def _load_local(source: str, files: list[Path]) -> DatasetDict:
     builders = {LOCAL_BUILDERS[f.suffix] for f in files}
     if len(builders) > 1:
         raise ValueError(f"data.source={source!r}: mixes file types {sorted({f.suffix for f in files})}; use one")
+    check_utf8(files)
     builder = builders.pop()
     options = {"sample_by": "document"} if builder == "text" else {}
     if Path(source).expanduser().is_dir():  # splits from the file names, as `datasets` infers them

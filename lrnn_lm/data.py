@@ -21,6 +21,7 @@ missing rather than tokenizing on every rank.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -40,6 +41,8 @@ from .tokenizer import cached_tokenizer, check_eos, token_byte_lengths
 
 IGNORE_INDEX = -100
 """Target id of padding positions: skipped by the loss (F.cross_entropy's default ignore_index)."""
+SMALL_TOKENIZER = 0.75
+"""A trained tokenizer under this fraction of model.vocab_size is warned about."""
 
 
 class TokenWindows(torch.utils.data.Dataset):
@@ -72,18 +75,29 @@ class TokenWindows(torch.utils.data.Dataset):
 class WindowCollator:
     """A list of B windows (n_i + 1,) -> {"inputs": (B, T), "targets": (B, T), "n_bytes": ()}, all int64.
 
-    T = max(n_i, 1). Shorter windows are padded: inputs with eos_id, targets with IGNORE_INDEX.
+    T = max(n_i, 1), or pad_to = (rows, T) fixed: shorter windows, and rows past the windows given, are padded with
+    eos_id inputs and IGNORE_INDEX targets (nothing to predict). Evaluation pads every batch to one shape, so a
+    compiled model sees the same shape in every batch, the last one included, and compiles once.
     n_bytes is the UTF-8 bytes that the non-padding targets stand for.
     """
 
     eos_id: int
     token_bytes: np.ndarray
     """(V_tok,) bytes per token id, from tokenizer.token_byte_lengths."""
+    pad_to: tuple[int, int] | None = None
 
     def __call__(self, windows: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        T = max(1, max(len(w) for w in windows) - 1)
-        inputs = np.full((len(windows), T), self.eos_id, dtype=np.int64)
-        targets = np.full((len(windows), T), IGNORE_INDEX, dtype=np.int64)
+        lengths = {len(w) for w in windows}
+        if self.pad_to is None and len(lengths) == 1 and min(lengths) > 1:  # training: full windows, one copy
+            block = np.stack(windows).astype(np.int64, copy=False)  # (B, T + 1)
+            inputs, targets = block[:, :-1], block[:, 1:]
+            n_bytes = self.token_bytes[targets].sum()
+            return {"inputs": torch.from_numpy(np.ascontiguousarray(inputs)),
+                    "targets": torch.from_numpy(np.ascontiguousarray(targets)),
+                    "n_bytes": torch.tensor(n_bytes, dtype=torch.int64)}
+        rows, T = self.pad_to or (len(windows), max(1, max(lengths) - 1))
+        inputs = np.full((max(rows, len(windows)), T), self.eos_id, dtype=np.int64)
+        targets = np.full((max(rows, len(windows)), T), IGNORE_INDEX, dtype=np.int64)
         for row, w in enumerate(windows):
             inputs[row, : len(w) - 1] = w[:-1]
             targets[row, : len(w) - 1] = w[1:]
@@ -133,9 +147,14 @@ class LMDataModule(L.LightningDataModule):
         tokenizer = self.tokenizer or cached_tokenizer(corpus["train"], self.data.text_column, self.vocab_size,
                                                        self.data.cache_dir, train_if_missing=build)
         check_eos(tokenizer, self.eos_id)
-        if tokenizer.get_vocab_size() > self.vocab_size:
-            raise ValueError(f"model.vocab_size={self.vocab_size}: smaller than the tokenizer's "
-                             f"{tokenizer.get_vocab_size()} tokens")
+        n_tokens = tokenizer.get_vocab_size()
+        if n_tokens > self.vocab_size:
+            raise ValueError(f"model.vocab_size={self.vocab_size}: smaller than the tokenizer's {n_tokens} tokens; "
+                             f"set model.vocab_size to at least {n_tokens}")
+        if build and n_tokens < SMALL_TOKENIZER * self.vocab_size:
+            warnings.warn(f"model.vocab_size={self.vocab_size}, but the BPE trained on this train split has only "
+                          f"{n_tokens} tokens (the text allows no more merges); {self.vocab_size - n_tokens} rows of "
+                          f"the embedding will never be used; consider model.vocab_size={n_tokens}", stacklevel=2)
         encode = partial(_encode_batch, text_column=self.data.text_column, tokenizer=tokenizer, eos_id=self.eos_id)
         streams, stats = {}, {}
         for split in SPLITS:
@@ -182,8 +201,10 @@ class LMDataModule(L.LightningDataModule):
         world_size, rank = self._world()
         windows = TokenWindows(self.streams[split], self.data.seq_len, keep_tail=True, pad_to_multiple=world_size)
         sampler = DistributedSampler(windows, num_replicas=world_size, rank=rank, shuffle=False)
-        return DataLoader(windows, batch_size=batch_size or self.data.batch_size, sampler=sampler,
-                          **self._loader_options())
+        batch_size = batch_size or self.data.batch_size
+        options = self._loader_options()
+        options["collate_fn"] = WindowCollator(self.eos_id, self.collate.token_bytes, (batch_size, self.data.seq_len))
+        return DataLoader(windows, batch_size=batch_size, sampler=sampler, **options)
 
     def _loader_options(self) -> dict:
         """A loader's own generator: without one, each new iterator draws its workers' base seed from torch's

@@ -25,22 +25,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
-import lightning as L
-import numpy as np
-from tokenizers import Tokenizer
-from torch.utils.data import DataLoader
-
-from .data import LMDataModule, TokenWindows, WindowCollator, encode_documents
-from .lit_module import LitLM, load_checkpoint
-from .tokenizer import token_byte_lengths
-from .train import resolve_precision
+from .cli import ArgumentParser, check_checkpoint_path, run_cli
 
 
-def evaluate(module: LitLM, loader: DataLoader) -> dict[str, float | int]:
-    """-> {loss, ppl, bpb, tokens, bytes} of `module` over every batch of `loader`, on one device."""
+def evaluate(module, loader) -> dict[str, float | int]:
+    """-> {loss, ppl, bpb, tokens, bytes} of `module` (a LitLM) over every batch of `loader`, on one device."""
+    from dataclasses import replace
+
+    import lightning as L
+
+    from .train import resolve_precision
+
     if len(loader) == 0:  # Lightning would skip the loop and return no metrics
         raise ValueError("evaluate: expected text with at least one token to predict, got none (an empty text file "
                          "or split)")
@@ -52,17 +49,27 @@ def evaluate(module: LitLM, loader: DataLoader) -> dict[str, float | int]:
         k: int(metrics[f"test/{k}"]) for k in ("tokens", "bytes")}
 
 
-def text_file_loader(path: str | Path, tokenizer: Tokenizer, eos_id: int, seq_len: int, batch_size: int) -> DataLoader:
+def text_file_loader(path: str | Path, tokenizer, eos_id: int, seq_len: int, batch_size: int):
     """The windows of one UTF-8 text file, read verbatim as a single document."""
-    text = Path(path).read_bytes().decode("utf-8")
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from .data import TokenWindows, WindowCollator, encode_documents
+    from .tokenizer import token_byte_lengths
+
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--text-file: not UTF-8: {path} (at byte {e.start}); convert it to UTF-8") from None
     stream = np.asarray(encode_documents([text], tokenizer, eos_id)[0], dtype=np.int32)
     windows = TokenWindows(stream, seq_len, keep_tail=True)
     return DataLoader(windows, batch_size=batch_size, collate_fn=WindowCollator(eos_id, token_byte_lengths(tokenizer)))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lrnn_lm.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt", required=True, help="a checkpoint written by train.py")
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments, checked before anything heavy loads."""
+    parser = ArgumentParser(prog="python -m lrnn_lm.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", required=True, help="a checkpoint written by train.py, or a folder of lrnn_lm.export")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--split", choices=("validation", "test", "train"), default="validation",
                         help="a split of the checkpoint's data.source (default: validation)")
@@ -71,11 +78,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int,
                         help="tokens predicted per window (default: the checkpoint's data.seq_len)")
     args = parser.parse_args(argv)
+    check_checkpoint_path(args.ckpt)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size: expected an integer >= 1, got {args.batch_size}")
+    if args.seq_len is not None and args.seq_len < 2:
+        raise ValueError(f"--seq-len: expected an integer >= 2, got {args.seq_len}")
+    if args.text_file is not None and not Path(args.text_file).is_file():
+        raise FileNotFoundError(f"--text-file: no such file: {args.text_file}")
+    return args
 
-    module, tokenizer = load_checkpoint(args.ckpt)
+
+def run(args: argparse.Namespace) -> dict:
+    from dataclasses import replace
+
+    from .data import LMDataModule
+    from .pretrained import load_for_inference
+
+    module, tokenizer = load_for_inference(args.ckpt)
     cfg = module.cfg
     given = {"seq_len": args.seq_len, "batch_size": args.batch_size}
-    data_cfg = replace(cfg.data, **{k: v for k, v in given.items() if v is not None})  # validated: 0 is refused
+    data_cfg = replace(cfg.data, **{k: v for k, v in given.items() if v is not None})
     batch_size = data_cfg.batch_size
     if args.text_file:
         loader = text_file_loader(args.text_file, tokenizer, cfg.model.eos_id, data_cfg.seq_len, batch_size)
@@ -87,6 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     result = {"evaluated": args.text_file or args.split, "ckpt": args.ckpt, "seq_len": data_cfg.seq_len,
               **evaluate(module, loader)}
     print(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

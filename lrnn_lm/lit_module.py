@@ -1,13 +1,20 @@
 """The LightningModule: a thin wrapper that gives `LinearRNNLM` a loss, metrics and an optimizer.
 
 Batches come from data.py: {"inputs": (B, T), "targets": (B, T) with IGNORE_INDEX padding, "n_bytes": ()}.
-Logged: train/{loss, ppl, bpb, grad_norm} every step and val|test/{loss, ppl, bpb, tokens, bytes} per
-evaluation, where loss is the mean NLL per predicted token in nats, ppl = exp(loss) and
-bpb = NLL / (ln 2 · bytes) over the UTF-8 bytes the targets stand for (exact, see data.py). Evaluation sums
-NLL, tokens and bytes over the whole split and across ranks before dividing.
+Logged: train/{loss, ppl, bpb, grad_norm} every trainer.log_every optimizer steps, and val|test/{loss, ppl, bpb,
+tokens, bytes} per evaluation, where loss is the mean NLL per predicted token in nats, ppl = exp(loss) and
+bpb = NLL / (ln 2 · bytes) over the UTF-8 bytes the targets stand for (exact, see data.py). Evaluation sums NLL,
+tokens and bytes over the whole split and across ranks before dividing.
 
-A non-finite loss or gradient norm raises FloatingPointError before the optimizer step, on every rank at the
-same step, so neither the weights nor any checkpoint ever hold that state.
+No host sync in a training step. The step's metrics stay on the device; they are read, logged and checked
+every log_every steps. The non-finite guard counts, on the device, the optimizer steps whose loss or gradient
+norm is not finite; the count is read (and summed over ranks) every log_every steps and before every
+checkpoint is written, and a non-zero count raises FloatingPointError on every rank at once. So a non-finite
+state never reaches a checkpoint, and a run stops within log_every steps of the first bad one.
+
+The optimizer is AdamW with fused=True on CUDA; gradients are clipped here (`torch.nn.utils.clip_grad_norm_`),
+not by Lightning, whose mixed-precision plugin refuses to clip a fused optimizer's gradients, and the clip's
+total norm is the norm the guard and the log use: it is computed once.
 """
 
 from __future__ import annotations
@@ -17,7 +24,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torchmetrics import SumMetric
 
@@ -45,8 +51,11 @@ class LitLM(L.LightningModule):
         self.cfg = Config.from_dict(config)
         self.model = LinearRNNLM(self.cfg.model)
         self.eval_nll, self.eval_tokens, self.eval_bytes = (SumMetric().set_dtype(torch.float64) for _ in range(3))
-        self.flops_per_batch = None  # read by ThroughputMonitor; we log tokens/s, not FLOPs
-        self._loss: torch.Tensor | None = None
+        # Device-side state of the steps since the last check (see the module docstring).
+        self._bad_steps: torch.Tensor | None = None  # () int: optimizer steps with a non-finite loss or norm
+        self._step_finite: torch.Tensor | None = None  # () bool: this optimizer step's batches so far
+        self._last_checked_step = 0
+        self._metrics: dict[str, torch.Tensor] = {}  # the last optimizer step's, on the device
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, T) -> logits (B, T, V)."""
@@ -54,35 +63,64 @@ class LitLM(L.LightningModule):
 
     def _nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (summed NLL in nats, number of predicted tokens)."""
-        logits = self.model(batch["inputs"])  # (B, T, V)
-        targets = batch["targets"]  # (B, T)
-        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-        return nll, (targets != IGNORE_INDEX).sum()
+        return self.model.nll(batch["inputs"], batch["targets"], ignore_index=IGNORE_INDEX)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         nll, n_tokens = self._nll(batch)
         loss = nll / n_tokens
-        self._loss = loss.detach()
-        self.log("train/loss", loss, prog_bar=True)
-        self.log_dict({"train/ppl": loss.detach().exp(), "train/bpb": nll.detach() / (LN2 * batch["n_bytes"])})
+        finite = torch.isfinite(loss.detach())
+        self._step_finite = finite if self._step_finite is None else self._step_finite & finite
+        self._metrics = {"loss": loss.detach(), "bpb": nll.detach() / (LN2 * batch["n_bytes"])}
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters() if p.grad is not None])
-        self.log("train/grad_norm", grad_norm)
+        params = [p for p in self.parameters() if p.grad is not None]
+        clip = self.cfg.optim.grad_clip
+        if clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        self._metrics["grad_norm"] = grad_norm
         # Under 16-mixed, GradScaler makes inf gradients on purpose when the scale overflows and skips that
         # step itself; only a non-finite loss is a failure there.
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        finite = torch.isfinite(self._loss) & (torch.isfinite(grad_norm) | (scaler is not None))  # () on the device
-        # One host sync per step: the ranks' failures are summed on the device (an all-reduce under DDP) and the
-        # count is read once, so every rank takes the same decision. (Reading the flag and then reducing it, as
-        # strategy.reduce_boolean_decision does, costs two syncs.)
-        failed_ranks = int(self.trainer.strategy.reduce((~finite).float(), reduce_op="sum"))
-        if failed_ranks:
+        finite = self._step_finite & (torch.isfinite(grad_norm) | (scaler is not None))
+        self.record_step(finite)
+        self._step_finite = None
+
+    def record_step(self, finite: torch.Tensor) -> None:
+        """Count one optimizer step as finite or not, on the device."""
+        bad = (~finite).to(torch.int32)
+        self._bad_steps = bad if self._bad_steps is None else self._bad_steps + bad
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        t = self.cfg.trainer
+        if self.trainer.fit_loop._should_accumulate() or self.global_step % t.log_every != 0:
+            return
+        self.check_finite()
+        values = torch.stack([self._metrics[k].float() for k in ("loss", "bpb", "grad_norm")]).tolist()  # one sync
+        loss, bpb, grad_norm = values
+        self.log_dict({"train/loss": loss, "train/ppl": math.exp(min(loss, 80.0)), "train/bpb": bpb,
+                       "train/grad_norm": grad_norm}, prog_bar=False, batch_size=1)
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=1)
+
+    def check_finite(self) -> None:
+        """Raise FloatingPointError on every rank if any rank had a non-finite step since the last check."""
+        counts = torch.zeros(2, device=self.device) if self._bad_steps is None else torch.stack(
+            [self._bad_steps.float(), (self._bad_steps > 0).float()])
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum") if self.trainer.world_size > 1 else counts
+        bad_steps, bad_ranks = (int(v) for v in counts.tolist())
+        first, last = self._last_checked_step + 1, self.global_step
+        self._bad_steps, self._last_checked_step = None, self.global_step
+        if bad_steps:
             raise FloatingPointError(
-                f"step {self.global_step}: non-finite training loss or gradient norm on {failed_ranks} of "
-                f"{self.trainer.world_size} ranks (rank {self.global_rank}: loss {self._loss.item()}, gradient norm "
-                f"{grad_norm.item()}); stopped before the optimizer step, so no checkpoint holds this state")
+                f"non-finite training loss or gradient norm in optimizer steps {first}-{last} (counted {bad_steps} "
+                f"times, on {bad_ranks} of {self.trainer.world_size} ranks); stopped, and no checkpoint holds a state "
+                "after it")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.trainer.training:
+            self.check_finite()  # nothing non-finite is ever written
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._accumulate(batch)
@@ -113,8 +151,9 @@ class LitLM(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         o, max_steps = self.cfg.optim, self.cfg.trainer.max_steps
-        # not fused=True: Lightning's mixed-precision plugin refuses to clip the gradients of a fused optimizer
-        optimizer = torch.optim.AdamW(optimizer_param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas)
+        fused = self.device.type == "cuda"  # one kernel for the whole update; clipping is done above
+        optimizer = torch.optim.AdamW(optimizer_param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas,
+                                      fused=fused)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, o.warmup_steps, max_steps, o.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -126,7 +165,27 @@ def load_checkpoint(path: str) -> tuple[LitLM, Tokenizer]:
     Loaded with weights_only=True: a checkpoint holds tensors and plain containers only (the config as dicts,
     the tokenizer as the JSON string the data module saved), so loading it runs no code from the file.
     """
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path)
     module = LitLM(**ckpt["hyper_parameters"])
     module.load_state_dict(ckpt["state_dict"])
     return module, Tokenizer.from_str(ckpt[LMDataModule.__qualname__]["tokenizer"])
+
+
+def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
+    """torch.load(weights_only=True) of a training checkpoint, with a clear error naming the file when it is missing,
+    empty, truncated or not one of ours. mmap: map the tensors rather than read them (to read its config only)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    if p.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path}: the file is empty (a write was interrupted?); use another checkpoint")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # torch raises several types for a damaged file (RuntimeError, EOFError, UnpicklingError)
+        raise ValueError(f"checkpoint {path}: unreadable ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                         "it may be truncated or not a checkpoint; use another checkpoint") from e
+    if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(f"checkpoint {path}: not a checkpoint written by train.py (no hyper_parameters/state_dict)")
+    return ckpt

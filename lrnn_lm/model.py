@@ -27,12 +27,15 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from kernels import linear_scan
 
 from .attention import CausalSelfAttention, KVCache
 from .config import ModelConfig
+from .loss import chunked_linear_cross_entropy
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -137,7 +140,9 @@ class LinearRecurrence(nn.Module):
         self.d_rnn = R
         self.scan_impl = cfg.scan
         self.eos_id = cfg.eos_id if cfg.reset_at_doc_start else None
-        self.lower_bound = layer / cfg.n_layers if cfg.gate_lower_bound else 0.0
+        # a buffer, not a Python float: compiled blocks then share one graph whatever their layer
+        self.register_buffer("lower_bound", torch.tensor(layer / cfg.n_layers if cfg.gate_lower_bound else 0.0),
+                             persistent=False)
         self.in_proj = nn.Linear(D, 3 * R, bias=False)  # -> v, f, g
         self.forget_bias = nn.Parameter(torch.zeros(R))  # b_f; zero, as HGRN: σ = 1/2 at init
         self.conv = ShortConv(R, cfg.conv_size) if cfg.conv_size > 1 else None
@@ -224,11 +229,22 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.d_mlp)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.checkpointing = cfg.activation_checkpointing
 
     def forward(
         self, x: torch.Tensor, tokens: torch.Tensor, output_final_state: bool = False
     ) -> tuple[torch.Tensor, LayerState | None]:
-        """x: (B, T, D); tokens: (B, T) -> (x: (B, T, D), the mixer's state after T, or None)."""
+        """x: (B, T, D); tokens: (B, T) -> (x: (B, T, D), the mixer's state after T, or None).
+
+        With activation checkpointing (training only) the block keeps only its input, and its backward first runs
+        the forward again (torch.utils.checkpoint, non-reentrant: dropout draws the same masks)."""
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, tokens, output_final_state, use_reentrant=False)
+        return self._forward(x, tokens, output_final_state)
+
+    def _forward(
+        self, x: torch.Tensor, tokens: torch.Tensor, output_final_state: bool
+    ) -> tuple[torch.Tensor, LayerState | None]:
         y, state = self.mixer(self.mixer_norm(x), tokens, output_final_state)
         x = x + self.dropout(y)
         return x + self.dropout(self.mlp(self.mlp_norm(x))), state
@@ -240,17 +256,21 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x)), state
 
 
-class LinearRNNLM(nn.Module):
+class LinearRNNLM(nn.Module, PyTorchModelHubMixin, library_name="lrnn-lm", tags=["linear-rnn"]):
     """Causal language model over token ids; the LM head is the transposed token embedding.
 
-    Training and scoring: `forward(tokens) -> logits`. Decoding: `prefill(prompt) -> (logits, state)`, then
-    `step(token, state) -> (logits, state)` per token, where the state is `list[LayerState]` (one
-    `RecurrentState`, or `KVCache` for attention, per block). Tokens equal to cfg.eos_id reset the
-    recurrence (cfg.reset_at_doc_start), in `forward`, `prefill` and `step` alike.
+    Training and scoring: `forward(tokens) -> logits`, or `nll(tokens, targets)` without the logits. Decoding:
+    `prefill(prompt) -> (logits, state)`, then `step(token, state) -> (logits, state)` per token, where the state is
+    `list[LayerState]` (one `RecurrentState`, or `KVCache` for attention, per block). Tokens equal to cfg.eos_id
+    reset the recurrence (cfg.reset_at_doc_start), in `forward`, `prefill` and `step` alike.
+
+    `save_pretrained(folder)` / `LinearRNNLM.from_pretrained(folder or hub id)` / `push_to_hub(repo)` come from
+    huggingface_hub's PyTorchModelHubMixin: config.json (the ModelConfig) and model.safetensors.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, config: ModelConfig | dict):
         super().__init__()
+        cfg = config if isinstance(config, ModelConfig) else ModelConfig(**config)  # a dict from config.json
         self.cfg = cfg
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -273,23 +293,52 @@ class LinearRNNLM(nn.Module):
         """Parameter count; the tied embedding / LM head is counted once."""
         return sum(p.numel() for p in self.parameters())
 
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token, as PaLM counts them for MFU: 6 x the multiply-accumulates of every matmul (each
+        nn.Linear and the tied LM head), plus attention's 12 · D · T per layer (QK and AV at context T) for the
+        attention mixer. The scan and elementwise ops are not counted."""
+        macs = sum(m.in_features * m.out_features for m in self.modules() if isinstance(m, nn.Linear))
+        macs += self.cfg.vocab_size * self.cfg.d_model  # the LM head
+        attention = 12 * self.cfg.d_model * seq_len * self.cfg.n_layers if self.cfg.mixer == "attention" else 0
+        return 6 * macs + attention
+
+    def compile_blocks(self, **options) -> None:
+        """torch.compile each block in place (the state_dict keys stay the plain model's). Blocks share their code,
+        and the per-layer constants are buffers, so one compilation serves every block: a fraction of the time a
+        whole-model compile takes, and the same fused kernels."""
+        for block in self.blocks:
+            block.compile(**options)
+
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., D) -> (..., V)."""
         return F.linear(self.norm(x), self.embedding.weight)
 
-    def _run(self, tokens: torch.Tensor, output_final_state: bool) -> tuple[torch.Tensor, list[LayerState] | None]:
-        """tokens: (B, T) -> (logits: (B, T, V), per-block states after T or None)."""
+    def _hidden(self, tokens: torch.Tensor, output_final_state: bool) -> tuple[torch.Tensor, list[LayerState] | None]:
+        """tokens: (B, T) -> (the last block's output (B, T, D), per-block states after T or None)."""
         _check_tokens(tokens, "tokens", 2, self.cfg.vocab_size)
         x = self.dropout(self.embedding(tokens))  # (B, T, D)
         states = []
         for block in self.blocks:
             x, state = block(x, tokens, output_final_state)
             states.append(state)
-        return self._logits(x), states if output_final_state else None
+        return x, states if output_final_state else None
+
+    def _run(self, tokens: torch.Tensor, output_final_state: bool) -> tuple[torch.Tensor, list[LayerState] | None]:
+        """tokens: (B, T) -> (logits: (B, T, V), per-block states after T or None)."""
+        x, states = self._hidden(tokens, output_final_state)
+        return self._logits(x), states
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, T) long -> logits (B, T, V); the logits at t predict token t + 1."""
         return self._run(tokens, output_final_state=False)[0]
+
+    def nll(self, tokens: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens, targets: (B, T) long -> (summed NLL in nats, float32 (); the number of targets other than
+        ignore_index). The same value as cross-entropy over `forward`'s logits, without holding them (loss.py)."""
+        x = self.norm(self._hidden(tokens, output_final_state=False)[0])  # (B, T, D)
+        nll = chunked_linear_cross_entropy(x.flatten(0, 1), self.embedding.weight, targets.flatten(), ignore_index)
+        return nll, (targets != ignore_index).sum()
 
     def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[LayerState]]:
         """tokens: (B, T) long -> (logits (B, T, V), the state after T, from which `step` continues)."""
@@ -308,6 +357,11 @@ class LinearRNNLM(nn.Module):
         -> (logits (B, V) predicting the token after it, the new state). The input state is not modified."""
         _check_tokens(token, "token", 1, self.cfg.vocab_size)
         self._check_state(state, batch_size=token.shape[0])
+        return self.decode_step(token, state)
+
+    def decode_step(self, token: torch.Tensor, state: list[LayerState]) -> tuple[torch.Tensor, list[LayerState]]:
+        """`step` without its checks (one of them reads the tokens back, a host sync): for a caller that checked
+        its token and state already, e.g. a CUDA graph replaying the step (decoding.py)."""
         x = self.embedding(token)  # (B, D)
         new_state = []
         for block, layer_state in zip(self.blocks, state):

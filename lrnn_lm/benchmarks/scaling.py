@@ -3,15 +3,14 @@
     python -m lrnn_lm.benchmarks.scaling --config small.yaml --gpus 1 2 [--steps 400] [--out DIR] [--field value ...]
     python -m lrnn_lm.benchmarks.scaling --gpus 1 2 --steps 400 --measure-only   # re-read runs/scaling/{1,2}gpu
 
-Extra `--section.field value` arguments go to every train.py run, e.g. --data.batch_size 128: a per-GPU step
-long enough (~94 ms on an H200 for small.yaml at 128 x 2048 tokens) that host time between steps does not
-decide the figure. At 32 x 2048 tokens the 1-GPU baseline itself varies by ±20 % from launch to launch.
+Extra `--section.field value` arguments go to every train.py run, e.g. --data.batch_size 128: a per-GPU step long
+enough that host time between steps does not decide the figure.
 
-Each run is a plain `train.py` subprocess (so DDP launches exactly as a user's run does) with the CSV
-logger; tokens/s per GPU is Lightning's ThroughputMonitor figure (`train/device/items_per_sec`, rank 0,
-over a 100-step window), the median of its values after the first window. Validation is off during fit so
-that only training steps are timed; each run still evaluates the final weights (not timed here).
-Scaling efficiency at N GPUs = tokens/s per GPU at N / tokens/s per GPU at 1.
+Each run is a plain `train.py` subprocess (so DDP launches exactly as a user's run does) with the CSV logger, in a
+fresh run_dir (--trainer.overwrite). Tokens/s is the run's summary figure: the median of the 20-step windows after
+the first, validation excluded (train.TrainingSpeed). Validation is off during fit so that only training steps are
+timed; each run still evaluates the final weights (not timed here). Scaling efficiency at N GPUs = tokens/s per GPU
+at N / tokens/s per GPU at 1.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import datetime
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -30,14 +28,15 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+LOG_EVERY = 20  # optimizer steps per throughput window
 
 
 def run(config: str, gpus: int, steps: int, run_dir: Path, extra: list[str]) -> dict:
     cmd = [sys.executable, str(REPO / "train.py"), "--config", config,
            "--trainer.devices", str(gpus), "--trainer.strategy", "ddp" if gpus > 1 else "auto",
            "--trainer.max_steps", str(steps), "--trainer.val_every", str(10 * steps),
-           "--trainer.checkpoint_every", str(steps), "--trainer.logger", "csv", "--trainer.log_every", "10",
-           "--trainer.run_dir", str(run_dir), *extra]
+           "--trainer.checkpoint_every", str(steps), "--trainer.logger", "csv", "--trainer.log_every", str(LOG_EVERY),
+           "--trainer.run_dir", str(run_dir), "--trainer.overwrite", *extra]
     print(" ".join(cmd), flush=True)
     # Its own process group, ended with this script: a run left behind (DDP ranks included) would keep the
     # GPUs busy and spoil every measurement after it.
@@ -53,18 +52,18 @@ def run(config: str, gpus: int, steps: int, run_dir: Path, extra: list[str]) -> 
 
 
 def measure(gpus: int, steps: int, run_dir: Path) -> dict:
-    """The figures of one finished run in run_dir."""
+    """The figures of one finished run in run_dir: its summary's steady-state tokens/s (the median of the
+    log_every-step windows after the first, validation excluded: train.TrainingSpeed) and the windows it had."""
     # this run's log: CSVLogger adds version_N each time a run dir is reused
     metrics = max(run_dir.glob("csv/version_*/metrics.csv"), key=lambda m: int(m.parent.name.split("_")[1]))
     with open(metrics) as f:
-        rows = [r for r in csv.DictReader(f) if r.get("train/device/items_per_sec")]
-    per_gpu = [float(r["train/device/items_per_sec"]) for r in rows[1:]]  # the first window holds warm-up
-    if not per_gpu:
-        raise ValueError(f"steps: expected enough steps for two 100-step throughput windows (>= 120), got {steps}")
+        windows = sum(1 for r in csv.DictReader(f) if r.get("train/tokens_per_s")) - 1  # the first holds warm-up
+    if windows < 1:
+        raise ValueError(f"steps: expected enough steps for two {LOG_EVERY}-step windows, got {steps}")
     summary = json.loads((run_dir / "summary.json").read_text())
-    return dict(gpus=gpus, steps=steps, tokens_per_s_per_gpu=statistics.median(per_gpu),
-                tokens_per_s=gpus * statistics.median(per_gpu), windows=len(per_gpu),
-                val_bpb=summary["validation"]["bpb"], wall_time_s=summary["wall_time_s"])
+    return dict(gpus=gpus, steps=steps, tokens_per_s_per_gpu=summary["tokens_per_s"] / gpus,
+                tokens_per_s=summary["tokens_per_s"], windows=windows, val_bpb=summary["validation"]["bpb"],
+                wall_time_s=summary["wall_time_s"])
 
 
 def main() -> None:

@@ -40,8 +40,9 @@ def test_two_ranks_see_different_batches_and_keep_equal_weights(tmp_path):
 
 @pytest.mark.slow
 def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path, monkeypatch):
-    # Rank 1 alone sees a NaN loss at step 3 (its gradients stay finite): the guard's decision is collective,
-    # so both ranks stop before that optimizer step, nothing hangs, and last.ckpt is step 3's good state.
+    # Rank 1 alone counts its 4th optimizer step (from global step 3) as non-finite: the guard's check is collective,
+    # so both ranks stop at the check after that step (every step here: log_every 1), nothing hangs, and last.ckpt
+    # is step 3's good state.
     write_local_corpus(tmp_path / "corpus")
     monkeypatch.setenv("TINY_RUN_NAN_AT", "1:3")
     args = tiny_overrides(tmp_path / "run", tmp_path / "corpus", trainer__devices=2, trainer__strategy="ddp",
@@ -50,8 +51,11 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path, m
     (tmp_path / "records").mkdir()
     done = run_script("tests/lrnn_lm/tiny_run.py", str(tmp_path / "records"), *args, timeout=180)
     assert done.returncode != 0
-    assert (tmp_path / "records" / "rank0.stopped").read_text() == "3", done.stderr[-4000:]  # its own loss was fine
-    assert "step 3: non-finite training loss or gradient norm on 1 of 2 ranks" in done.stderr, done.stderr[-4000:]
+    for r in (0, 1):  # rank 0's own steps were fine
+        assert (tmp_path / "records" / f"rank{r}.stopped").read_text() == "4", done.stderr[-4000:]
+    assert "non-finite training loss or gradient norm in optimizer steps 4-4 (counted 1 times, on 1 of 2 ranks)" \
+        in done.stderr, done.stderr[-4000:]
+    assert done.returncode == 1 and "The last good checkpoint is" in done.stderr
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3
     assert all(torch.isfinite(w).all() for w in ckpt["state_dict"].values())

@@ -90,10 +90,11 @@ def test_train_then_evaluate_then_generate(tmp_path, corpus, capsys):
     short = json.loads(capsys.readouterr().out)
     assert short["seq_len"] == 8 and (short["tokens"], short["bytes"]) == (result["tokens"], result["bytes"])
     assert math.isfinite(short["bpb"]) and short["bpb"] != pytest.approx(result["bpb"], rel=1e-6)
-    with pytest.raises(ValueError, match="seq_len"):
-        evaluate_main(["--ckpt", last, "--split", "test", "--seq-len", "1"])
-    with pytest.raises(ValueError, match=r"batch_size: expected an integer >= 1, got 0"):  # not "the default"
-        evaluate_main(["--ckpt", last, "--split", "test", "--batch-size", "0"])
+    for bad, message in ((["--seq-len", "1"], "--seq-len: expected an integer >= 2, got 1"),
+                         (["--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0")):  # not "the default"
+        with pytest.raises(SystemExit) as exit_:
+            evaluate_main(["--ckpt", last, "--split", "test", *bad])
+        assert exit_.value.code == 2 and capsys.readouterr().err.startswith(f"error: {message}")
 
     text = "ROMEO: But soft, what light through yonder window breaks? — ¿ü\n"
     (tmp_path / "text.txt").write_text(text, encoding="utf-8")
@@ -101,8 +102,9 @@ def test_train_then_evaluate_then_generate(tmp_path, corpus, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["bytes"] == len(text.encode("utf-8")) and math.isfinite(result["bpb"])
     (tmp_path / "empty.txt").write_text("", encoding="utf-8")
-    with pytest.raises(ValueError, match="at least one token to predict"):
+    with pytest.raises(SystemExit):
         evaluate_main(["--ckpt", last, "--text-file", str(tmp_path / "empty.txt")])
+    assert "at least one token to predict" in capsys.readouterr().err
 
     generate = ["--ckpt", last, "--prompt", "ROMEO:", "--max-new-tokens", "20"]
     samples = []
@@ -187,7 +189,7 @@ def test_resume_refuses_changed_settings_but_not_a_longer_run(tmp_path, corpus):
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, corpus, monkeypatch):
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, corpus, monkeypatch, capsys):
     nll = LitLM._nll
 
     def nan_from_step_5(self, batch):
@@ -196,9 +198,12 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cor
 
     monkeypatch.setattr(LitLM, "_nll", nan_from_step_5)
     run = tmp_path / "run"
-    with pytest.raises(SystemExit, match=r"(?s)step 5: non-finite training loss.*last good checkpoint"):
-        main(tiny_overrides(run, corpus, trainer__max_steps=20, trainer__checkpoint_every=2,
+    with pytest.raises(SystemExit) as exit_:  # checked every 3 steps and before every checkpoint (every 4 steps)
+        main(tiny_overrides(run, corpus, trainer__max_steps=20, trainer__checkpoint_every=4, trainer__log_every=3,
                             trainer__val_every=100, trainer__logger="none"))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "optimizer steps 5-6" in err, err
+    assert f"The last good checkpoint is {run / 'checkpoints' / 'last.ckpt'} (step 4)" in err
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4

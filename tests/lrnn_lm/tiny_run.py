@@ -83,23 +83,27 @@ class Recorder(L.Callback):
 
 
 def poison_loss_in_guard(rank: int, step: int, out_dir: Path) -> None:
-    """From now on, rank `rank` sees a NaN training loss at global step `step`, in the non-finite guard only:
-    its gradients stay finite, so the other ranks learn of it only through the guard's collective decision.
-    Each rank whose guard stops the run writes out_dir/rank{r}.stopped (the step) before the error goes on."""
+    """From now on, rank `rank` counts the optimizer step it takes from global step `step` as non-finite, in the
+    guard only: its loss and gradients stay finite, so the other ranks learn of it only through the guard's
+    collective check. Each rank whose check stops the run writes out_dir/rank{r}.stopped (the global step then)
+    before the error goes on."""
     from lrnn_lm.lit_module import LitLM
 
-    guard = LitLM.on_before_optimizer_step
+    record, check = LitLM.record_step, LitLM.check_finite
 
-    def poisoned(self, optimizer):
+    def poisoned_record(self, finite):
         if self.global_rank == rank and self.global_step == step:
-            self._loss = torch.full_like(self._loss, float("nan"))
+            finite = torch.zeros_like(finite)
+        record(self, finite)
+
+    def observed_check(self):
         try:
-            guard(self, optimizer)
+            check(self)
         except FloatingPointError:
             (Path(out_dir) / f"rank{self.global_rank}.stopped").write_text(str(self.global_step))
             raise
 
-    LitLM.on_before_optimizer_step = poisoned
+    LitLM.record_step, LitLM.check_finite = poisoned_record, observed_check
 
 
 if __name__ == "__main__":

@@ -1,0 +1,307 @@
+"""What real clusters and real users do to a run, end to end on the CPU: kills during checkpoint writes, signals, two
+runs on one run_dir, copied and moved run dirs, extended runs, changed settings on resume, and errors a user can fix,
+which must end in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lrnn_lm.cli import RunInterrupted
+from lrnn_lm.config import load_config
+from lrnn_lm.train import train
+
+from .tiny_run import ROOT, SCRIPT_ENV, Recorder, run_script, tiny_overrides, write_local_corpus
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_local_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def config(run_dir, corpus, **fields):
+    fields = dict(trainer__val_every=1000, trainer__logger="none") | fields
+    return load_config(None, tiny_overrides(run_dir, corpus, **fields))
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit code 2, no traceback, and a single `error: ...` line on stderr that holds every fragment."""
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(lines) == 1, done.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# --- 1. a kill during a checkpoint write -------------------------------------------------------------------------
+
+WRITER = """
+import sys, torch
+from lrnn_lm.train import AtomicCheckpointIO
+io, path = AtomicCheckpointIO(), sys.argv[1]
+state = {"w": torch.randn(4_000_000), "step": 0}
+for step in range(10**9):
+    state["step"] = step
+    io.save_checkpoint(state, path)
+    print(step, flush=True)
+"""
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm, a filesystem other than the run_dir's")
+def test_a_kill_at_any_point_of_a_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path):
+    """SIGKILL a process that rewrites a 16 MB checkpoint in a loop, at random moments, with TMPDIR on another
+    filesystem: the checkpoint always loads, whole. The temporaries the kills leave are cleaned at the next start."""
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    path.parent.mkdir()
+    env = os.environ | SCRIPT_ENV | {"TMPDIR": "/dev/shm", "PYTHONPATH": str(ROOT)}
+    rng = random.Random(0)
+    for _ in range(12):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], env=env, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline()  # one write done
+        time.sleep(rng.uniform(0.0, 0.15))  # somewhere inside a later write
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        state = torch.load(path, weights_only=True)
+        assert state["w"].numel() == 4_000_000
+    from lrnn_lm.train import clean_interrupted_writes
+
+    assert len(list(path.parent.iterdir())) > 1  # the kills left partial temporaries
+    clean_interrupted_writes(path.parent)  # what the next run does first
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+# --- 2. one run per run_dir ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_busy_run_dir_is_refused_naming_the_first(tmp_path, corpus):
+    run = tmp_path / "run"
+    args = tiny_overrides(run, corpus, trainer__max_steps=100000, trainer__val_every=100000, trainer__logger="none")
+    first = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=os.environ | SCRIPT_ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / ".lock").exists() or not (run / ".lock").read_text():
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
+        second = run_script("train.py", *args, "--optim.lr", "0.01")
+        assert_one_line_error(second, "trainer.run_dir", f"in use by pid {first.pid}")
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_finished_run_dir_is_not_overwritten_unless_asked(tmp_path, corpus):
+    run = tmp_path / "run"
+    train(config(run, corpus, trainer__max_steps=6, trainer__checkpoint_every=3, trainer__val_every=3))
+    assert (run / "checkpoints" / "best.ckpt").is_file()
+    with pytest.raises(ValueError, match=r"holds checkpoints \(best.ckpt, last.ckpt\).*--trainer.overwrite"):
+        train(config(run, corpus, trainer__max_steps=2))
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6  # untouched
+    summary = train(config(run, corpus, trainer__max_steps=2, trainer__overwrite=True))
+    assert summary["steps"] == 2 and summary["evaluated"] == "final weights"  # the old best.ckpt is gone
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+# --- 3. a copied or moved run directory ----------------------------------------------------------------------
+
+
+def test_a_copied_or_moved_run_dir_evaluates_its_own_best_checkpoint(tmp_path, corpus):
+    ref = tmp_path / "ref"
+    train(config(ref, corpus, trainer__max_steps=4, trainer__checkpoint_every=4, trainer__val_every=2))
+    shutil.copytree(ref, tmp_path / "copy")
+    copied = train(config(tmp_path / "copy", corpus, trainer__max_steps=5, trainer__checkpoint_every=4,
+                          trainer__val_every=2, trainer__resume=True))
+    assert copied["evaluated"] == str(tmp_path / "copy" / "checkpoints" / "best.ckpt")
+    assert (ref / "checkpoints" / "best.ckpt").is_file()  # the original's is left alone
+    shutil.move(ref, tmp_path / "moved")
+    moved = train(config(tmp_path / "moved", corpus, trainer__max_steps=5, trainer__checkpoint_every=4,
+                         trainer__val_every=2, trainer__resume=True))
+    assert moved["evaluated"] == str(tmp_path / "moved" / "checkpoints" / "best.ckpt")
+    assert json.loads((tmp_path / "moved" / "summary.json").read_text())["steps"] == 5
+
+
+# --- 4, 5. SIGTERM and Ctrl-C stop at a step boundary, save, and resume exactly -------------------------------
+
+
+class SignalAt(Recorder):
+    """Sends this process `signum` at the end of training batch `at`, after that step's checkpointing: the run stops at
+    the next step boundary, one step later."""
+
+    def __init__(self, signum: int, at: int):
+        super().__init__()
+        self.signum, self.at = signum, at
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+        if trainer.global_step == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_at_the_step_boundary_saves_and_resumes_exactly(tmp_path, corpus, signum):
+    steps = dict(trainer__max_steps=9, trainer__checkpoint_every=100, model__dropout=0.2)
+    uninterrupted = Recorder()
+    train(config(tmp_path / "a", corpus, **steps), callbacks=[uninterrupted])
+
+    with pytest.raises(RunInterrupted) as stopped:
+        train(config(tmp_path / "b", corpus, **steps), callbacks=[SignalAt(signum, 4)])
+    assert stopped.value.signum == signum
+    assert "stopped at step 5" in str(stopped.value) and "--trainer.resume" in str(stopped.value)
+    assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5  # no loss
+    resumed = Recorder()
+    train(config(tmp_path / "b", corpus, **steps, trainer__resume=True), callbacks=[resumed])
+    assert resumed.batches == uninterrupted.batches[5:]
+    assert resumed.params == uninterrupted.params
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_and_says_how_to_resume(tmp_path, corpus):
+    run = tmp_path / "run"
+    args = tiny_overrides(run, corpus, trainer__max_steps=100000, trainer__checkpoint_every=100000,
+                          trainer__val_every=100000, trainer__logger="csv")
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=os.environ | SCRIPT_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(run.glob("csv/version_0/metrics.csv")):  # training has started
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Resume with: python train.py" in err and "--trainer.resume" in err
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert saved >= 1 and f"(step {saved})" in err
+
+
+# --- 6. extending a finished run -------------------------------------------------------------------------------
+
+
+def test_extending_a_finished_run_continues_its_epoch(tmp_path, corpus):
+    """A run of 5 steps, continued to 9, sees the batches of an uninterrupted 9-step run: the final last.ckpt holds the
+    mid-epoch data position, not a finished epoch. (The weights differ: the cosine schedule follows max_steps.)"""
+    uninterrupted = Recorder()
+    train(config(tmp_path / "a", corpus, trainer__max_steps=9, trainer__checkpoint_every=100), callbacks=[uninterrupted])
+    train(config(tmp_path / "b", corpus, trainer__max_steps=5, trainer__checkpoint_every=100))
+    extended = Recorder()
+    train(config(tmp_path / "b", corpus, trainer__max_steps=9, trainer__checkpoint_every=100, trainer__resume=True),
+          callbacks=[extended])
+    assert extended.batches == uninterrupted.batches[5:]
+
+
+# --- 7. a changed model shape on resume -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field, value", [("model.d_model", 48), ("model.n_layers", 2), ("model.vocab_size", 600)])
+def test_resume_with_another_model_shape_is_refused_naming_the_field(tmp_path, corpus, field, value):
+    run = tmp_path / "run"
+    train(config(run, corpus, trainer__max_steps=2, trainer__checkpoint_every=2))
+    with pytest.raises(ValueError, match=rf"^trainer.resume: .*{field}: .* in the checkpoint, {value} now"):
+        train(config(run, corpus, trainer__max_steps=4, trainer__resume=True, **{field.replace(".", "__"): value}))
+
+
+# --- 8. errors a user can fix: one line, exit code 2, no traceback ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_errors_a_user_can_fix_are_one_line(tmp_path, corpus):
+    run = tmp_path / "run"
+    base = tiny_overrides(run, corpus, trainer__max_steps=2, trainer__checkpoint_every=2)
+    cases = [
+        (["--data.source", str(tmp_path / "nowhere.jsonl")], ["data.source", "nowhere.jsonl"]),
+        (["--data.seq_len", "100000"], ["train split has", "windows"]),
+        (["--trainer.resume"], ["trainer.resume: no checkpoint at"]),
+        (["--model.d_model", "many"], ["model.d_model: expected int, got 'many'"]),
+        (["--optim.lr", ".inf"], ["optim.lr: expected a finite number > 0, got inf"]),
+    ]
+    for extra, fragments in cases:
+        assert_one_line_error(run_script("train.py", *base, *extra), *fragments)
+
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model:\n  d_model: [1\n")
+    assert_one_line_error(run_script("train.py", "--config", str(bad_yaml)), "bad.yaml")
+
+    latin = tmp_path / "latin"
+    latin.mkdir()
+    (latin / "train.txt").write_bytes("Ça, café crème".encode("latin-1"))
+    assert_one_line_error(run_script("train.py", *base, "--data.source", str(latin / "train.txt")),
+                          "not UTF-8", "train.txt")
+
+    ckpts = run / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "last.ckpt").write_bytes(b"")
+    assert_one_line_error(run_script("train.py", *base, "--trainer.resume"), "last.ckpt", "empty")
+    (ckpts / "last.ckpt").write_bytes(b"PK\x03\x04 not really a zip archive" * 100)
+    assert_one_line_error(run_script("train.py", *base, "--trainer.resume"), "last.ckpt", "unreadable")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    assert_one_line_error(run_script("-m", "lrnn_lm.evaluate", "--ckpt", str(truncated)), "truncated.ckpt")
+    assert_one_line_error(run_script("-m", "lrnn_lm.evaluate", "--ckpt", str(tmp_path / "none.ckpt")),
+                          "--ckpt", "no such file")
+
+
+ARGUMENT_CHECKS = """
+import sys
+from lrnn_lm import evaluate, generate
+for module, argv in ((evaluate, ["--ckpt", sys.argv[1], "--batch-size", "0"]),
+                     (generate, ["--ckpt", sys.argv[1], "--temperature", "-1"]),
+                     (generate, ["--ckpt", sys.argv[1], "--top-p", "1.5"])):
+    try:
+        module.main(argv)
+    except SystemExit as e:
+        assert e.code == 2, e.code
+    else:
+        raise AssertionError(argv)
+assert "lightning" not in sys.modules and "lightning.pytorch" not in sys.modules, "imported before the checks"
+print("checked")
+"""
+
+
+def test_evaluate_and_generate_check_their_arguments_before_loading_anything(tmp_path):
+    ckpt = tmp_path / "some.ckpt"
+    ckpt.write_bytes(b"not opened")
+    done = run_script("-c", ARGUMENT_CHECKS, str(ckpt))
+    assert done.returncode == 0 and "checked" in done.stdout, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3 and "--batch-size" in errors[0] and "--temperature" in errors[1] and "--top-p" in errors[2]
+
+
+# --- 9. surprises that are now said --------------------------------------------------------------------------
+
+
+def test_a_tokenizer_much_smaller_than_the_vocabulary_is_warned_about(tmp_path, corpus):
+    from lrnn_lm.data import LMDataModule
+
+    data = config(tmp_path / "run", corpus).data
+    data.cache_dir = str(tmp_path / "cache")
+    with pytest.warns(UserWarning, match=r"model.vocab_size=50000, but the BPE trained on this train split has only \d+"):
+        LMDataModule(data, vocab_size=50000).prepare_data()
+
+
+def test_a_non_finite_loss_before_any_checkpoint_says_none_was_written(tmp_path, corpus, monkeypatch):
+    from lrnn_lm.lit_module import LitLM
+
+    nll = LitLM._nll
+    monkeypatch.setattr(LitLM, "_nll", lambda self, batch: (nll(self, batch)[0] * float("nan"), nll(self, batch)[1]))
+    with pytest.raises(FloatingPointError, match=r"optimizer steps 1-1 .*No checkpoint was written yet"):
+        train(config(tmp_path / "run", corpus, trainer__max_steps=4, trainer__log_every=1))

@@ -1,80 +1,184 @@
-"""Autoregressive sampling: one parallel prefill of the prompt, then one `model.step` per new token.
+"""Autoregressive sampling: a parallel prefill of each prompt, then one decode step per new token.
 
-Works on token ids only; turning text into ids and back is the caller's business.
+Works on token ids only; turning text into ids and back is the caller's business (generate.py).
+
+Prompts of different lengths are batched exactly: the prompts of each length are prefilled together, by the
+parallel scan, and their states (one row each) are stacked into one batch for decoding, where every row is
+computed on its own. So each sequence continues from the state it would have alone.
+
+Decoding runs `model.step` once per token, either eagerly (any device) or replayed from a CUDA graph
+(decoding.py: on CUDA, the step compiled and captured once; one replay per token, no host work in between). A
+token is drawn as argmax(p / E) with E ~ Exp(1) per entry, which samples p exactly (the exponential-race form of
+the Gumbel-max trick) and runs inside a graph; temperature, top-k and top-p shape p first.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 
-from .model import LinearRNNLM
+from .model import LinearRNNLM, LayerState
 
 
 @torch.no_grad()
 def sample(
     model: LinearRNNLM,
-    prompt: torch.Tensor,
+    prompts: torch.Tensor | Sequence[torch.Tensor],
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
     generator: torch.Generator | None = None,
+    decoder: str = "auto",
+    on_tokens: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Continue each prompt by max_new_tokens tokens.
 
     Args:
         model: the language model; run in eval mode here, its training flag restored on return.
-        prompt: (B, T0) long token ids, T0 >= 1, on the model's device.
-        max_new_tokens: tokens to generate, >= 0.
+        prompts: (B, T0) long token ids, or a list of B 1-d long tensors of any lengths >= 1, on the model's device.
+        max_new_tokens: tokens to generate per prompt, >= 0.
         temperature: softmax temperature, >= 0; 0 is greedy (argmax) decoding.
         top_k: sample among the k most likely tokens only (None: the whole vocabulary; k > V means V).
-        generator: the random source for torch.multinomial, on the model's device (None: the global one).
+        top_p: sample among the most likely tokens whose probabilities add up to top_p (nucleus sampling), in (0, 1].
+        eos_id: a row that generates this token is finished: its later tokens are eos_id, and decoding stops early
+            once every row is finished. None: every row runs max_new_tokens.
+        generator: the random source, on the model's device (None: the global one). Under the CUDA-graph decoder,
+            the global CUDA generator is used; seed it with torch.cuda.manual_seed for a reproducible sample.
+        decoder: "eager", "graph" (CUDA only) or "auto" (graph on CUDA, eager elsewhere).
+        on_tokens: called with each new column of tokens, (B,), as it is generated (streaming); under the graph
+            decoder this reads each token back as it comes, which costs a host sync per token.
 
     Returns:
-        (B, T0 + max_new_tokens) long: the prompt followed by the generated tokens.
+        (B, max_new_tokens) long: the new tokens of each prompt.
 
     The recurrent model spends O(1) time and memory per generated token; attention's KV cache grows.
     """
-    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[1] < 1:
-        got = f"shape {tuple(prompt.shape)}" if isinstance(prompt, torch.Tensor) else type(prompt).__name__
-        raise ValueError(f"prompt: expected a 2-d tensor (B, T0) with T0 >= 1, got {got}")
-    if prompt.dtype != torch.long:
-        raise TypeError(f"prompt: expected dtype torch.int64 (long), got {prompt.dtype}")
+    rows = _check_prompts(prompts, model.cfg.vocab_size)
+    _check_options(max_new_tokens, temperature, top_k, top_p, eos_id, decoder, model.cfg.vocab_size)
+    device = rows[0].device
+    if decoder == "auto":
+        decoder = "graph" if device.type == "cuda" else "eager"
+    if decoder == "graph" and device.type != "cuda":
+        raise ValueError(f"decoder: expected 'eager' or 'auto' off CUDA, got 'graph' with the model on {device}")
+    was_training = model.training
+    model.eval()
+    try:
+        logits, state = prefill_each(model, rows)  # (B, V), one state row per prompt
+        out = torch.full((len(rows), max_new_tokens), eos_id if eos_id is not None else 0, dtype=torch.long,
+                         device=device)
+        if max_new_tokens == 0:
+            return out
+        pick = TokenPicker(temperature, top_k, top_p)
+        if decoder == "graph":
+            from .decoding import CudaGraphDecoder
+
+            CudaGraphDecoder(model, state, pick, eos_id).run(logits, out, on_tokens)
+            return out
+        finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        for i in range(max_new_tokens):
+            token = pick(logits, generator)  # (B,)
+            if eos_id is not None:
+                token = token.masked_fill(finished, eos_id)
+                finished |= token == eos_id
+            out[:, i] = token
+            if on_tokens is not None:
+                on_tokens(token)
+            if eos_id is not None and bool(finished.all()):
+                break
+            if i + 1 < max_new_tokens:
+                logits, state = model.step(token, state)
+        return out
+    finally:
+        model.train(was_training)
+
+
+def prefill_each(model: LinearRNNLM, rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[LayerState]]:
+    """Prompts of any lengths -> (the logits after each (B, V), the decoding state with one row per prompt). The
+    prompts of each length are prefilled together; rows keep the prompts' order."""
+    by_length: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_length.setdefault(r.shape[0], []).append(i)
+    if len(by_length) > 1 and model.cfg.mixer != "lrnn":
+        raise ValueError("prompts: prompts of different lengths need the recurrent mixer (an attention model's KV "
+                         "caches would differ in length); give prompts of one length")
+    parts = []
+    for length, index in by_length.items():
+        logits, state = model.prefill(torch.stack([rows[i] for i in index]))  # (b, length, V)
+        parts.append((index, logits[:, -1], state))
+    if len(parts) == 1:
+        return parts[0][1], parts[0][2]
+    order = torch.tensor([i for index, _, _ in parts for i in index], device=rows[0].device)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    logits = torch.cat([p[1] for p in parts])[inverse]
+    state = [type(layers[0])(*(torch.cat(fields)[inverse] for fields in zip(*layers)))
+             for layers in zip(*(p[2] for p in parts))]
+    return logits, state
+
+
+class TokenPicker:
+    """logits (B, V) -> next tokens (B,): greedy at temperature 0, else a draw from softmax(logits / temperature)
+    restricted to the top-k and to the top-p nucleus, as argmax(p / E), E ~ Exp(1). Only tensor operations, so it can
+    be captured in a CUDA graph."""
+
+    def __init__(self, temperature: float, top_k: int | None, top_p: float | None):
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+
+    def __call__(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.temperature == 0:
+            return logits.argmax(dim=-1)
+        logits = logits.float()
+        # shifted so the largest is 0 before the division: a tiny temperature then gives 0 and -inf, not inf - inf
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / self.temperature
+        if self.top_k is not None and self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)  # (B, V)
+        if self.top_p is not None and self.top_p < 1:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            # keep a token if the tokens before it hold less than top_p (the first is always kept)
+            drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= self.top_p
+            probs = probs.scatter(1, order, sorted_probs.masked_fill(drop, 0.0))
+        race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+        return (probs / race).argmax(dim=-1)
+
+
+def _check_prompts(prompts, vocab_size: int) -> list[torch.Tensor]:
+    if isinstance(prompts, torch.Tensor):
+        if prompts.dim() != 2 or prompts.shape[0] < 1 or prompts.shape[1] < 1:
+            raise ValueError(f"prompts: expected a 2-d tensor (B, T0) with B, T0 >= 1, or a list of 1-d tensors, got "
+                             f"shape {tuple(prompts.shape)}")
+        rows = list(prompts)
+    elif isinstance(prompts, (list, tuple)) and prompts:
+        rows = list(prompts)
+    else:
+        raise ValueError(f"prompts: expected a 2-d tensor (B, T0) or a non-empty list of 1-d tensors, got "
+                         f"{type(prompts).__name__}")
+    for i, r in enumerate(rows):
+        if not isinstance(r, torch.Tensor) or r.dim() != 1 or r.shape[0] < 1:
+            got = f"shape {tuple(r.shape)}" if isinstance(r, torch.Tensor) else type(r).__name__
+            raise ValueError(f"prompts[{i}]: expected a non-empty 1-d tensor of token ids, got {got}")
+        if r.dtype != torch.long:
+            raise TypeError(f"prompts[{i}]: expected dtype torch.int64 (long), got {r.dtype}")
+        if r.device != rows[0].device:
+            raise ValueError(f"prompts[{i}]: expected the device of prompts[0] ({rows[0].device}), got {r.device}")
+    return rows
+
+
+def _check_options(max_new_tokens, temperature, top_k, top_p, eos_id, decoder, vocab_size) -> None:
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an integer >= 0, got {max_new_tokens!r}")
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature: expected a finite number >= 0, got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise ValueError(f"top_k: expected None or an integer >= 1, got {top_k!r}")
-
-    was_training = model.training
-    model.eval()
-    try:
-        logits, state = model.prefill(prompt)  # (B, T0, V)
-        logits = logits[:, -1]  # (B, V)
-        out = [prompt]
-        for i in range(max_new_tokens):
-            token = _pick(logits, temperature, top_k, generator)  # (B,)
-            out.append(token[:, None])
-            if i + 1 < max_new_tokens:
-                logits, state = model.step(token, state)
-        return torch.cat(out, dim=1)  # (B, T0 + max_new_tokens)
-    finally:
-        model.train(was_training)
-
-
-def _pick(
-    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
-) -> torch.Tensor:
-    """logits: (B, V) -> next token ids (B,)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float()
-    # shifted so the largest is 0 before the division: a tiny temperature then gives 0 and -inf, not inf - inf
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)  # (B, V)
-    return torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
+    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
+    if eos_id is not None and (not isinstance(eos_id, int) or not 0 <= eos_id < vocab_size):
+        raise ValueError(f"eos_id: expected None or a token id in [0, {vocab_size}), got {eos_id!r}")
+    if decoder not in ("auto", "eager", "graph"):
+        raise ValueError(f"decoder: expected 'auto', 'eager' or 'graph', got {decoder!r}")

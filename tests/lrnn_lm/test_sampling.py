@@ -1,11 +1,12 @@
-"""sample(): shapes, greedy decoding, top-k, reproducibility, mode restore, argument checks."""
+"""sample(): shapes, greedy decoding, top-k and top-p, prompts of different lengths, EOS, reproducibility, mode
+restore, argument checks; on a GPU, the CUDA-graph decoder against the eager one."""
 
 import pytest
 import torch
 
 from lrnn_lm.config import ModelConfig
 from lrnn_lm.model import LinearRNNLM
-from lrnn_lm.sampling import sample
+from lrnn_lm.sampling import prefill_each, sample
 
 VOCAB = 64
 
@@ -20,27 +21,25 @@ def prompt(batch_size: int = 2, length: int = 5) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("mixer", ["lrnn", "attention"])
-def test_shape_and_prompt_kept(mixer):
-    p = prompt()
-    out = sample(tiny_model(mixer), p, max_new_tokens=7)
-    assert out.shape == (2, 12) and out.dtype == torch.long
-    assert torch.equal(out[:, :5], p)
+def test_shape_of_the_new_tokens(mixer):
+    out = sample(tiny_model(mixer), prompt(), max_new_tokens=7)
+    assert out.shape == (2, 7) and out.dtype == torch.long
     assert ((out >= 0) & (out < VOCAB)).all()
 
 
-def test_zero_new_tokens_returns_the_prompt():
-    p = prompt()
-    assert torch.equal(sample(tiny_model(), p, max_new_tokens=0), p)
+def test_zero_new_tokens():
+    assert sample(tiny_model(), prompt(), max_new_tokens=0).shape == (2, 0)
 
 
 @pytest.mark.parametrize("mixer", ["lrnn", "attention"])
 def test_greedy_is_the_argmax_of_the_parallel_forward(mixer):
     model = tiny_model(mixer)
-    out = sample(model, prompt(), max_new_tokens=8, temperature=0.0)
-    assert torch.equal(sample(model, prompt(), max_new_tokens=8, temperature=0.0), out)
+    new = sample(model, prompt(), max_new_tokens=8, temperature=0.0)
+    assert torch.equal(sample(model, prompt(), max_new_tokens=8, temperature=0.0), new)
+    out = torch.cat([prompt(), new], dim=1)
     with torch.no_grad():
         expected = model(out[:, :-1]).argmax(dim=-1)[:, 4:]  # (B, 8): the prediction at each generated slot
-    assert torch.equal(out[:, 5:], expected)
+    assert torch.equal(new, expected)
 
 
 def test_top_k_1_is_greedy():
@@ -67,6 +66,63 @@ def test_top_k_samples_only_the_k_most_likely():
     assert len(out[:, -1].unique()) > 1
 
 
+def test_top_p_samples_only_the_nucleus():
+    """Only the likeliest tokens whose probabilities reach top_p are drawn; a tiny top_p is greedy."""
+    model = tiny_model()
+    p = prompt(batch_size=1).expand(512, -1)
+    with torch.no_grad():
+        probs = torch.softmax(model(p[:1])[0, -1] / 2.0, dim=-1)
+    sorted_probs, order = probs.sort(descending=True)
+    n_nucleus = int(((sorted_probs.cumsum(0) - sorted_probs) < 0.5).sum())
+    out = sample(model, p, max_new_tokens=1, temperature=2.0, top_p=0.5, generator=torch.Generator().manual_seed(0))
+    assert torch.isin(out[:, 0], order[:n_nucleus]).all() and len(out[:, 0].unique()) == n_nucleus > 1
+    greedy = sample(model, prompt(), max_new_tokens=6, temperature=0.0)
+    assert torch.equal(sample(model, prompt(), max_new_tokens=6, temperature=1.0, top_p=1e-6), greedy)
+
+
+def test_sampling_draws_the_softmax():
+    """argmax(p / Exp(1)) draws token i with probability p_i: frequencies over many draws match the softmax."""
+    model = tiny_model()
+    p = prompt(batch_size=1).expand(20000, -1)
+    out = sample(model, p, max_new_tokens=1, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        probs = torch.softmax(model(p[:1])[0, -1], dim=-1)
+    freq = torch.bincount(out[:, 0], minlength=VOCAB).double() / out.shape[0]
+    assert (freq - probs.double()).abs().max() < 0.015
+
+
+def test_prompts_of_different_lengths_each_continue_as_they_would_alone():
+    model = tiny_model().double()
+    g = torch.Generator().manual_seed(5)
+    rows = [torch.randint(1, VOCAB, (n,), generator=g) for n in (3, 9, 1, 9, 6)]
+    logits, state = prefill_each(model, rows)
+    together = sample(model, rows, max_new_tokens=10, temperature=0.0)
+    for i, row in enumerate(rows):
+        alone_logits, alone_state = model.prefill(row[None])
+        torch.testing.assert_close(logits[i], alone_logits[0, -1], rtol=1e-12, atol=1e-12)
+        for layer, alone in zip(state, alone_state):
+            for field, field_alone in zip(layer, alone):
+                torch.testing.assert_close(field[i], field_alone[0], rtol=1e-12, atol=1e-12)
+        assert torch.equal(together[i], sample(model, row[None], max_new_tokens=10, temperature=0.0)[0])
+
+
+def test_each_row_stops_at_its_own_eos():
+    model = tiny_model()
+    with torch.no_grad():
+        model.embedding.weight[0].mul_(30.0)  # the LM head favours EOS (id 0) after a while
+    out = sample(model, prompt(batch_size=4), max_new_tokens=40, temperature=1.0, eos_id=0,
+                 generator=torch.Generator().manual_seed(2))
+    for row in out.tolist():
+        if 0 in row:
+            assert all(t == 0 for t in row[row.index(0):])
+
+
+def test_attention_needs_prompts_of_one_length():
+    rows = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
+    with pytest.raises(ValueError, match="prompts of different lengths need the recurrent mixer"):
+        sample(tiny_model("attention"), rows, max_new_tokens=2)
+
+
 def test_generator_makes_sampling_reproducible():
     model = tiny_model()
 
@@ -89,19 +145,53 @@ def test_training_flag_is_restored(training):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(prompt=torch.ones(5, dtype=torch.long)), ValueError, "prompt: expected a 2-d tensor"),
-        (dict(prompt=torch.ones(2, 0, dtype=torch.long)), ValueError, "prompt: expected a 2-d tensor"),
-        (dict(prompt=torch.ones(2, 3)), TypeError, "prompt: expected dtype torch.int64"),
-        (dict(prompt=torch.full((2, 3), VOCAB)), ValueError, "tokens: expected ids"),
+        (dict(prompts=torch.ones(5, dtype=torch.long)), ValueError, "prompts: expected a 2-d tensor"),
+        (dict(prompts=torch.ones(2, 0, dtype=torch.long)), ValueError, "prompts: expected a 2-d tensor"),
+        (dict(prompts=torch.ones(2, 3)), TypeError, r"prompts\[0\]: expected dtype torch.int64"),
+        (dict(prompts=[torch.ones(2, dtype=torch.long), torch.ones(0, dtype=torch.long)]), ValueError, r"prompts\[1\]"),
+        (dict(prompts=torch.full((2, 3), VOCAB)), ValueError, "tokens: expected ids"),
         (dict(max_new_tokens=-1), ValueError, "max_new_tokens"),
         (dict(max_new_tokens=2.0), ValueError, "max_new_tokens"),
         (dict(temperature=-0.5), ValueError, "temperature"),
         (dict(temperature=float("nan")), ValueError, "temperature"),
         (dict(top_k=0), ValueError, "top_k"),
         (dict(top_k=2.5), ValueError, "top_k"),
+        (dict(top_p=0.0), ValueError, "top_p"),
+        (dict(top_p=1.5), ValueError, "top_p"),
+        (dict(eos_id=VOCAB), ValueError, "eos_id"),
+        (dict(decoder="fast"), ValueError, "decoder"),
+        (dict(decoder="graph"), ValueError, "decoder: expected 'eager' or 'auto' off CUDA"),
     ],
 )
 def test_bad_arguments_raise(kwargs, error, match):
-    args = dict(prompt=prompt(), max_new_tokens=3) | kwargs
+    args = dict(prompts=prompt(), max_new_tokens=3) | kwargs
+    if "graph" in str(kwargs.get("decoder")) and torch.cuda.is_available():
+        pytest.skip("the graph decoder runs on CUDA")
     with pytest.raises(error, match=match):
         sample(tiny_model(), **args)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("compile_step", [True, False], ids=["compiled", "eager-step"])
+def test_graph_decoder_gives_the_eager_tokens_under_greedy_decoding(compile_step, monkeypatch):
+    """small.yaml's shape, bf16 autocast, prompts of different lengths: the CUDA-graph decoder's greedy tokens are the
+    eager step's, and EOS ends rows as it does eagerly."""
+    import lrnn_lm.decoding as decoding
+    from lrnn_lm.config import load_config
+
+    init = decoding.CudaGraphDecoder.__init__
+    monkeypatch.setattr(decoding.CudaGraphDecoder, "__init__",
+                        lambda self, *a, **k: init(self, *a, **(k | {"compile": compile_step})))
+    torch.manual_seed(0)
+    model = LinearRNNLM(load_config("small.yaml").model).cuda().eval()
+    g = torch.Generator("cuda").manual_seed(0)
+    rows = [torch.randint(1, model.cfg.vocab_size, (n,), device="cuda", generator=g) for n in (1024, 700, 1024, 33)]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = sample(model, rows, 96, temperature=0.0, decoder="eager")
+        graph = sample(model, rows, 96, temperature=0.0, decoder="graph")
+    assert torch.equal(graph, eager)
+    eos = int(eager[0, 40])  # a token row 0 emits: make it the end of a document
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = sample(model, rows, 96, temperature=0.0, eos_id=eos, decoder="eager")
+        graph = sample(model, rows, 96, temperature=0.0, eos_id=eos, decoder="graph")
+    assert torch.equal(graph, eager) and (eager[0, 41:] == eos).all()

@@ -1,0 +1,92 @@
+"""Decoding at the GPU's pace: the decode step compiled, captured in one CUDA graph, and replayed once per token.
+
+An eager decode step is a few hundred small kernels (six layers of norms, projections, gates and the state update),
+each launched by Python: at batch 1 the host, not the GPU, sets the pace (about 4.5 ms per token for small.yaml's
+shape, where the GPU reads its 20 MB of weights in 5 µs). Here `model.step` is compiled (torch.compile fuses its
+elementwise work into a few kernels per layer), then captured with torch.cuda.graphs on static buffers: the token,
+every layer's state, the output tokens and a step counter all stay on the device. A replay runs a whole step and
+the sampling of the next token, writes it into the output at the counter and advances the counter; the host only
+replays, and reads the tokens at the end (or as they come, when streaming). Memory is constant in the number of
+tokens generated: the buffers and the graph's pool are allocated once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .model import LayerState, LinearRNNLM
+
+EOS_CHECK_EVERY = 32
+"""Replays between reads of the finished flags (one host sync each), to stop once every row has ended."""
+
+
+class CudaGraphDecoder:
+    """model.step + token picking, captured once on static copies of `state` (the state after the prompts).
+
+    compile: compile model.step first (fewer, fused kernels); False captures the eager step."""
+
+    def __init__(self, model: LinearRNNLM, state: list[LayerState], pick: Callable, eos_id: int | None,
+                 compile: bool = True):
+        self.model, self.pick, self.eos_id = model, pick, eos_id
+        self.state = [type(s)(*(t.clone() for t in s)) for s in state]
+        batch = self.state[0][0].shape[0]
+        device = self.state[0][0].device
+        self.token = torch.zeros(batch, dtype=torch.long, device=device)
+        self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.index = torch.zeros(1, dtype=torch.long, device=device)
+        self.step = torch.compile(model.decode_step, dynamic=False) if compile else model.decode_step
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def _body(self, token, state, finished, index, out) -> None:
+        """One decode step on the given buffers: the next token from (token, state), written into out[:, index]."""
+        logits, new_state = self.step(token, state)
+        nxt = self.pick(logits)  # (B,)
+        if self.eos_id is not None:
+            nxt = nxt.masked_fill(finished, self.eos_id)
+            finished |= nxt == self.eos_id
+        out.index_copy_(1, index, nxt[:, None])
+        index += 1
+        token.copy_(nxt)
+        for old, new in zip(state, new_state):
+            for a, b in zip(old, new):
+                a.copy_(b)
+
+    def _capture(self, out: torch.Tensor) -> None:
+        """Compile and warm up on scratch copies of the buffers (a side stream, as graph capture asks), then capture
+        the step on the real ones."""
+        scratch = ([type(s)(*(t.clone() for t in s)) for s in self.state], self.token.clone(), self.finished.clone(),
+                   torch.zeros_like(self.index), torch.zeros_like(out))
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            state, token, finished, index, scratch_out = scratch
+            for _ in range(3):
+                index.zero_()
+                self._body(token, state, finished, index, scratch_out)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._body(self.token, self.state, self.finished, self.index, out)
+
+    def run(self, logits: torch.Tensor, out: torch.Tensor, on_tokens: Callable[[torch.Tensor], None] | None) -> None:
+        """logits: (B, V) after the prompts; out: (B, N) filled with the N new tokens (eos_id after a row's end)."""
+        first = self.pick(logits)
+        if self.eos_id is not None:
+            self.finished |= first == self.eos_id
+        out[:, 0] = first
+        if on_tokens is not None:
+            on_tokens(first)
+        if out.shape[1] == 1:
+            return
+        self._capture(out)
+        self.token.copy_(first)
+        self.index.fill_(1)
+        for i in range(1, out.shape[1]):
+            self.graph.replay()
+            if on_tokens is not None:
+                on_tokens(out[:, i])
+            if self.eos_id is not None and i % EOS_CHECK_EVERY == 0 and bool(self.finished.all()):
+                out[:, i + 1:] = self.eos_id
+                return

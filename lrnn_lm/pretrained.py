@@ -1,0 +1,58 @@
+"""Models that leave the project: a checkpoint as a Hugging Face-style folder, and back.
+
+    python -m lrnn_lm.export --ckpt runs/small/checkpoints/best.ckpt --out small-lrnn
+
+writes, in the folder:
+- config.json and model.safetensors: the model (`LinearRNNLM.save_pretrained`, huggingface_hub's
+  PyTorchModelHubMixin), loaded by `LinearRNNLM.from_pretrained(folder)`, or pushed with `push_to_hub`;
+- tokenizer.json, tokenizer_config.json and special_tokens_map.json: the BPE, as
+  `transformers.PreTrainedTokenizerFast.from_pretrained(folder)` and `tokenizers.Tokenizer.from_file` read it;
+- run_config.json: the whole training config (data, optimizer, trainer), so that `python -m lrnn_lm.evaluate`
+  can score the model on its splits and `python -m lrnn_lm.generate` can sample from it, given the folder
+  wherever they take a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from .config import Config
+from .lit_module import LitLM, load_checkpoint
+from .model import LinearRNNLM
+from .tokenizer import EOS
+
+RUN_CONFIG = "run_config.json"
+
+
+def export(ckpt: str, out: str | Path) -> Path:
+    """Write the folder described above from a train.py checkpoint; -> its path."""
+    module, tokenizer = load_checkpoint(ckpt)
+    out = Path(out)
+    module.model.save_pretrained(out)
+    tokenizer.save(str(out / "tokenizer.json"))
+    special = {"bos_token": EOS, "eos_token": EOS, "unk_token": None, "pad_token": EOS}
+    (out / "special_tokens_map.json").write_text(json.dumps({k: v for k, v in special.items() if v}, indent=2) + "\n")
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", **special, "add_bos_token": False, "clean_up_tokenization_spaces":
+        False, "model_max_length": module.cfg.data.seq_len}, indent=2) + "\n")
+    (out / RUN_CONFIG).write_text(json.dumps(module.cfg.to_dict(), indent=2) + "\n")
+    return out
+
+
+def load_for_inference(path: str | Path) -> tuple[LitLM, Tokenizer]:
+    """A train.py checkpoint or an exported folder -> (the LightningModule with its weights, on the CPU; the
+    tokenizer)."""
+    path = Path(path)
+    if not path.is_dir():
+        return load_checkpoint(str(path))
+    model = LinearRNNLM.from_pretrained(path)
+    run_config = path / RUN_CONFIG
+    config = (json.loads(run_config.read_text()) if run_config.is_file()
+              else {"model": Config(model=model.cfg).to_dict()["model"]})
+    config["model"] = Config(model=model.cfg).to_dict()["model"]  # config.json's, should the two differ
+    module = LitLM(config)
+    module.model.load_state_dict(model.state_dict())
+    return module, Tokenizer.from_file(str(path / "tokenizer.json"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import safetensors.torch
 from tokenizers import Tokenizer
 
 from .config import Config
@@ -48,7 +49,9 @@ def load_for_inference(path: str | Path) -> tuple[LitLM, Tokenizer]:
     path = Path(path)
     if not path.is_dir():
         return load_checkpoint(str(path))
-    model = LinearRNNLM.from_pretrained(path)
+    # what LinearRNNLM.from_pretrained does for a local folder, without its print
+    model = LinearRNNLM(json.loads((path / "config.json").read_text()))
+    safetensors.torch.load_model(model, str(path / "model.safetensors"), strict=True)
     run_config = path / RUN_CONFIG
     config = (json.loads(run_config.read_text()) if run_config.is_file()
               else {"model": Config(model=model.cfg).to_dict()["model"]})

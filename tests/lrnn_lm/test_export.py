@@ -1,0 +1,65 @@
+"""A checkpoint as a Hugging Face-style folder and back: the same logits, the tokenizer files other tools read, and
+evaluate / generate given the folder."""
+
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+from lrnn_lm.config import load_config
+from lrnn_lm.evaluate import main as evaluate_main
+from lrnn_lm.export import main as export_main
+from lrnn_lm.generate import main as generate_main
+from lrnn_lm.lit_module import load_checkpoint
+from lrnn_lm.model import LinearRNNLM
+from lrnn_lm.train import train
+
+from .tiny_run import tiny_overrides, write_local_corpus
+
+
+def test_export_then_import_gives_the_checkpoints_logits(tmp_path, capsys):
+    corpus = write_local_corpus(tmp_path / "corpus")
+    run = tmp_path / "run"
+    train(load_config(None, tiny_overrides(run, corpus, trainer__max_steps=3, trainer__val_every=100,
+                                           trainer__logger="none")))
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    out = tmp_path / "exported"
+    export_main(["--ckpt", ckpt, "--out", str(out)])
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+            "run_config.json"} <= {p.name for p in out.iterdir()}
+
+    module, tokenizer = load_checkpoint(ckpt)
+    model = LinearRNNLM.from_pretrained(out)
+    tokens = torch.randint(0, model.cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(tokens), module.model.eval()(tokens))  # float32 on the CPU: the same bits
+    assert model.cfg == module.cfg.model
+    assert Tokenizer.from_file(str(out / "tokenizer.json")).to_str() == tokenizer.to_str()
+    transformers = pytest.importorskip("transformers")
+    fast = transformers.PreTrainedTokenizerFast.from_pretrained(out)
+    text = "ROMEO: But soft!"
+    assert fast(text)["input_ids"] == tokenizer.encode(text).ids and fast.eos_token == "<|endoftext|>"
+
+
+def test_evaluate_and_generate_take_an_exported_folder(tmp_path, capsys):
+    corpus = write_local_corpus(tmp_path / "corpus")
+    run = tmp_path / "run"
+    train(load_config(None, tiny_overrides(run, corpus, trainer__max_steps=3, trainer__val_every=100,
+                                           trainer__logger="none")))
+    capsys.readouterr()
+    ckpt, out = str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "exported")
+    export_main(["--ckpt", ckpt, "--out", out])
+    capsys.readouterr()
+    scores = []
+    for source in (ckpt, out):
+        evaluate_main(["--ckpt", source, "--split", "test"])
+        printed = capsys.readouterr().out
+        scores.append(json.loads(printed[printed.index("{"):])["bpb"])
+    assert scores[0] == pytest.approx(scores[1], rel=1e-9)
+    texts = []
+    for source in (ckpt, out):
+        generate_main(["--ckpt", source, "--prompt", "ROMEO:", "--prompt", "To be", "--max-new-tokens", "12",
+                       "--seed", "0"])
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] and "--- 1\nTo be" in texts[0]

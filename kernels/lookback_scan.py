@@ -84,9 +84,11 @@ def _look_back(agg_A, agg_V, incl, k, slot_stride, cols, mask_d, BLOCK_D: tl.con
     inclusive state; a window of aggregates only is folded in and the next older one read. A warp moves on
     when every open channel of its row can, else it reads the same window again (spinning until published).
     Its decisions are reductions along its own row, so the only cross-warp step per read is the loop's
-    condition. Every element is read by one thread (on a GPU VEC 2, BLOCK_D 64: see `_check_config`), so what a
-    thread decides on is what it combines. Warps may find the state through different predecessors: their
-    carries then differ in the last bits (NOTES #18)."""
+    condition. Every element must be held by one thread, so that what a thread decides on is what it combines:
+    replicas of an element would each poll the workspace by itself, and a reduction takes one replica's view
+    (NOTES #18). That holds in every sm_90 compile seen with triton 3.6 (contiguous and strided inputs, VEC 2 and
+    VEC 1: the (WARPS, BLOCK_D) tensors in a layout of exactly WARPS · BLOCK_D threads · registers). Warps may
+    find the state through different predecessors: their carries then differ in the last bits (NOTES #18)."""
     sub = tl.arange(0, WARPS)
     acc_A = tl.full([WARPS, BLOCK_D], 1.0, dtype=tl.float32)  # the tiles from the window's top to k - 1, combined
     acc_V = tl.zeros([WARPS, BLOCK_D], dtype=tl.float32)
@@ -224,12 +226,33 @@ def _store_tall_tile(first, value, rows, cols, D: tl.constexpr, n_rows, n_cols, 
 
 
 @triton.jit
-def _reduce_sub_tiles(a, v, sub, WARPS: tl.constexpr):
+def _fold_rows(a, v, r):
+    """Pairs (a, v) (WARPS, ROWS, BLOCK_D) -> each sub-tile's pair (WARPS, BLOCK_D): its rows combined in order.
+    r: tl.arange(0, ROWS).
+
+    Not `tl.reduce(..., combine_fn=_combine)`: Triton's reduce assumes a commutative combine, and `_combine` is not.
+    Where the layout puts a sub-tile's rows in one thread's registers (contiguous inputs with VEC 2, triton 3.6: the
+    design) the reduce folds them in order, but where it spreads them across lanes or warps it combines them out
+    of order (a butterfly: each lane first with the lane half the span away), and the tile's totals are wrong.
+    Triton lays the tile out by its loads' contiguity, so that happens with strided inputs (stride_d != 1: rows
+    over 8 lanes and the 4 warps) and with VEC 1 tiles on triton 3.6, and with triton 3.9 even for contiguous
+    inputs (warps over the rows). An inclusive scan keeps the order in every layout; its last row is the fold,
+    picked by a one-hot sum, which is commutative and exact (x + -0.0 = x for every x, -0.0 included). In
+    registers the picking folds away (sm_90 SASS of the contiguous kernels: the same instructions to +-2).
+    (`_tile_summary` of the chunked passes picks a scan's row the same way.)"""
+    A, V = tl.associative_scan((a.to(tl.float32), v.to(tl.float32)), axis=1, combine_fn=_combine)
+    last = (r == r.shape[0] - 1)[None, :, None]
+    return tl.sum(tl.where(last, A, -0.0), axis=1), tl.sum(tl.where(last, V, -0.0), axis=1)
+
+
+@triton.jit
+def _reduce_sub_tiles(a, v, sub, r, WARPS: tl.constexpr):
     """Pairs (a, v) (WARPS, ROWS, BLOCK_D), sub-tile w in row w -> (tot_A, tot_V) (BLOCK_D,) the whole tile's pair;
     (excl_A, excl_V) (WARPS, BLOCK_D) the pair of the sub-tiles before each (the identity before sub-tile 0).
-    sub: tl.arange(0, WARPS). Each warp folds its own rows into its sub-tile's total in registers; only the WARPS
-    sub-tile totals are scanned across warps."""
-    sub_A, sub_V = tl.reduce((a.to(tl.float32), v.to(tl.float32)), axis=1, combine_fn=_combine)  # (WARPS, BLOCK_D)
+    sub: tl.arange(0, WARPS); r: tl.arange(0, ROWS). Each warp folds its own rows into its sub-tile's total in
+    registers (where the layout is the designed one: see `_fold_rows`); only the WARPS sub-tile totals are scanned
+    across warps."""
+    sub_A, sub_V = _fold_rows(a, v, r)  # (WARPS, BLOCK_D)
     incl_A, incl_V = tl.associative_scan((sub_A, sub_V), axis=0, combine_fn=_combine)
     tot_A, tot_V = _row(incl_A, sub, WARPS - 1), _row(incl_V, sub, WARPS - 1)
     # row w of the inclusive scan moved to w + 1, the identity at 0
@@ -317,7 +340,7 @@ def _lookback_fwd_kernel(
     else:
         x, a = _load_fwd_tile(x_first, a_first, rows, cols3, stride_x_t, stride_x_d, stride_a_t, stride_a_d,
                               T - t0, D - d0, False, EVEN_D)
-    tot_A, tot_H, excl_A, excl_H = _reduce_sub_tiles(a, x, sub, WARPS)
+    tot_A, tot_H, excl_A, excl_H = _reduce_sub_tiles(a, x, sub, r, WARPS)
 
     # 2. the state entering the tile
     carry, state = _chain(tot_A, tot_H, k, b, d0, cols, mask_d, h0_ptr, stride_h0_b, stride_h0_d, state_ptr,
@@ -401,7 +424,7 @@ def _lookback_bwd_kernel(
         dh_out = _load_tall_tile(dh_first, rows, cols3, stride_dh_t, stride_dh_d, 0, T - t0, D - d0, 0.0, False,
                                  EVEN_D)
         h_prev = _load_tall_tile(h_prev_first, rows, cols3, D, 1, 1 - t0, T - t0, D - d0, 0.0, False, EVEN_D)
-    tot_A, tot_G, excl_A, excl_G = _reduce_sub_tiles(a_next, dh_out, sub, WARPS)
+    tot_A, tot_G, excl_A, excl_G = _reduce_sub_tiles(a_next, dh_out, sub, r, WARPS)
 
     # 2. the gradient entering the tile from its end
     carry, state = _chain(tot_A, tot_G, k, b, d0, cols, mask_d, dh_T_ptr, stride_dh_T_b, stride_dh_T_d,
@@ -479,7 +502,10 @@ def _check_config(config: dict) -> None:
     its own two channels), the only ones measured correct there. On an H100 (2026-11-27, triton 3.6) VEC 1 tiles
     of 4 or more rows per warp returned wrong results (relative error 0.4 in fp32), and 128-channel blocks of
     32 rows per warp read out of bounds; an early version whose look-back window was replicated across warps
-    returned NaNs (NOTES #18). The interpreter runs any tile (its programs run one after another)."""
+    returned NaNs (NOTES #18). The VEC 1 error was the sub-tile fold's: with one channel per lane Triton puts the
+    rows across lanes and warps, where `tl.reduce` combined them out of order (see `_fold_rows`); since the fold
+    is a scan, VEC 1 tiles of 32 rows × 4 warps match the reference on an H200 (`gpu_strided_check.py`), but are
+    not timed, and stay refused here. The interpreter runs any tile (its programs run one after another)."""
     if set(config) != set(INTERPRETER_TILE):
         raise ValueError(f"config: expected the keys {sorted(INTERPRETER_TILE)}, got {sorted(config)}")
     if not triton_interpreter_on() and (config["VEC"], config["BLOCK_D"]) != (2, 64):

@@ -1,6 +1,7 @@
 """Linear recurrence scans, h_t = a_t ⊙ h_{t-1} + x_t, with fused backward passes.
 
-`linear_scan` is the one public entry; it validates its inputs and dispatches on `impl=`.
+Two public entries, each validating its inputs and dispatching on `impl=`: `linear_scan`, the plain recurrence, and
+`gated_linear_scan`, the gated recurrence of HGRN-style models with its gate computed inside the scan.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from ._env import triton_interpreter_on
 from .doubling_scan import linear_scan_doubling
 from .reference import linear_scan_reference
 
-__all__ = ["linear_scan", "IMPLS", "IMPL_ALIASES", "SCAN_IMPLS"]
+__all__ = ["linear_scan", "gated_linear_scan", "IMPLS", "IMPL_ALIASES", "SCAN_IMPLS"]
 
 IMPLS = {
     "auto": "'associative' on CUDA, 'doubling' elsewhere",
@@ -84,9 +85,9 @@ def linear_scan(
     if x.shape[0] > MAX_BATCH_PER_LAUNCH:
         return _in_batch_slices(x, a, h0, impl, output_final_state)
     if impl == "associative":
-        from .associative_scan import linear_scan_associative
+        from .function import linear_scan_triton
 
-        return linear_scan_associative(x, a, h0, output_final_state)
+        return linear_scan_triton(x, a, h0, output_final_state)
     from .sequential_scan import linear_scan_sequential
 
     return linear_scan_sequential(x, a, h0, output_final_state)
@@ -114,27 +115,29 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     return impl
 
 
-def _check_inputs(x, a, h0, impl, output_final_state) -> None:
+def _check_inputs(x, a, h0, impl, output_final_state, names=("x", "a")) -> None:
+    """The checks of linear_scan's arguments (of gated_linear_scan's v and f: `names`)."""
+    xn, an = names
     if not isinstance(output_final_state, bool):
         raise TypeError(f"output_final_state: expected bool, got {type(output_final_state).__name__}")
-    for name, t in (("x", x), ("a", a)):
+    for name, t in ((xn, x), (an, a)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if x.dim() != 3:
-        raise ValueError(f"x: expected a 3-d tensor (B, T, D), got shape {tuple(x.shape)}")
+        raise ValueError(f"{xn}: expected a 3-d tensor (B, T, D), got shape {tuple(x.shape)}")
     if a.shape != x.shape:
-        raise ValueError(f"a: expected the shape of x {tuple(x.shape)}, got {tuple(a.shape)}")
+        raise ValueError(f"{an}: expected the shape of {xn} {tuple(x.shape)}, got {tuple(a.shape)}")
     if min(x.shape) < 1:
-        raise ValueError(f"x: expected B, T, D >= 1, got shape {tuple(x.shape)}")
+        raise ValueError(f"{xn}: expected B, T, D >= 1, got shape {tuple(x.shape)}")
     allowed = _FLOAT_DTYPES
     if impl in ("reference", "doubling"):
         allowed = allowed + (torch.float64,)
     if x.dtype not in allowed:
-        raise TypeError(f"x: expected dtype in {[str(d) for d in allowed]} for impl={impl!r}, got {x.dtype}")
+        raise TypeError(f"{xn}: expected dtype in {[str(d) for d in allowed]} for impl={impl!r}, got {x.dtype}")
     if a.dtype != x.dtype:
-        raise TypeError(f"a: expected x's dtype {x.dtype}, got {a.dtype}")
+        raise TypeError(f"{an}: expected {xn}'s dtype {x.dtype}, got {a.dtype}")
     if a.device != x.device:
-        raise ValueError(f"a: expected x's device {x.device}, got {a.device}")
+        raise ValueError(f"{an}: expected {xn}'s device {x.device}, got {a.device}")
     if h0 is not None:
         if not isinstance(h0, torch.Tensor):
             raise TypeError(f"h0: expected a torch.Tensor or None, got {type(h0).__name__}")
@@ -142,11 +145,94 @@ def _check_inputs(x, a, h0, impl, output_final_state) -> None:
         if tuple(h0.shape) != (B, D):
             raise ValueError(f"h0: expected shape (B, D) = {(B, D)}, got {tuple(h0.shape)}")
         if h0.dtype not in (x.dtype, torch.float32):
-            raise TypeError(f"h0: expected {x.dtype} (x's dtype) or torch.float32, got {h0.dtype}")
+            raise TypeError(f"h0: expected {x.dtype} ({xn}'s dtype) or torch.float32, got {h0.dtype}")
         if h0.device != x.device:
-            raise ValueError(f"h0: expected x's device {x.device}, got {h0.device}")
+            raise ValueError(f"h0: expected {xn}'s device {x.device}, got {h0.device}")
     if impl in ("associative", "sequential") and not x.is_cuda and not triton_interpreter_on():
         raise ValueError(
-            f"impl={impl!r}: expected CUDA tensors, got x on {x.device}. On the CPU use impl='auto' or "
+            f"impl={impl!r}: expected CUDA tensors, got {xn} on {x.device}. On the CPU use impl='auto' or "
             "impl='reference', or set TRITON_INTERPRET=1 before importing triton to run the kernels interpreted."
         )
+
+
+def gated_linear_scan(
+    f: torch.Tensor,
+    v: torch.Tensor,
+    forget_bias: torch.Tensor,
+    lower_bound: torch.Tensor | float,
+    doc_start: torch.Tensor | None = None,
+    h0: torch.Tensor | None = None,
+    *,
+    impl: str = "auto",
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """All states of the gated linear recurrence (HGRN, Qin et al. 2023)
+
+        a_t = lb + (1 - lb) σ(f_t + b),    h_t = a_t ⊙ h_{t-1} + (1 - a_t) ⊙ v_t,    h_0 = h0 (zeros if None),
+
+    with a_t = 0 (and 1 - a_t = 1) where a document starts, and 1 - a_t computed as (1 - lb) σ(-(f_t + b)).
+
+    Args:
+        f: (B, T, D) the forget gate's pre-activation. float32, bfloat16 or float16 (also float64 for "doubling"
+           and "reference"); any strides (a slice of a projection's output is read in place).
+        v: (B, T, D) the input, f's dtype and device; any strides.
+        forget_bias: (D,) b, any float dtype; its gradient is the sum of df over B and T.
+        lower_bound: lb, a float or a (D,) or single-element tensor in [0, 1); no gradient flows to it.
+        doc_start: (B, T) bool, True where a document starts, or None.
+        h0: (B, D) initial state, or None for zeros. v's dtype or float32.
+        impl: as in `linear_scan`. "associative" runs the fused Triton kernels: the gate is computed in registers
+              from f as it is loaded, the state is float32, and the backward recomputes the gate instead of saving
+              it (kernels/gated_scan.py). The other implementations compute the gate in PyTorch (float32) and run
+              `linear_scan` with that impl.
+        output_final_state: also return h_T.
+
+    Returns:
+        (h, h_T): h is (B, T, D) in v's dtype; h_T is (B, D) float32 (float64 for float64 inputs) or None.
+        Gradients flow to f, v, forget_bias, h0 and through h_T.
+    """
+    impl = resolve_impl(impl, getattr(v, "device", None))
+    for name, t in (("f", f), ("v", v), ("forget_bias", forget_bias)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    _check_inputs(v, f, h0, impl, output_final_state, names=("v", "f"))
+    B, T, D = v.shape
+    if tuple(forget_bias.shape) != (D,) or not forget_bias.is_floating_point() or forget_bias.device != v.device:
+        raise ValueError(f"forget_bias: expected a floating-point (D,) = ({D},) tensor on {v.device}, got "
+                         f"{forget_bias.dtype} {tuple(forget_bias.shape)} on {forget_bias.device}")
+    if not isinstance(lower_bound, torch.Tensor):
+        if not isinstance(lower_bound, (int, float)) or isinstance(lower_bound, bool) or not 0 <= lower_bound < 1:
+            raise ValueError(f"lower_bound: expected a number in [0, 1) or a tensor, got {lower_bound!r}")
+        lower_bound = torch.full((1,), float(lower_bound), device=v.device)
+    if lower_bound.numel() not in (1, D) or lower_bound.dim() > 1 or lower_bound.device != v.device:
+        raise ValueError(f"lower_bound: expected a (D,) = ({D},) or single-element tensor on {v.device}, got shape "
+                         f"{tuple(lower_bound.shape)} on {lower_bound.device}")
+    if lower_bound.requires_grad:
+        raise ValueError("lower_bound: expected a tensor that does not require grad (no gradient flows to it); "
+                         "pass lower_bound.detach()")
+    lower_bound = lower_bound.reshape(-1)
+    if doc_start is not None:
+        if not isinstance(doc_start, torch.Tensor) or doc_start.dtype != torch.bool:
+            got = doc_start.dtype if isinstance(doc_start, torch.Tensor) else type(doc_start).__name__
+            raise TypeError(f"doc_start: expected a torch.bool tensor or None, got {got}")
+        if tuple(doc_start.shape) != (B, T) or doc_start.device != v.device:
+            raise ValueError(f"doc_start: expected shape (B, T) = {(B, T)} on {v.device}, got "
+                             f"{tuple(doc_start.shape)} on {doc_start.device}")
+    if impl == "associative":
+        if B > MAX_BATCH_PER_LAUNCH:
+            slices = range(0, B, MAX_BATCH_PER_LAUNCH)
+            parts = [gated_linear_scan(f[i:i + MAX_BATCH_PER_LAUNCH], v[i:i + MAX_BATCH_PER_LAUNCH], forget_bias,
+                                       lower_bound, None if doc_start is None else doc_start[i:i + MAX_BATCH_PER_LAUNCH],
+                                       None if h0 is None else h0[i:i + MAX_BATCH_PER_LAUNCH], impl=impl,
+                                       output_final_state=output_final_state) for i in slices]
+            h = torch.cat([p[0] for p in parts])
+            return h, torch.cat([p[1] for p in parts]) if output_final_state else None
+        from .function import gated_scan_triton
+
+        return gated_scan_triton(f, v, forget_bias, lower_bound, doc_start, h0, output_final_state)
+    from .associative_scan import Gate
+    from .gated_scan import gate_pairs
+
+    a, x = gate_pairs(f, v, Gate(forget_bias, lower_bound, doc_start))
+    h, h_T = linear_scan(x, a, None if h0 is None else h0.to(x.dtype), impl=impl,
+                         output_final_state=output_final_state)
+    return h.to(v.dtype), h_T

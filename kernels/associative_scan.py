@@ -6,34 +6,33 @@ BLOCK_T-row tiles: `tl.associative_scan` down each tile with the combine
 tile to tile. D is the contiguous axis of the (B, T, D) layout the model produces, so loads are coalesced
 and nothing is transposed.
 
-Two paths, chosen by shape:
-- one chunk (B · D fills the GPU): every program scans the whole of T. One kernel, 3·N·s bytes.
-  (Where its programs fill the SMs unevenly, e.g. 320 programs on 132 SMs, and T is long, both passes run
-  `lookback_scan.py`'s single pass instead: see `_lookback_instead`.)
-- T-parallel (B · D small, T long, e.g. B=1, D=512, T=131072): T is cut into chunks across programs.
-  (Both passes of this regime run `lookback_scan.py`'s single pass instead, unless a chunk length is
-  given or torch's deterministic algorithms are on: see `associative_scan_fwd`.)
+Two paths (dispatch.py chooses between them and lookback_scan.py's):
+- one chunk: every program scans the whole of T. One kernel, 3·N·s bytes.
+- T-parallel ("chunked"): T is cut into chunks across programs.
   1. `_chunk_summary_kernel` reduces each chunk to its pair (A_c, H_c) = (prod a, scan from zero);
   2. `_chunk_carry_kernel` scans the pairs across chunks into each chunk's initial state;
   3. `_scan_fwd_kernel` rescans every chunk from its initial state.
 The backward runs the same machinery from the end of T (its tiles time-flipped; the summary kernel's
 `REVERSE`), seeded by dh_T: dh_t = dh_t^out + a_{t+1} dh_{t+1}; one pass writes dx = dh,
 da_t = dh_t h_{t-1} and dh0 = a_1 dh_1.
+
+Gated (GATED, one chunk only): the inputs are the gate's pre-activation f and the value v, and the gate is computed
+in registers as it is loaded (`_gates`): a_t = lb + (1 - lb) σ(f_t + b), x_t = (1 - lb) σ(-(f_t + b)) v_t, and
+(a_t, x_t) = (0, v_t) where a document starts. The backward recomputes the gate from f and writes dv and df in
+place of dx and da (gated_scan.py has the math).
 Formulas count steps t = 1..T with h_0 the initial state; the code counts rows 0..T-1 (row t is step t+1).
 """
 
 from __future__ import annotations
 
-import functools
-import json
-from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from ._env import triton_interpreter_on
-from .function import apply_scan
+from .dispatch import CARRY_TILE, INTERPRETER_CARRY_TILE, cdiv, chunk_len, num_sms, tile_config, tile_fits_int32
 
 
 @triton.jit
@@ -63,6 +62,45 @@ def _thread_columns(BLOCK_D: tl.constexpr, VEC: tl.constexpr):
 
 
 @triton.jit
+def _sigmoids(z):
+    """σ(z), σ(-z) in float32 from one exp, without cancellation where either is near 0 (+inf: 1, 0)."""
+    e = tl.exp(-tl.abs(z))  # in (0, 1]
+    big, small = 1.0 / (1.0 + e), e / (1.0 + e)
+    return tl.where(z >= 0, big, small), tl.where(z >= 0, small, big)
+
+
+@triton.jit
+def _gates(f, v, bias, lb, one_minus_lb, doc):
+    """The gated recurrence's pair from its inputs as loaded: f (pre-activation), v: (..., BLOCK_D); bias, lb,
+    one_minus_lb: broadcastable fp32; doc: broadcastable bool, True where a document starts
+    -> (a, x) fp32: a = lb + (1 - lb) σ(f + b), x = (1 - lb) σ(-(f + b)) v; (0, v) where doc.
+    A padding row loaded as f = +inf, v = 0 is the identity (1, 0)."""
+    s, s_neg = _sigmoids(f.to(tl.float32) + bias)
+    v = v.to(tl.float32)
+    a = tl.where(doc, 0.0, lb + one_minus_lb * s)
+    x = tl.where(doc, v, one_minus_lb * s_neg * v)
+    return a, x
+
+
+@triton.jit
+def _gate_grads(f, v, g, h_prev, bias, one_minus_lb, doc):
+    """The gated recurrence's input gradients from dh = g (the reverse scan's state) -> (dv, df) fp32:
+    dv = (1 - lb) σ(-z) g and df = (1 - lb) σ(z) σ(-z) g (h_{t-1} - v), z = f + b; (g, 0) where doc."""
+    s, s_neg = _sigmoids(f.to(tl.float32) + bias)
+    dv = tl.where(doc, g, one_minus_lb * s_neg * g)
+    df = tl.where(doc, 0.0, one_minus_lb * s * s_neg * g * (h_prev - v.to(tl.float32)))
+    return dv, df
+
+
+@triton.jit
+def _gate_params(bias_ptr, lb_ptr, stride_lb, d0, cols, mask_d):
+    """This program's channels' forget bias, lower bound and 1 - lower bound, each (BLOCK_D,) fp32."""
+    bias = tl.load(bias_ptr + d0 + cols, mask=mask_d, other=0.0).to(tl.float32)
+    lb = tl.load(lb_ptr + (d0 + cols) * stride_lb, mask=mask_d, other=0.0).to(tl.float32)
+    return bias, lb, 1.0 - lb
+
+
+@triton.jit
 def _tile_offsets(rows, cols, stride_t: tl.constexpr, stride_d: tl.constexpr):
     """(BLOCK_T, BLOCK_D) int32 offsets within a tile. The strides are compile-time constants, so each row's
     part folds into the load's immediate offset: one address register per thread, not one per row."""
@@ -73,25 +111,43 @@ def _tile_offsets(rows, cols, stride_t: tl.constexpr, stride_d: tl.constexpr):
 def _load_pair_tile(a_first, v_first, t0, t_start, t_end, T, rows, cols, mask_cols,
                     stride_a_t: tl.constexpr, stride_a_d: tl.constexpr,
                     stride_v_t: tl.constexpr, stride_v_d: tl.constexpr,
-                    REVERSE: tl.constexpr, WHOLE: tl.constexpr, EVEN_D: tl.constexpr):
+                    REVERSE: tl.constexpr, WHOLE: tl.constexpr, EVEN_D: tl.constexpr,
+                    gate_b, gate_lb, gate_olb, doc_first, stride_doc_t, GATED: tl.constexpr, HAS_DOC: tl.constexpr):
     """Rows t = t0 + rows of the scan's pairs: (a_t, v_t), or (a_{t+1}, v_t) in REVERSE; the identity (1, 0)
     outside [t_start, t_end) and for a_T. *_first point at row 0 of the program's channels; t0 is an int32
     scalar; mask_cols (1, BLOCK_D) masks channels past D. WHOLE: the caller knows every row is inside the
-    chunk (and, in REVERSE, that t + 1 < T), so only channels are masked; EVEN_D: none are past D."""
+    chunk (and, in REVERSE, that t + 1 < T), so only channels are masked; EVEN_D: none are past D.
+    GATED: a_first points at the gate's pre-activation f, and the pair's gate is computed from it (`_gates`, with
+    gate_b, gate_lb, gate_olb (1, BLOCK_D) and, if HAS_DOC, the document starts at doc_first + t · stride_doc_t);
+    the pair's value is then x = (1 - a) v only in the forward (REVERSE: v is dh, taken as it is)."""
     v_tile = v_first + t0.to(tl.int64) * stride_v_t + _tile_offsets(rows, cols, stride_v_t, stride_v_d)
     a_t0 = t0 + 1 if REVERSE else t0
     a_tile = a_first + a_t0.to(tl.int64) * stride_a_t + _tile_offsets(rows, cols, stride_a_t, stride_a_d)
+    a_other = float("inf") if GATED else 1.0  # the identity: a gate of σ(+inf) = 1
+    if WHOLE:
+        valid = rows >= 0
+    else:
+        in_chunk = (rows >= t_start - t0) & (rows < t_end - t0)
+        a_end = tl.minimum(t_end, T - 1) if REVERSE else t_end  # rows t < a_end read a real gate
+        valid = in_chunk & (rows < a_end - t0)
     if WHOLE and EVEN_D:
         v = tl.load(v_tile)
         a = tl.load(a_tile)
     elif WHOLE:
         v = tl.load(v_tile, mask=mask_cols, other=0.0)
-        a = tl.load(a_tile, mask=mask_cols, other=1.0)
+        a = tl.load(a_tile, mask=mask_cols, other=a_other)
     else:
-        in_chunk = (rows >= t_start - t0) & (rows < t_end - t0)
-        a_end = tl.minimum(t_end, T - 1) if REVERSE else t_end  # rows t < a_end read a real gate
         v = tl.load(v_tile, mask=in_chunk[:, None] & mask_cols, other=0.0)
-        a = tl.load(a_tile, mask=(in_chunk & (rows < a_end - t0))[:, None] & mask_cols, other=1.0)
+        a = tl.load(a_tile, mask=valid[:, None] & mask_cols, other=a_other)
+    if GATED:
+        if HAS_DOC:
+            doc = tl.load(doc_first + (a_t0 + rows).to(tl.int64) * stride_doc_t, mask=valid, other=0) != 0
+        else:
+            doc = rows < 0
+        a_gate, x = _gates(a, v, gate_b, gate_lb, gate_olb, doc[:, None])
+        if REVERSE:
+            return a_gate, v
+        return a_gate, x
     return a, v
 
 
@@ -123,22 +179,26 @@ def _store_tile(out_first, value, t0, t_end, rows, cols, mask_cols, D: tl.conste
 @triton.jit
 def _scan_fwd_kernel(
     # pointers
-    x_ptr, a_ptr,  # (B, T, D) inputs, any strides
+    x_ptr, a_ptr,  # (B, T, D) inputs, any strides (GATED: v and the gate's pre-activation f)
     init_ptr,  # (B, C, D) state entering each chunk (C = 1: h0), fp32 or x's dtype; unused if not HAS_INIT
     h_ptr,  # (B, T, D) output, contiguous
     h_T_ptr,  # (B, D) fp32 final state, contiguous; unused if not STORE_FINAL
+    bias_ptr, lb_ptr,  # (D,) forget bias, (D,) or (1,) lower bound; unused if not GATED
+    doc_ptr,  # (B, T) bool, True where a document starts; unused if not HAS_DOC
     # sizes
     T, D: tl.constexpr, CHUNK_T,
     # strides, in elements (T and D strides are compile-time: see _tile_offsets)
     stride_x_b, stride_x_t: tl.constexpr, stride_x_d: tl.constexpr,
     stride_a_b, stride_a_t: tl.constexpr, stride_a_d: tl.constexpr,
     stride_init_b, stride_init_c, stride_init_d,
+    stride_lb, stride_doc_b, stride_doc_t,
     # meta-parameters
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     EVEN_D: tl.constexpr,  # D % BLOCK_D == 0: no channel masks
     EVEN_T: tl.constexpr,  # T and CHUNK_T are multiples of BLOCK_T: every tile is whole
     HAS_INIT: tl.constexpr,  # h0 given (one chunk) or the T-parallel path's chunk states
     STORE_FINAL: tl.constexpr,  # write h_T (one-chunk path; on the T-parallel path the carry kernel does)
+    GATED: tl.constexpr, HAS_DOC: tl.constexpr,  # the gated recurrence (one chunk only), with document starts
 ):
     pid_d, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b = pid_b.to(tl.int64)
@@ -152,6 +212,12 @@ def _scan_fwd_kernel(
     x_first = x_ptr + b * stride_x_b + d0.to(tl.int64) * stride_x_d
     a_first = a_ptr + b * stride_a_b + d0.to(tl.int64) * stride_a_d
     h_first = h_ptr + b * T * D + d0
+    doc_first = doc_ptr + b * stride_doc_b
+    if GATED:
+        gate_b, gate_lb, gate_olb = _gate_params(bias_ptr, lb_ptr, stride_lb, d0, cols, mask_d)
+        gate_b, gate_lb, gate_olb = gate_b[None, :], gate_lb[None, :], gate_olb[None, :]
+    else:
+        gate_b, gate_lb, gate_olb = 0.0, 0.0, 0.0
 
     if HAS_INIT:
         init = init_ptr + b * stride_init_b + pid_c * stride_init_c + (d0 + cols) * stride_init_d
@@ -169,13 +235,15 @@ def _scan_fwd_kernel(
     for i in tl.range(0, n_whole, num_stages=STAGES):
         t0 = t_start + i * BLOCK_T
         a, x = _load_pair_tile(a_first, x_first, t0, t_start, t_end, T, rows, cols, mask_cols,
-                               stride_a_t, stride_a_d, stride_x_t, stride_x_d, False, True, EVEN_D)
+                               stride_a_t, stride_a_d, stride_x_t, stride_x_d, False, True, EVEN_D,
+                               gate_b, gate_lb, gate_olb, doc_first, stride_doc_t, GATED, HAS_DOC)
         h, carry = _scan_tile(a, x, carry, rows, 0, BLOCK_T - 1)
         _store_tile(h_first, h, t0, t_end, rows, cols, mask_cols, D, True, EVEN_D)
     if not EVEN_T:
         t0 = t_start + (n_tiles - 1) * BLOCK_T
         a, x = _load_pair_tile(a_first, x_first, t0, t_start, t_end, T, rows, cols, mask_cols,
-                               stride_a_t, stride_a_d, stride_x_t, stride_x_d, False, False, EVEN_D)
+                               stride_a_t, stride_a_d, stride_x_t, stride_x_d, False, False, EVEN_D,
+                               gate_b, gate_lb, gate_olb, doc_first, stride_doc_t, GATED, HAS_DOC)
         h, carry = _scan_tile(a, x, carry, rows, 0, BLOCK_T - 1)
         _store_tile(h_first, h, t0, t_end, rows, cols, mask_cols, D, False, EVEN_D)
 
@@ -188,11 +256,15 @@ def _scan_fwd_kernel(
 def _bwd_tile(a_first, dh_first, h_first, dx_first, da_first, h0, carry, t0, t_start, t_end, T, rows, cols,
               mask_cols, D: tl.constexpr, stride_a_t: tl.constexpr, stride_a_d: tl.constexpr,
               stride_dh_t: tl.constexpr, stride_dh_d: tl.constexpr, BLOCK_T: tl.constexpr, HAS_H0: tl.constexpr,
-              WHOLE: tl.constexpr, EVEN_D: tl.constexpr):
+              WHOLE: tl.constexpr, EVEN_D: tl.constexpr,
+              v_first, stride_v_t: tl.constexpr, stride_v_d: tl.constexpr, gate_b, gate_lb, gate_olb, doc_first,
+              stride_doc_t, GATED: tl.constexpr, HAS_DOC: tl.constexpr):
     """One tile of the backward, rows t = t0 + rows: dh = reverse scan of (a_{t+1}, dh_t^out) from `carry`
-    (dh at the tile's end); stores dx = dh and da = dh h_{t-1} -> dh at the tile's first row."""
+    (dh at the tile's end); stores dx = dh and da = dh h_{t-1} (GATED: dv and df, from f and v at t, into the
+    same outputs) -> dh at the tile's first row."""
     a_next, dh_out = _load_pair_tile(a_first, dh_first, t0, t_start, t_end, T, rows, cols, mask_cols,
-                                     stride_a_t, stride_a_d, stride_dh_t, stride_dh_d, True, WHOLE, EVEN_D)
+                                     stride_a_t, stride_a_d, stride_dh_t, stride_dh_d, True, WHOLE, EVEN_D,
+                                     gate_b, gate_lb, gate_olb, doc_first, stride_doc_t, GATED, HAS_DOC)
     # h_{t-1}: the tile's rows shifted up by one (row t0 - 1 is the previous tile's last row: an L2 hit).
     # Whole tiles never hold t = 0 (the caller keeps the chunk's first tile for the masked path).
     h_tile = h_first + (t0 - 1).to(tl.int64) * D + _tile_offsets(rows, cols, D, 1)
@@ -206,21 +278,42 @@ def _bwd_tile(a_first, dh_first, h_first, dx_first, da_first, h0, carry, t0, t_s
         if HAS_H0:
             h_prev = tl.where((rows == -t0)[:, None], h0[None, :], h_prev)
     dh, carry = _scan_tile(a_next, dh_out, carry, rows, BLOCK_T - 1, 0)
-    _store_tile(dx_first, dh, t0, t_end, rows, cols, mask_cols, D, WHOLE, EVEN_D)
-    _store_tile(da_first, dh * h_prev, t0, t_end, rows, cols, mask_cols, D, WHOLE, EVEN_D)
+    if GATED:  # the gate at t itself, and v_t: dv and df
+        in_tile = (rows < t_end - t0) & (rows >= t_start - t0)
+        offs_f = _tile_offsets(rows, cols, stride_a_t, stride_a_d)
+        offs_v = _tile_offsets(rows, cols, stride_v_t, stride_v_d)
+        if WHOLE and EVEN_D:
+            f = tl.load(a_first + t0.to(tl.int64) * stride_a_t + offs_f)
+            v = tl.load(v_first + t0.to(tl.int64) * stride_v_t + offs_v)
+        else:
+            mask = in_tile[:, None] & mask_cols
+            f = tl.load(a_first + t0.to(tl.int64) * stride_a_t + offs_f, mask=mask, other=0.0)
+            v = tl.load(v_first + t0.to(tl.int64) * stride_v_t + offs_v, mask=mask, other=0.0)
+        if HAS_DOC:
+            doc = tl.load(doc_first + (t0 + rows).to(tl.int64) * stride_doc_t, mask=in_tile, other=0) != 0
+        else:
+            doc = rows < 0
+        dv, df = _gate_grads(f, v, dh, h_prev, gate_b, gate_olb, doc[:, None])
+        _store_tile(dx_first, dv, t0, t_end, rows, cols, mask_cols, D, WHOLE, EVEN_D)
+        _store_tile(da_first, df, t0, t_end, rows, cols, mask_cols, D, WHOLE, EVEN_D)
+    else:
+        _store_tile(dx_first, dh, t0, t_end, rows, cols, mask_cols, D, WHOLE, EVEN_D)
+        _store_tile(da_first, dh * h_prev, t0, t_end, rows, cols, mask_cols, D, WHOLE, EVEN_D)
     return carry
 
 
 @triton.jit
 def _scan_bwd_kernel(
     # pointers
-    a_ptr,  # (B, T, D) gates, any strides
+    a_ptr,  # (B, T, D) gates, any strides (GATED: the gate's pre-activation f)
     h_ptr,  # (B, T, D) forward states, contiguous
     h0_ptr,  # (B, D) initial state, any strides; unused if not HAS_H0
     dh_ptr,  # (B, T, D) gradient of h, any strides
     init_ptr,  # (B, C, D) fp32 gradient entering each chunk from its end (C = 1: dh_T); unused if not HAS_INIT
-    dx_ptr, da_ptr,  # (B, T, D) outputs, contiguous
+    dx_ptr, da_ptr,  # (B, T, D) outputs, contiguous (GATED: dv and df)
     dh0_ptr,  # (B, D) output, contiguous; unused if not HAS_H0
+    x_ptr,  # (B, T, D) the forward's v, any strides; unused if not GATED
+    bias_ptr, lb_ptr, doc_ptr,  # as in _scan_fwd_kernel; unused if not GATED
     # sizes
     T, D: tl.constexpr, CHUNK_T,
     # strides, in elements (T and D strides are compile-time: see _tile_offsets)
@@ -228,10 +321,13 @@ def _scan_bwd_kernel(
     stride_h0_b, stride_h0_d,
     stride_dh_b, stride_dh_t: tl.constexpr, stride_dh_d: tl.constexpr,
     stride_init_b, stride_init_c, stride_init_d,
+    stride_x_b, stride_x_t: tl.constexpr, stride_x_d: tl.constexpr,
+    stride_lb, stride_doc_b, stride_doc_t,
     # meta-parameters
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
     EVEN_D: tl.constexpr,  # D % BLOCK_D == 0: no channel masks
     HAS_H0: tl.constexpr, HAS_INIT: tl.constexpr,
+    GATED: tl.constexpr, HAS_DOC: tl.constexpr,
 ):
     pid_d, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b = pid_b.to(tl.int64)
@@ -249,6 +345,13 @@ def _scan_bwd_kernel(
     h_first = h_ptr + b * T * D + d0
     dx_first = dx_ptr + b * T * D + d0
     da_first = da_ptr + b * T * D + d0
+    v_first = x_ptr + b * stride_x_b + d0.to(tl.int64) * stride_x_d
+    doc_first = doc_ptr + b * stride_doc_b
+    if GATED:
+        gate_b, gate_lb, gate_olb = _gate_params(bias_ptr, lb_ptr, stride_lb, d0, cols, mask_d)
+        gate_b, gate_lb, gate_olb = gate_b[None, :], gate_lb[None, :], gate_olb[None, :]
+    else:
+        gate_b, gate_lb, gate_olb = 0.0, 0.0, 0.0
     if HAS_H0:
         h0 = tl.load(h0_ptr + b * stride_h0_b + (d0 + cols) * stride_h0_d, mask=mask_d, other=0.0).to(tl.float32)
     else:
@@ -266,22 +369,33 @@ def _scan_bwd_kernel(
     n_tiles = tl.cdiv(t_end - t_start, BLOCK_T)
     carry = _bwd_tile(a_first, dh_first, h_first, dx_first, da_first, h0, carry, t_start + (n_tiles - 1) * BLOCK_T,
                       t_start, t_end, T, rows, cols, mask_cols, D, stride_a_t, stride_a_d, stride_dh_t, stride_dh_d,
-                      BLOCK_T, HAS_H0, False, EVEN_D)
+                      BLOCK_T, HAS_H0, False, EVEN_D, v_first, stride_x_t, stride_x_d, gate_b, gate_lb, gate_olb,
+                      doc_first, stride_doc_t, GATED, HAS_DOC)
     for i in tl.range(0, n_tiles - 2, num_stages=STAGES):
         t0 = t_start + (n_tiles - 2 - i) * BLOCK_T
         carry = _bwd_tile(a_first, dh_first, h_first, dx_first, da_first, h0, carry, t0, t_start, t_end, T, rows,
                           cols, mask_cols, D, stride_a_t, stride_a_d, stride_dh_t, stride_dh_d, BLOCK_T, HAS_H0, True,
-                          EVEN_D)
+                          EVEN_D, v_first, stride_x_t, stride_x_d, gate_b, gate_lb, gate_olb, doc_first, stride_doc_t,
+                          GATED, HAS_DOC)
     if n_tiles > 1:
         carry = _bwd_tile(a_first, dh_first, h_first, dx_first, da_first, h0, carry, t_start, t_start, t_end, T,
                           rows, cols, mask_cols, D, stride_a_t, stride_a_d, stride_dh_t, stride_dh_d, BLOCK_T, HAS_H0,
-                          False, EVEN_D)
+                          False, EVEN_D, v_first, stride_x_t, stride_x_d, gate_b, gate_lb, gate_olb, doc_first,
+                          stride_doc_t, GATED, HAS_DOC)
 
     if HAS_H0:
         # dh0 = a_1 dh_1; only the first chunk's program holds dh_1
         if pid_c == 0:
-            a_1 = tl.load(a_first + cols * stride_a_d, mask=mask_d, other=0.0).to(tl.float32)
-            tl.store(dh0_ptr + b * D + d0 + cols, (a_1 * carry).to(dh0_ptr.dtype.element_ty), mask=mask_d)
+            a_1 = tl.load(a_first + cols * stride_a_d, mask=mask_d, other=0.0)
+            if GATED:
+                if HAS_DOC:
+                    doc_1 = tl.load(doc_first) != 0
+                else:
+                    doc_1 = False
+                a_1, _ = _gates(a_1, a_1, gate_b.reshape(BLOCK_D), gate_lb.reshape(BLOCK_D),
+                                gate_olb.reshape(BLOCK_D), doc_1)
+            tl.store(dh0_ptr + b * D + d0 + cols, (a_1.to(tl.float32) * carry).to(dh0_ptr.dtype.element_ty),
+                     mask=mask_d)
 
 
 @triton.jit
@@ -291,7 +405,8 @@ def _tile_summary(a_first, v_first, t0, t_start, t_end, T, rows, cols, mask_cols
     """The pair (A, V) (BLOCK_D,) fp32 that one tile of pairs (rows t0 + rows, loaded as `_load_pair_tile`)
     amounts to: its scan's row `end`."""
     a, v = _load_pair_tile(a_first, v_first, t0, t_start, t_end, T, rows, cols, mask_cols,
-                           stride_a_t, stride_a_d, stride_v_t, stride_v_d, REVERSE, WHOLE, EVEN_D)
+                           stride_a_t, stride_a_d, stride_v_t, stride_v_d, REVERSE, WHOLE, EVEN_D,
+                           0.0, 0.0, 0.0, a_first, 0, False, False)
     A, V = tl.associative_scan((a.to(tl.float32), v.to(tl.float32)), axis=0, combine_fn=_combine)
     return _row(A, rows, end), _row(V, rows, end)
 
@@ -401,90 +516,37 @@ def _chunk_carry_kernel(
 
 
 # --------------------------------------------------------------------------------------------------
-# Launchers: allocate outputs, choose the path and the tiles, launch.
+# Launchers: allocate outputs, take the path's tile and chunk length (dispatch.py), launch.
 # --------------------------------------------------------------------------------------------------
 
-# Tiles per element size and pass, measured by `python -m kernels.benchmarks.tune --write-table` on an H100
-# (see kernels/benchmarks/NOTES.md, attempts 8 and 15): BLOCK_T rows, VEC adjacent channels per thread, STAGES
-# of the load pipeline, num_warps per program; "score" is the geometric mean of that pass's fractions of copy
-# bandwidth over tune.py's shapes. A table costs no host time per call and no tuning on first use.
-TILES_PATH = Path(__file__).with_name("tiles.json")
-# The interpreter runs layouts as plain arrays: small tiles keep CPU tests quick and still span several.
-INTERPRETER_TILE = dict(BLOCK_T=16, BLOCK_D=16, VEC=1, STAGES=1, num_warps=1)
-MIN_CHUNK_T = 512  # the T-parallel path never makes chunks shorter than this (summary overhead)
-# The look-back pass (lookback_scan.py) instead of one chunk per program where those programs fill the SMs this
-# unevenly (programs / (SMs · programs per SM, rounded up)) and T is at least this long (NOTES #18: measured
-# fills 0.61-0.81 at T >= 2048 gain 0.04-0.16 of copy bandwidth forward + backward; fills of 0.97 lose up to
-# 0.05 (a tie in fp32); at T = 256 the look-back loses).
-LOOKBACK_MAX_FILL = 0.9
-LOOKBACK_MIN_T = 2048
-CARRY_TILE = dict(BLOCK_C=32, BLOCK_D=64, num_warps=2)  # the (tiny) carry kernel's tile: BLOCK_C chunks at a time
-INTERPRETER_CARRY_TILE = dict(BLOCK_C=4, BLOCK_D=16, num_warps=1)  # tests' few chunks still span several blocks
+
+class Gate(NamedTuple):
+    """The gated recurrence's parameters: the inputs are then (v, f) in place of (x, a) (see the module docstring).
+
+    bias: (D,) forget bias; lower_bound: (D,) or (1,) gate lower bound (a stride of 0 broadcasts it); doc_start:
+    (B, T) bool, True where a document starts, or None."""
+
+    bias: torch.Tensor
+    lower_bound: torch.Tensor
+    doc_start: torch.Tensor | None
 
 
-def _cdiv(a: int, b: int) -> int:
-    """ceil(a / b) for ints. (triton.cdiv is a constexpr function in newer Triton: ~3 µs per call from Python.)"""
-    return -(-a // b)
-
-
-@functools.lru_cache(maxsize=None)
-def _tile_table() -> dict:
-    """kernels/tiles.json: {"2" | "4" (bytes per element): {"forward": tile, "backward": tile},
-    "measured": where and when}."""
-    return json.loads(TILES_PATH.read_text())
-
-
-def tile_config(dtype: torch.dtype, backward: bool = False) -> dict:
-    """Kernel meta-parameters for one dtype and pass (forward, or backward: its own tile, as it moves three
-    tensors in and two out): BLOCK_T, BLOCK_D (32 lanes · VEC · num_warps, or half that: see _thread_columns),
-    VEC, STAGES, num_warps."""
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise TypeError(f"dtype: expected torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
-    if triton_interpreter_on():
-        return dict(INTERPRETER_TILE)
-    tile = _tile_table()[str(dtype.itemsize)]["backward" if backward else "forward"]
-    return {k: tile[k] for k in ("BLOCK_T", "BLOCK_D", "VEC", "STAGES", "num_warps")}
-
-
-@functools.lru_cache(maxsize=None)
-def _num_sms(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device; 1 elsewhere (the interpreter)."""
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def _chunk_len(B: int, T: int, D: int, block_d: int, num_sms: int) -> int:
-    """Rows per chunk: all of T when B · D gives every SM a program, else enough chunks for 4 programs per SM
-    (each at least MIN_CHUNK_T rows, rounded up to a multiple of 256)."""
-    programs = B * _cdiv(D, block_d)
-    if programs >= num_sms:
-        return T
-    n_chunks = min(_cdiv(4 * num_sms, programs), T // MIN_CHUNK_T)
-    if n_chunks <= 1:
-        return T
-    return _cdiv(_cdiv(T, n_chunks), 256) * 256
-
-
-def _one_chunk_fill(B: int, D: int, block_d: int, num_sms: int) -> float:
-    """How evenly one program per (batch row, channel block) fills the SMs: programs / (SMs · ceil(programs /
-    SMs)). At 320 programs on 132 SMs (0.81), 56 SMs hold three programs while 76 hold two, and the kernel
-    waits on the busiest."""
-    programs = B * _cdiv(D, block_d)
-    return programs / (num_sms * _cdiv(programs, num_sms))
-
-
-def _tile_fits_int32(block_t: int, block_d: int, t: torch.Tensor) -> bool:
-    """Whether 32-bit offsets address a block_t × block_d tile of the (B, T, D) tensor t from its first row:
-    block_t · stride_t + block_d · stride_d < 2**31."""
-    return block_t * abs(t.stride(1)) + block_d * abs(t.stride(2)) < 2**31
+def _gate_args(gate: Gate | None, like: torch.Tensor) -> tuple[list, dict]:
+    """Kernel arguments of a gate: the pointers, their strides, and the GATED / HAS_DOC flags."""
+    if gate is None:
+        return [like, like, like], dict(strides=[0, 0, 0], GATED=False, HAS_DOC=False)
+    doc = gate.doc_start
+    strides = [gate.lower_bound.stride(0) if gate.lower_bound.numel() > 1 else 0,
+               *(doc.stride() if doc is not None else (0, 0))]
+    return ([gate.bias, gate.lower_bound, doc if doc is not None else like],
+            dict(strides=strides, GATED=True, HAS_DOC=doc is not None))
 
 
 def _check_int32_offsets(config: dict, **tensors: torch.Tensor | None) -> None:
-    """The kernels address a tile of each (B, T, D) tensor by 32-bit offsets from its first row (see
-    `_tile_fits_int32`)."""
+    """The kernels address a tile of each (B, T, D) tensor by 32-bit offsets from its first row
+    (`dispatch.tile_fits_int32`)."""
     for name, t in tensors.items():
-        if t is not None and not _tile_fits_int32(config["BLOCK_T"], config["BLOCK_D"], t):
+        if t is not None and not tile_fits_int32(config["BLOCK_T"], config["BLOCK_D"], t.stride(1), t.stride(2)):
             raise ValueError(f"{name}: expected strides whose tile ({config['BLOCK_T']} rows, {config['BLOCK_D']} "
                              f"channels) spans < 2**31 elements, got strides {t.stride()}; pass a contiguous tensor")
 
@@ -500,65 +562,39 @@ def _chunk_states(v, a, start, chunk_t: int, reverse: bool, config: dict, final=
     v, a: (B, T, D) values (x, or dh^out when reverse) and gates; start: (B, D) h0 (or dh_T when reverse) | None;
     final: (B, D) fp32 | None, written with h_T (forward). -> (B, C, D) fp32, C = cdiv(T, chunk_t)."""
     B, T, D = v.shape
-    C = _cdiv(T, chunk_t)
+    C = cdiv(T, chunk_t)
     A_c = torch.empty(B, C, D, dtype=torch.float32, device=v.device)
     V_c = torch.empty(B, C, D, dtype=torch.float32, device=v.device)
     init = torch.empty(B, C, D, dtype=torch.float32, device=v.device)
-    _chunk_summary_kernel[(_cdiv(D, config["BLOCK_D"]), C, B)](
+    _chunk_summary_kernel[(cdiv(D, config["BLOCK_D"]), C, B)](
         v, a, A_c, V_c, T, D, chunk_t, *v.stride(), *a.stride(), REVERSE=reverse, EVEN_D=D % config["BLOCK_D"] == 0,
         **config,
     )
     start_strides = start.stride() if start is not None else (0, 0)
     carry_tile = INTERPRETER_CARRY_TILE if triton_interpreter_on() else CARRY_TILE
-    _chunk_carry_kernel[(_cdiv(D, carry_tile["BLOCK_D"]), B)](
+    _chunk_carry_kernel[(cdiv(D, carry_tile["BLOCK_D"]), B)](
         A_c, V_c, start, init, final, C, D, *start_strides, **carry_tile,
         HAS_START=start is not None, STORE_FINAL=final is not None, REVERSE=reverse,
     )
     return init
 
 
-def _lookback_instead(chunk_t: int, config: dict, backward: bool, *tensors: torch.Tensor) -> dict | None:
-    """`lookback_scan.py`'s tile for this pass where it is the faster path, else None (the chunked scan).
-
-    It is faster where T would be cut into chunks (chunk_t < T: B · D leaves SMs idle) and where one chunk per
-    program fills the SMs unevenly (`_one_chunk_fill` < LOOKBACK_MAX_FILL, T >= LOOKBACK_MIN_T); config: the
-    chunked pass's tile. None also under torch's deterministic algorithms (the look-back's order of combination
-    depends on timing, so its low bits may vary between runs), or where the look-back tile's 32-bit offsets do
-    not fit `tensors` (each (B, T, D))."""
-    B, T, D = tensors[0].shape
-    uneven = (T >= LOOKBACK_MIN_T
-              and _one_chunk_fill(B, D, config["BLOCK_D"], _num_sms(tensors[0].device)) < LOOKBACK_MAX_FILL)
-    if not (chunk_t < T or uneven) or torch.are_deterministic_algorithms_enabled():
-        return None
-    from .lookback_scan import lookback_config, tile_rows  # it imports this module
-
-    lookback = lookback_config(tensors[0].dtype, backward)
-    if all(_tile_fits_int32(tile_rows(lookback), lookback["BLOCK_D"], t) for t in tensors):
-        return lookback
-    return None
-
-
-def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None):
+def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None, gate: Gate | None = None):
     """x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None.
 
-    chunk_t: rows of T per program (None: by shape). config: tile meta-parameters (None: `tile_config`).
-    With both None, where B · D leaves SMs idle (T would be cut into chunks) or fills them unevenly, the
-    forward is instead one pass over tall tiles chained by a decoupled look-back (`lookback_scan.py`, NOTES
-    #17-21: on an H100 0.83 of copy bandwidth against 0.51 at (1, 131072, 512) bf16, 0.95 against 0.88 at
-    (4, 16384, 5120) fp16), unless torch's deterministic algorithms are on (see `_lookback_instead`)."""
+    chunk_t: rows of T per program (None: one chunk where B · D fills the GPU, else chunks: `dispatch.chunk_len`);
+    config: tile meta-parameters (None: `dispatch.tile_config`). gate: the gated recurrence, x and a then being v and
+    f (one chunk only)."""
     B, T, D = x.shape
-    auto = chunk_t is None and config is None
-    config = config or tile_config(x.dtype)
+    config = config or tile_config(x.dtype, device=x.device)
     _check_int32_offsets(config, x=x, a=a)
     _check_chunk_t(chunk_t)
-    chunk_t = chunk_t or _chunk_len(B, T, D, config["BLOCK_D"], _num_sms(x.device))
-    if auto and (lookback := _lookback_instead(chunk_t, config, False, x, a)):
-        from .lookback_scan import lookback_scan_fwd  # it imports this module
-
-        return lookback_scan_fwd(x, a, h0, output_final_state, config=lookback)
+    chunk_t = chunk_t or chunk_len(B, T, D, config["BLOCK_D"], num_sms(x.device))
+    n_chunks = cdiv(T, chunk_t)
+    if gate is not None and n_chunks > 1:
+        raise ValueError(f"chunk_t: expected one chunk (>= T = {T}) for the gated recurrence, got {chunk_t}")
     h = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     h_T = torch.empty(B, D, dtype=torch.float32, device=x.device) if output_final_state else None
-    n_chunks = _cdiv(T, chunk_t)
     if n_chunks > 1:
         init = _chunk_states(x, a, h0, chunk_t, reverse=False, config=config, final=h_T)
         init_strides, store_final = init.stride(), False
@@ -566,36 +602,34 @@ def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None
         init = h0
         init_strides = (h0.stride(0), 0, h0.stride(1)) if h0 is not None else (0, 0, 0)
         store_final = output_final_state
-    _scan_fwd_kernel[(_cdiv(D, config["BLOCK_D"]), n_chunks, B)](
-        x, a, init, h, h_T, T, D, chunk_t, *x.stride(), *a.stride(), *init_strides,
+    gate_ptrs, g = _gate_args(gate, x)
+    _scan_fwd_kernel[(cdiv(D, config["BLOCK_D"]), n_chunks, B)](
+        x, a, init, h, h_T, *gate_ptrs, T, D, chunk_t, *x.stride(), *a.stride(), *init_strides, *g["strides"],
         HAS_INIT=init is not None, STORE_FINAL=store_final, EVEN_D=D % config["BLOCK_D"] == 0,
-        EVEN_T=T % config["BLOCK_T"] == 0 and chunk_t % config["BLOCK_T"] == 0, **config,
+        EVEN_T=T % config["BLOCK_T"] == 0 and chunk_t % config["BLOCK_T"] == 0, GATED=g["GATED"],
+        HAS_DOC=g["HAS_DOC"], **config,
     )
     return h, h_T
 
 
-def associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=None, config=None):
+def associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=None, config=None, gate: Gate | None = None, v=None):
     """a, h, dh: (B, T, D); h0, dh_T: (B, D) | None -> dx, da: (B, T, D) a.dtype, dh0: (B, D) h0.dtype | None.
 
-    chunk_t, config: as in `associative_scan_fwd`, and so is the choice of the look-back pass (NOTES #18-21,
-    on an H100: 0.83 of copy bandwidth against 0.60 at (1, 131072, 512) bf16, 0.93 against 0.87 at
-    (4, 16384, 5120) fp16)."""
+    chunk_t, config: as in `associative_scan_fwd`. gate: the gated recurrence, a being f and v the forward's v; the
+    outputs are then dv (v's dtype) and df (f's dtype)."""
     B, T, D = a.shape
-    auto = chunk_t is None and config is None
-    config = config or tile_config(a.dtype, backward=True)
+    config = config or tile_config(a.dtype, backward=True, device=a.device)
     if not h.is_contiguous():
         raise ValueError(f"h: expected the forward's contiguous output, got strides {h.stride()}")
-    _check_int32_offsets(config, a=a, dh=dh)
+    _check_int32_offsets(config, a=a, dh=dh, v=v)
     _check_chunk_t(chunk_t)
-    chunk_t = chunk_t or _chunk_len(B, T, D, config["BLOCK_D"], _num_sms(a.device))
-    if auto and (lookback := _lookback_instead(chunk_t, config, True, a, dh)):
-        from .lookback_scan import lookback_scan_bwd  # it imports this module
-
-        return lookback_scan_bwd(a, h, h0, dh, dh_T, config=lookback)
-    dx = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
+    chunk_t = chunk_t or chunk_len(B, T, D, config["BLOCK_D"], num_sms(a.device))
+    n_chunks = cdiv(T, chunk_t)
+    if gate is not None and n_chunks > 1:
+        raise ValueError(f"chunk_t: expected one chunk (>= T = {T}) for the gated recurrence, got {chunk_t}")
+    dx = torch.empty(B, T, D, dtype=(v if gate is not None else a).dtype, device=a.device)
     da = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
     dh0 = torch.empty(B, D, dtype=h0.dtype, device=a.device) if h0 is not None else None
-    n_chunks = _cdiv(T, chunk_t)
     if n_chunks > 1:
         init = _chunk_states(dh, a, dh_T, chunk_t, reverse=True, config=config)
         init_strides = init.stride()
@@ -603,80 +637,12 @@ def associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=None, config=None):
         init = dh_T
         init_strides = (dh_T.stride(0), 0, dh_T.stride(1)) if dh_T is not None else (0, 0, 0)
     h0_strides = h0.stride() if h0 is not None else (0, 0)
-    _scan_bwd_kernel[(_cdiv(D, config["BLOCK_D"]), n_chunks, B)](
-        a, h, h0, dh, init, dx, da, dh0, T, D, chunk_t, *a.stride(), *h0_strides, *dh.stride(), *init_strides,
-        HAS_H0=h0 is not None, HAS_INIT=init is not None, EVEN_D=D % config["BLOCK_D"] == 0, **config,
+    v = v if v is not None else a
+    gate_ptrs, g = _gate_args(gate, a)
+    _scan_bwd_kernel[(cdiv(D, config["BLOCK_D"]), n_chunks, B)](
+        a, h, h0, dh, init, dx, da, dh0, v, *gate_ptrs, T, D, chunk_t, *a.stride(), *h0_strides, *dh.stride(),
+        *init_strides, *v.stride(), *g["strides"],
+        HAS_H0=h0 is not None, HAS_INIT=init is not None, EVEN_D=D % config["BLOCK_D"] == 0, GATED=g["GATED"],
+        HAS_DOC=g["HAS_DOC"], **config,
     )
     return dx, da, dh0
-
-
-# --------------------------------------------------------------------------------------------------
-# Autograd, as a custom op: torch.compile sees one opaque node per pass, so the scan causes no graph break.
-# --------------------------------------------------------------------------------------------------
-
-
-@torch.library.custom_op("lrnn::associative_scan_fwd", mutates_args=())
-def _scan_fwd_op(
-    x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None, chunk_t: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> h (B, T, D) x.dtype, h_T (B, D) fp32 (always written: B·D floats cost nothing)."""
-    return associative_scan_fwd(x, a, h0, True, chunk_t=chunk_t or None)
-
-
-@_scan_fwd_op.register_fake
-def _(x, a, h0, chunk_t):
-    B, T, D = x.shape
-    return x.new_empty(B, T, D), x.new_empty(B, D, dtype=torch.float32)
-
-
-@torch.library.custom_op("lrnn::associative_scan_bwd", mutates_args=())
-def _scan_bwd_op(
-    a: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, dh: torch.Tensor, dh_T: torch.Tensor | None,
-    chunk_t: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> dx, da (B, T, D) a.dtype, dh0 (B, D) h0.dtype (empty (0,) when h0 is None)."""
-    dx, da, dh0 = associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=chunk_t or None)
-    return dx, da, dh0 if dh0 is not None else a.new_empty(0)
-
-
-@_scan_bwd_op.register_fake
-def _(a, h, h0, dh, dh_T, chunk_t):
-    return torch.empty_like(a), torch.empty_like(a), torch.empty_like(h0) if h0 is not None else a.new_empty(0)
-
-
-def _setup_context(ctx, inputs, output):
-    """Saves a (B, T, D), h (B, T, D) and h0 (B, D) | None: the backward needs no second forward."""
-    x, a, h0, chunk_t = inputs
-    ctx.save_for_backward(a, output[0], h0)
-    ctx.chunk_t = chunk_t
-
-
-def _backward(ctx, dh, dh_T):
-    """dh (B, T, D), dh_T (B, D) | None -> gradients of (x, a, h0, chunk_t)."""
-    a, h, h0 = ctx.saved_tensors
-    dx, da, dh0 = _scan_bwd_op(a, h, h0, dh, dh_T, ctx.chunk_t)
-    return dx, da, dh0 if h0 is not None else None, None
-
-
-_scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def linear_scan_associative(x, a, h0=None, output_final_state=False, *, chunk_t=None):
-    """`kernels.linear_scan(impl="triton")` without the input checks.
-
-    x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None.
-    chunk_t: rows of T per program (None: chosen by shape, and where T would be chunked both passes are
-    `lookback_scan.py`'s, whose low bits may vary between runs: see `associative_scan_fwd`; < T forces the
-    T-parallel path in both passes).
-
-    Under torch.compile the scan is the custom op above. In eager mode the same launchers run through a plain
-    autograd.Function, which skips the custom op's Python dispatch: on an H100 host (2026-11-25, with the
-    autotuner of the time) the custom op's forward took 138 µs of host time against 71 µs for the launcher
-    alone, and its forward + backward 774 µs, against 322 µs for the sequential scan through the plain
-    autograd.Function (`kernels/benchmarks/host_time.py`, results/host_time_h100.log): more than the kernels
-    take at small shapes.
-    """
-    if torch.compiler.is_compiling():
-        h, h_T = _scan_fwd_op(x, a, h0, chunk_t or 0)
-        return h, h_T if output_final_state else None
-    return apply_scan(x, a, h0, output_final_state, associative_scan_fwd, associative_scan_bwd, chunk_t=chunk_t)

@@ -1,27 +1,15 @@
 """Single-pass scan with decoupled look-back (Merrill & Garland 2016, "Single-pass Parallel Prefix Scan with
 Decoupled Look-back"): h_t = a_t ⊙ h_{t-1} + x_t over (B, T, D), and its fused backward.
 
-**Where `linear_scan` uses it**: both passes of `impl="triton"` where the chunked scan's programs would not
-serve (`associative_scan._lookback_instead`): where B · D leaves SMs idle and the T-parallel path would
-re-read its inputs (long T, small batch), and where its one-chunk programs fill the SMs unevenly at long T.
-There, over tall tiles (a warp per sub-tile of ROWS rows) with a look-back by every warp for itself, on an
-H100 (kernels/benchmarks/NOTES.md, attempts 17, 18, 20 and 21; `results/lookback_rescan_h100.log`): at
-(1, 131072, 512) bf16 0.83 / 0.83 of copy bandwidth forward / backward against the T-parallel path's
-0.51 / 0.60 (fp32: 0.92 / 0.97 against 0.57 / 0.66); at (4, 16384, 5120) fp16 0.95 / 0.93 against the
-one-chunk path's 0.88 / 0.87. Where B · D fills the SMs evenly the one-chunk forward is faster at 2 bytes per
-element (0.84 against 0.81 at (8, 2048, 2048) bf16; the backward and fp32 are within 0.01), and it is kept. Its
-low bits can vary between runs: the order in which a tile combines its predecessors depends on timing.
-`python -m kernels.benchmarks.lookback` times it against the committed kernels.
-
-The one-chunk path of `associative_scan.py` gives each program a whole column (one batch row, BLOCK_D
-channels, all of T), so it runs B · D / BLOCK_D programs: two one-warp programs per SM at (8, 2048, 2048),
-and its T-parallel path re-reads x and a (5/3 of the minimum bytes). Here every tile of T is a program, and
-tiles are chained through global memory:
+dispatch.py runs both passes of the Triton scan here where one chunk per program would not serve: where B · D
+leaves SMs idle (the T-parallel path would re-read its inputs: 5/3 of the minimum bytes), and where the one-chunk
+programs fill the SMs unevenly at long T. The one-chunk path gives each program a whole column (one batch row,
+BLOCK_D channels, all of T); here every tile of T is a program, and tiles are chained through global memory:
 
 1. load the tile and combine its rows from a zero state into its aggregate (A_k, V_k): the gate product and
    the state at its last row (each warp folds its own sub-tile, then the sub-tiles' totals are scanned across
-   warps); publish it at once. The program keeps the tile's inputs as loaded, not a per-row scan, through
-   step 2 (fewer registers: NOTES #20);
+   warps); publish it at once. Across step 2 the program keeps the tile's inputs as loaded, not a per-row scan:
+   at 2 bytes per element that halves the registers the wait holds, and three programs fit an SM;
 2. look back: the state entering tile k is the nearest predecessor's published *inclusive* state,
    combined with the aggregates of the tiles between (each warp reads WINDOW predecessors at a time for
    itself; spin while one is missing);
@@ -37,30 +25,24 @@ arithmetic produces the SENTINEL NaN, so a NaN input cannot hang a reader.
 Program ids run in visiting order, time-major (pid = k · B · n_d + b · n_d + i_d): every predecessor of a
 program has a smaller id. GPUs dispatch programs in id order in practice, though CUDA does not promise it
 (CUB's single-pass scan makes the same assumption): then a predecessor is running or done, and a look-back
-never waits for a program that cannot start.
+never waits for a program that cannot start. Its low bits can vary between runs: the order in which a tile
+combines its predecessors depends on timing (dispatch.py runs the chunked path under deterministic algorithms).
 
 The backward visits tiles from the end of T (time-flipped tiles, as in `_scan_bwd_kernel`), seeded by
 dh_T: dh_t = dh_t^out + a_{t+1} dh_{t+1}; it writes dx = dh, da_t = dh_t h_{t-1} and dh0 = a_1 dh_1.
-Formulas count steps t = 1..T; the code counts rows 0..T-1.
+Gated (GATED), as in associative_scan.py: the gate is computed from f in registers, and the backward writes dv and
+df. Formulas count steps t = 1..T; the code counts rows 0..T-1.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import triton
 import triton.language as tl
 
 from ._env import triton_interpreter_on
-from .associative_scan import (
-    _cdiv,
-    _check_int32_offsets,
-    _combine,
-    _row,
-    _thread_columns,
-)
-from .function import apply_scan
+from .associative_scan import Gate, _combine, _gate_args, _gate_grads, _gate_params, _gates, _row, _thread_columns
+from .dispatch import INTERPRETER_LOOKBACK_TILE, cdiv, lookback_config, lookback_rows, tile_fits_int32
 
 SENTINEL = tl.constexpr(-1)  # int32 bits 0xFFFFFFFF of an unpublished slot: a NaN no arithmetic produces
 
@@ -85,10 +67,10 @@ def _look_back(agg_A, agg_V, incl, k, slot_stride, cols, mask_d, BLOCK_D: tl.con
     when every open channel of its row can, else it reads the same window again (spinning until published).
     Its decisions are reductions along its own row, so the only cross-warp step per read is the loop's
     condition. Every element must be held by one thread, so that what a thread decides on is what it combines:
-    replicas of an element would each poll the workspace by itself, and a reduction takes one replica's view
-    (NOTES #18). That holds in every sm_90 compile seen with triton 3.6 (contiguous and strided inputs, VEC 2 and
-    VEC 1: the (WARPS, BLOCK_D) tensors in a layout of exactly WARPS · BLOCK_D threads · registers). Warps may
-    find the state through different predecessors: their carries then differ in the last bits (NOTES #18)."""
+    replicas of an element would each poll the workspace by itself, and a reduction takes one replica's view.
+    That holds in every sm_90 compile seen with triton 3.6 (contiguous and strided inputs, VEC 2 and VEC 1: the
+    (WARPS, BLOCK_D) tensors in a layout of exactly WARPS · BLOCK_D threads · registers). Warps may find the state
+    through different predecessors: their carries then differ in the last bits."""
     sub = tl.arange(0, WARPS)
     acc_A = tl.full([WARPS, BLOCK_D], 1.0, dtype=tl.float32)  # the tiles from the window's top to k - 1, combined
     acc_V = tl.zeros([WARPS, BLOCK_D], dtype=tl.float32)
@@ -149,7 +131,7 @@ def _program_tile(B, D: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr):
 @triton.jit
 def _chain(tot_A, tot_V, k, b, d0, cols, mask_d, start_ptr, stride_start_b, stride_start_d,
            state_ptr, B, D: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, WARPS: tl.constexpr,
-           HAS_START: tl.constexpr, PUBLISH_INCLUSIVE: tl.constexpr, LOOK_BACK: tl.constexpr):
+           HAS_START: tl.constexpr):
     """Publish the tile's aggregate, look back, publish its inclusive state (the end of step 1, steps 2
     and 3's first half). (tot_A, tot_V) (BLOCK_D,): the tile's pair, its scan from zero to its last row
     visited; k: the tile's place in visiting order; b, d0: its batch row and first channel; start_ptr: (B, D)
@@ -172,16 +154,10 @@ def _chain(tot_A, tot_V, k, b, d0, cols, mask_d, start_ptr, stride_start_b, stri
     else:
         _publish(agg_A + slot, tot_A, mask_d)
         _publish(agg_V + slot, tot_V, mask_d)
-        if LOOK_BACK:
-            carry = _look_back(agg_A + col_slot0, agg_V + col_slot0, incl + col_slot0, k, B * D, cols, mask_d,
-                               BLOCK_D, WINDOW, WARPS)
-        else:  # benchmarks only: every tile starts from `start` (wrong results; the look-back's cost)
-            carry = start
+        carry = _look_back(agg_A + col_slot0, agg_V + col_slot0, incl + col_slot0, k, B * D, cols, mask_d,
+                           BLOCK_D, WINDOW, WARPS)
     state = tot_A * _row(carry, tl.arange(0, WARPS), 0) + tot_V
-    if PUBLISH_INCLUSIVE:
-        _publish(incl + slot, state, mask_d)
-    elif k == 0:  # tests: every later tile must then look back through aggregates to tile 0
-        _publish(incl + slot, state, mask_d)
+    _publish(incl + slot, state, mask_d)
     return carry, state
 
 
@@ -203,12 +179,22 @@ def _load_tall_tile(first, rows, cols, stride_t: tl.constexpr, stride_d: tl.cons
 @triton.jit
 def _load_fwd_tile(x_first, a_first, rows, cols, stride_x_t: tl.constexpr, stride_x_d: tl.constexpr,
                    stride_a_t: tl.constexpr, stride_a_d: tl.constexpr, n_rows, n_cols, WHOLE: tl.constexpr,
-                   EVEN_D: tl.constexpr):
+                   EVEN_D: tl.constexpr, GATED: tl.constexpr):
     """The forward's (x, a) tiles (WARPS, ROWS, BLOCK_D), as `_load_tall_tile`; rows past n_rows read the identity
-    (a = 1, x = 0)."""
+    (a = 1, x = 0; GATED: f = +inf, whose gate is 1)."""
     x = _load_tall_tile(x_first, rows, cols, stride_x_t, stride_x_d, 0, n_rows, n_cols, 0.0, WHOLE, EVEN_D)
-    a = _load_tall_tile(a_first, rows, cols, stride_a_t, stride_a_d, 0, n_rows, n_cols, 1.0, WHOLE, EVEN_D)
+    a = _load_tall_tile(a_first, rows, cols, stride_a_t, stride_a_d, 0, n_rows, n_cols,
+                        float("inf") if GATED else 1.0, WHOLE, EVEN_D)
     return x, a
+
+
+@triton.jit
+def _load_doc(doc_first, stride_doc_t, t_rows, T, HAS_DOC: tl.constexpr):
+    """Whether a document starts at each of the times t_rows (any shape; False past T, and without HAS_DOC)."""
+    if HAS_DOC:
+        return tl.load(doc_first + t_rows.to(tl.int64) * stride_doc_t, mask=(t_rows >= 0) & (t_rows < T), other=0) != 0
+    else:
+        return t_rows < 0
 
 
 @triton.jit
@@ -223,6 +209,16 @@ def _store_tall_tile(first, value, rows, cols, D: tl.constexpr, n_rows, n_cols, 
         tl.store(ptrs, value, mask=cols < n_cols)
     else:
         tl.store(ptrs, value, mask=(rows < n_rows) & (cols < n_cols))
+
+
+@triton.jit
+def _store_bwd_tile(first, value, rows, cols, D: tl.constexpr, n_rows, n_cols, whole, EVEN_T: tl.constexpr,
+                    EVEN_D: tl.constexpr):
+    """`_store_tall_tile` of a backward tile: without row masks where it is whole (or T is whole tiles)."""
+    if whole | EVEN_T:
+        _store_tall_tile(first, value, rows, cols, D, n_rows, n_cols, True, EVEN_D)
+    else:
+        _store_tall_tile(first, value, rows, cols, D, n_rows, n_cols, False, EVEN_D)
 
 
 @triton.jit
@@ -275,24 +271,43 @@ def _widen(v, opaque_zero):
 
 
 @triton.jit
-def _scan_from(a, v, entering, r, opaque_zero):
-    """Pairs (a, v) (WARPS, ROWS, BLOCK_D) as loaded, entering (WARPS, BLOCK_D) the state entering each sub-tile
+def _scan_from(a, v, entering, r):
+    """Pairs (a, v) (WARPS, ROWS, BLOCK_D) fp32, entering (WARPS, BLOCK_D) the state entering each sub-tile
     -> (WARPS, ROWS, BLOCK_D) fp32, each sub-tile's rows scanned from it (step 3): the state is folded into the
     first row's v, v_0 + a_0 · entering. r: tl.arange(0, ROWS)."""
-    a = _widen(a, opaque_zero)
-    v = _widen(v, opaque_zero) + tl.where((r == 0)[None, :, None], a * entering[:, None, :], 0.0)
+    v = v + tl.where((r == 0)[None, :, None], a * entering[:, None, :], 0.0)
     _, h = tl.associative_scan((a, v), axis=1, combine_fn=_combine)
     return h
+
+
+@triton.jit
+def _h_prev(h_prev, h0_ptr, b, stride_h0_b, stride_h0_d, d0, cols, mask_d, rows, t0, HAS_H0: tl.constexpr):
+    """h_{t-1} of a backward tile as loaded -> fp32, with h0 at t = 0."""
+    h_prev = h_prev.to(tl.float32)
+    if HAS_H0:
+        h0 = tl.load(h0_ptr + b * stride_h0_b + (d0 + cols) * stride_h0_d, mask=mask_d, other=0.0)
+        h_prev = tl.where(rows == -t0, h0.to(tl.float32)[None, None, :], h_prev)
+    return h_prev
+
+
+@triton.jit
+def _pairs(a, v, gate_b, gate_lb, gate_olb, doc, GATED: tl.constexpr):
+    """The scan's fp32 pairs from the tiles as loaded: (a, v) widened, or GATED the gate and (1 - a) v from (f, v)."""
+    if GATED:
+        return _gates(a, v, gate_b, gate_lb, gate_olb, doc)
+    else:
+        return a.to(tl.float32), v.to(tl.float32)
 
 
 @triton.jit(do_not_specialize=["opaque_zero"])
 def _lookback_fwd_kernel(
     # pointers
-    x_ptr, a_ptr,  # (B, T, D) inputs, any strides
+    x_ptr, a_ptr,  # (B, T, D) inputs, any strides (GATED: v and the gate's pre-activation f)
     h0_ptr,  # (B, D) initial state, any strides; unused if not HAS_H0
     h_ptr,  # (B, T, D) output, contiguous
     h_T_ptr,  # (B, D) fp32 final state, contiguous; unused if not STORE_FINAL
     state_ptr,  # (3, K, B, D) int32 workspace, SENTINEL-filled: per tile, aggregate A, V and inclusive state
+    bias_ptr, lb_ptr, doc_ptr,  # gate parameters and document starts, as in _scan_fwd_kernel
     opaque_zero,  # 0, never specialised on (see `_widen`)
     # sizes
     B, T, D: tl.constexpr,
@@ -300,55 +315,66 @@ def _lookback_fwd_kernel(
     stride_x_b, stride_x_t: tl.constexpr, stride_x_d: tl.constexpr,
     stride_a_b, stride_a_t: tl.constexpr, stride_a_d: tl.constexpr,
     stride_h0_b, stride_h0_d,
+    stride_lb, stride_doc_b, stride_doc_t,
     # meta-parameters: a tile is WARPS sub-tiles of ROWS rows, one per warp (BLOCK_T = WARPS · ROWS rows)
     ROWS: tl.constexpr, WARPS: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr,
     WINDOW: tl.constexpr,  # predecessors read per look-back step
     EVEN_T: tl.constexpr,  # T % (WARPS · ROWS) == 0: every tile is whole, no row masks
     EVEN_D: tl.constexpr,  # D % BLOCK_D == 0: no channel masks
     HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr,
-    PUBLISH_INCLUSIVE: tl.constexpr,  # False (tests only): only tile 0 publishes its inclusive state
-    LOOK_BACK: tl.constexpr,  # False (benchmarks only): skip step 2, wrong results
+    GATED: tl.constexpr, HAS_DOC: tl.constexpr,
 ):
     """A tall tile per program, held as (WARPS, ROWS, BLOCK_D): the look-back's cost per row falls as the tile
-    grows (NOTES #12, #17), but a (BLOCK_T, BLOCK_D) tile over several warps would scan its rows across warps.
-    Here each warp folds its own ROWS consecutive rows in registers (sub-tile w is rows w·ROWS ..), and only
-    the WARPS sub-tile totals are scanned across warps.
+    grows, but a (BLOCK_T, BLOCK_D) tile over several warps would scan its rows across warps. Here each warp
+    folds its own ROWS consecutive rows in registers (sub-tile w is rows w·ROWS ..), and only the WARPS sub-tile
+    totals are scanned across warps.
 
     Across the look-back the program holds the tile's inputs as loaded, not their scan: the aggregate comes from
     a fold of the rows (step 1), and the rows are scanned after the look-back, from the state entering each
     sub-tile (step 3). At 2 bytes per element that halves what the wait holds (packed pairs, not fp32 values), so
-    a 256-row tile fits the 168 registers of three programs per SM (NOTES #20)."""
+    a 256-row tile fits the 168 registers of three programs per SM. Gated, the gate is computed twice (before the
+    fold and after the wait) for the same reason, and the document starts are read again after the wait."""
     BLOCK_T: tl.constexpr = WARPS * ROWS
     k, b, d0, cols, mask_d = _program_tile(B, D, BLOCK_D, VEC)
     t0 = k * BLOCK_T
     sub = tl.arange(0, WARPS)
     r = tl.arange(0, ROWS)
     # (WARPS, ROWS, 1) time offsets in the tile. In this axis order Triton puts the warps on the sub-tile axis
-    # (in (ROWS, WARPS, BLOCK_D) order it put them on the rows: NOTES #17).
+    # (in (ROWS, WARPS, BLOCK_D) order it puts them on the rows).
     rows = (sub[:, None] * ROWS + r[None, :])[:, :, None]
     cols3 = cols[None, None, :]
     x_first = x_ptr + b * stride_x_b + t0.to(tl.int64) * stride_x_t + d0.to(tl.int64) * stride_x_d
     a_first = a_ptr + b * stride_a_b + t0.to(tl.int64) * stride_a_t + d0.to(tl.int64) * stride_a_d
     h_first = h_ptr + b * T * D + t0.to(tl.int64) * D + d0
+    doc_first = doc_ptr + b * stride_doc_b
+    if GATED:
+        gate_b, gate_lb, gate_olb = _gate_params(bias_ptr, lb_ptr, stride_lb, d0, cols, mask_d)
+        gate_b, gate_lb, gate_olb = gate_b[None, None, :], gate_lb[None, None, :], gate_olb[None, None, :]
+    else:
+        gate_b, gate_lb, gate_olb = 0.0, 0.0, 0.0
 
     # 1. each sub-tile's total (the last tile's padding rows: the identity, a=1, x=0), then the sub-tiles'
     # totals scanned across warps, and the tile's total
-    whole = (t0 + BLOCK_T <= T) | EVEN_T  # EVEN_T: the masked copy is folded away (NOTES #21)
+    whole = (t0 + BLOCK_T <= T) | EVEN_T  # EVEN_T: the masked copy is folded away
     if whole:
         x, a = _load_fwd_tile(x_first, a_first, rows, cols3, stride_x_t, stride_x_d, stride_a_t, stride_a_d,
-                              T - t0, D - d0, True, EVEN_D)
+                              T - t0, D - d0, True, EVEN_D, GATED)
     else:
         x, a = _load_fwd_tile(x_first, a_first, rows, cols3, stride_x_t, stride_x_d, stride_a_t, stride_a_d,
-                              T - t0, D - d0, False, EVEN_D)
-    tot_A, tot_H, excl_A, excl_H = _reduce_sub_tiles(a, x, sub, r, WARPS)
+                              T - t0, D - d0, False, EVEN_D, GATED)
+    a32, x32 = _pairs(a, x, gate_b, gate_lb, gate_olb, _load_doc(doc_first, stride_doc_t, t0 + rows, T, HAS_DOC),
+                      GATED)
+    tot_A, tot_H, excl_A, excl_H = _reduce_sub_tiles(a32, x32, sub, r, WARPS)
 
     # 2. the state entering the tile
     carry, state = _chain(tot_A, tot_H, k, b, d0, cols, mask_d, h0_ptr, stride_h0_b, stride_h0_d, state_ptr,
-                          B, D, BLOCK_D, WINDOW, WARPS, HAS_H0, PUBLISH_INCLUSIVE, LOOK_BACK)
+                          B, D, BLOCK_D, WINDOW, WARPS, HAS_H0)
 
     # 3. the states: each sub-tile's rows scanned from the state entering it (folded into its first row's x)
     entering = excl_A * carry + excl_H  # (WARPS, BLOCK_D)
-    h = _scan_from(a, x, entering, r, opaque_zero)
+    doc = _load_doc(doc_first, stride_doc_t, t0 + opaque_zero + rows, T, HAS_DOC)  # read again: see the docstring
+    a32, x32 = _pairs(_widen(a, opaque_zero), _widen(x, opaque_zero), gate_b, gate_lb, gate_olb, doc, GATED)
+    h = _scan_from(a32, x32, entering, r)
     if whole:
         _store_tall_tile(h_first, h, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
     else:
@@ -361,14 +387,16 @@ def _lookback_fwd_kernel(
 @triton.jit(do_not_specialize=["opaque_zero"])
 def _lookback_bwd_kernel(
     # pointers
-    a_ptr,  # (B, T, D) gates, any strides
+    a_ptr,  # (B, T, D) gates, any strides (GATED: the gate's pre-activation f)
     h_ptr,  # (B, T, D) forward states, contiguous
     h0_ptr,  # (B, D) initial state, any strides; unused if not HAS_H0
     dh_ptr,  # (B, T, D) gradient of h, any strides
     dh_T_ptr,  # (B, D) gradient of h_T, any strides; unused if not HAS_DH_T
-    dx_ptr, da_ptr,  # (B, T, D) outputs, contiguous
+    dx_ptr, da_ptr,  # (B, T, D) outputs, contiguous (GATED: dv and df)
     dh0_ptr,  # (B, D) output, contiguous; unused if not HAS_H0
     state_ptr,  # (3, K, B, D) int32 workspace, SENTINEL-filled, indexed by visiting order (from the end of T)
+    x_ptr,  # (B, T, D) the forward's v, any strides; unused if not GATED
+    bias_ptr, lb_ptr, doc_ptr,  # as in the forward; unused if not GATED
     opaque_zero,  # 0, never specialised on (see `_widen`)
     # sizes
     B, T, D: tl.constexpr,
@@ -377,6 +405,8 @@ def _lookback_bwd_kernel(
     stride_h0_b, stride_h0_d,
     stride_dh_b, stride_dh_t: tl.constexpr, stride_dh_d: tl.constexpr,
     stride_dh_T_b, stride_dh_T_d,
+    stride_x_b, stride_x_t: tl.constexpr, stride_x_d: tl.constexpr,
+    stride_lb, stride_doc_b, stride_doc_t,
     # meta-parameters: a tile is WARPS sub-tiles of ROWS rows, one per warp (BLOCK_T = WARPS · ROWS rows)
     ROWS: tl.constexpr, WARPS: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr,
     WINDOW: tl.constexpr,  # predecessors read per look-back step
@@ -384,8 +414,7 @@ def _lookback_bwd_kernel(
     # a_{t+1} or h_{t-1})
     EVEN_D: tl.constexpr,  # D % BLOCK_D == 0: no channel masks
     HAS_H0: tl.constexpr, HAS_DH_T: tl.constexpr,
-    PUBLISH_INCLUSIVE: tl.constexpr,  # False (tests only): only the first tile visited publishes its state
-    LOOK_BACK: tl.constexpr,  # False (benchmarks only): skip step 2, wrong results
+    GATED: tl.constexpr, HAS_DOC: tl.constexpr,
 ):
     """The forward's tall tile, flipped in time: element (w, r) of the (WARPS, ROWS, BLOCK_D) tile holds
     time t0 + BLOCK_T - 1 - (w · ROWS + r), so each sub-tile's scan along its rows, and the scan across
@@ -405,49 +434,69 @@ def _lookback_bwd_kernel(
     h_prev_first = h_ptr + b * T * D + (t0 - 1).to(tl.int64) * D + d0  # row t0 - 1: h_{t-1} of row t0
     dx_first = dx_ptr + b * T * D + t0.to(tl.int64) * D + d0
     da_first = da_ptr + b * T * D + t0.to(tl.int64) * D + d0
+    doc_first = doc_ptr + b * stride_doc_b
+    a_other = float("inf") if GATED else 1.0  # a_T and beyond: the identity (GATED: f = +inf, a gate of 1)
+    if GATED:
+        gate_b, gate_lb, gate_olb = _gate_params(bias_ptr, lb_ptr, stride_lb, d0, cols, mask_d)
+        gate_b, gate_lb, gate_olb = gate_b[None, None, :], gate_lb[None, None, :], gate_olb[None, None, :]
+    else:
+        gate_b, gate_lb, gate_olb = 0.0, 0.0, 0.0
 
     # 1. each sub-tile's total of (a_{t+1}, dh_t^out) from a zero gradient at its end, then across sub-tiles.
     # Whole: every row has a real a_{t+1} (t + 1 < T) and a real h_{t-1} (t >= 1).
     whole = (t0 > 0) & (t0 + BLOCK_T < T)
-    if EVEN_T:  # one copy of the code, masked by rows only where a row may be missing (NOTES #21)
-        a_next = _load_tall_tile(a_next_first, rows, cols3, stride_a_t, stride_a_d, 0, T - 1 - t0, D - d0, 1.0,
+    if EVEN_T:  # one copy of the code, masked by rows only where a row may be missing
+        a_next = _load_tall_tile(a_next_first, rows, cols3, stride_a_t, stride_a_d, 0, T - 1 - t0, D - d0, a_other,
                                  False, EVEN_D)
         dh_out = _load_tall_tile(dh_first, rows, cols3, stride_dh_t, stride_dh_d, 0, 0, D - d0, 0.0, True, EVEN_D)
         h_prev = _load_tall_tile(h_prev_first, rows, cols3, D, 1, 1 - t0, T - t0, D - d0, 0.0, False, EVEN_D)
     elif whole:
-        a_next = _load_tall_tile(a_next_first, rows, cols3, stride_a_t, stride_a_d, 0, 0, D - d0, 1.0, True, EVEN_D)
+        a_next = _load_tall_tile(a_next_first, rows, cols3, stride_a_t, stride_a_d, 0, 0, D - d0, a_other, True,
+                                 EVEN_D)
         dh_out = _load_tall_tile(dh_first, rows, cols3, stride_dh_t, stride_dh_d, 0, 0, D - d0, 0.0, True, EVEN_D)
         h_prev = _load_tall_tile(h_prev_first, rows, cols3, D, 1, 0, 0, D - d0, 0.0, True, EVEN_D)
     else:  # a_T and beyond: 1 (dh_T seeds row T - 1); h_{-1}: 0 (h0 below)
-        a_next = _load_tall_tile(a_next_first, rows, cols3, stride_a_t, stride_a_d, 0, T - 1 - t0, D - d0, 1.0,
+        a_next = _load_tall_tile(a_next_first, rows, cols3, stride_a_t, stride_a_d, 0, T - 1 - t0, D - d0, a_other,
                                  False, EVEN_D)
         dh_out = _load_tall_tile(dh_first, rows, cols3, stride_dh_t, stride_dh_d, 0, T - t0, D - d0, 0.0, False,
                                  EVEN_D)
         h_prev = _load_tall_tile(h_prev_first, rows, cols3, D, 1, 1 - t0, T - t0, D - d0, 0.0, False, EVEN_D)
-    tot_A, tot_G, excl_A, excl_G = _reduce_sub_tiles(a_next, dh_out, sub, r, WARPS)
+    a32, dh32 = _pairs(a_next, dh_out, gate_b, gate_lb, gate_olb,
+                       _load_doc(doc_first, stride_doc_t, t0 + 1 + rows, T, HAS_DOC), GATED)
+    if GATED:
+        dh32 = dh_out.to(tl.float32)  # the value of a backward pair is dh itself
+    tot_A, tot_G, excl_A, excl_G = _reduce_sub_tiles(a32, dh32, sub, r, WARPS)
 
     # 2. the gradient entering the tile from its end
     carry, state = _chain(tot_A, tot_G, k, b, d0, cols, mask_d, dh_T_ptr, stride_dh_T_b, stride_dh_T_d,
-                          state_ptr, B, D, BLOCK_D, WINDOW, WARPS, HAS_DH_T, PUBLISH_INCLUSIVE, LOOK_BACK)
+                          state_ptr, B, D, BLOCK_D, WINDOW, WARPS, HAS_DH_T)
 
     # 3. the gradients: each sub-tile's rows scanned from the gradient entering it (from its end)
     entering = excl_A * carry + excl_G  # (WARPS, BLOCK_D)
-    dh = _scan_from(a_next, dh_out, entering, r, opaque_zero)
-    if whole | EVEN_T:
-        _store_tall_tile(dx_first, dh, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
+    doc_next = _load_doc(doc_first, stride_doc_t, t0 + 1 + opaque_zero + rows, T, HAS_DOC)
+    a32, _ = _pairs(_widen(a_next, opaque_zero), dh_out, gate_b, gate_lb, gate_olb, doc_next, GATED)
+    dh = _scan_from(a32, _widen(dh_out, opaque_zero), entering, r)
+    if GATED:  # the gate at t itself, and v_t: dv and df in place of dx and da
+        h_prev = _h_prev(h_prev, h0_ptr, b, stride_h0_b, stride_h0_d, d0, cols, mask_d, rows, t0, HAS_H0)
+        f = _load_tall_tile(a_ptr + b * stride_a_b + t0.to(tl.int64) * stride_a_t + d0.to(tl.int64) * stride_a_d,
+                            rows, cols3, stride_a_t, stride_a_d, 0, T - t0, D - d0, 0.0, False, EVEN_D)
+        v = _load_tall_tile(x_ptr + b * stride_x_b + t0.to(tl.int64) * stride_x_t + d0.to(tl.int64) * stride_x_d,
+                            rows, cols3, stride_x_t, stride_x_d, 0, T - t0, D - d0, 0.0, False, EVEN_D)
+        dv, df = _gate_grads(f, v, dh, h_prev, gate_b, gate_olb, _load_doc(doc_first, stride_doc_t, t0 + rows, T,
+                                                                            HAS_DOC))
+        _store_bwd_tile(dx_first, dv, rows, cols3, D, T - t0, D - d0, whole, EVEN_T, EVEN_D)
+        _store_bwd_tile(da_first, df, rows, cols3, D, T - t0, D - d0, whole, EVEN_T, EVEN_D)
     else:
-        _store_tall_tile(dx_first, dh, rows, cols3, D, T - t0, D - d0, False, EVEN_D)
-    h_prev = h_prev.to(tl.float32)  # widened only now, after dx's store: fewer spills on sm_90
-    if HAS_H0:
-        h0 = tl.load(h0_ptr + b * stride_h0_b + (d0 + cols) * stride_h0_d, mask=mask_d, other=0.0)
-        h_prev = tl.where(rows == -t0, h0.to(tl.float32)[None, None, :], h_prev)
-    if whole | EVEN_T:
-        _store_tall_tile(da_first, dh * h_prev, rows, cols3, D, T - t0, D - d0, True, EVEN_D)
-    else:
-        _store_tall_tile(da_first, dh * h_prev, rows, cols3, D, T - t0, D - d0, False, EVEN_D)
+        _store_bwd_tile(dx_first, dh, rows, cols3, D, T - t0, D - d0, whole, EVEN_T, EVEN_D)
+        # h_{t-1} widened only now, after dx's store: fewer spills on sm_90
+        h_prev = _h_prev(h_prev, h0_ptr, b, stride_h0_b, stride_h0_d, d0, cols, mask_d, rows, t0, HAS_H0)
+        _store_bwd_tile(da_first, dh * h_prev, rows, cols3, D, T - t0, D - d0, whole, EVEN_T, EVEN_D)
     if HAS_H0:
         if t0 == 0:  # dh0 = a_1 dh_1; `state` is dh at t = 0
             a_1 = tl.load(a_ptr + b * stride_a_b + (d0 + cols) * stride_a_d, mask=mask_d, other=0.0)
+            if GATED:
+                a_1, _ = _gates(a_1, a_1, gate_b.reshape(BLOCK_D), gate_lb.reshape(BLOCK_D), gate_olb.reshape(BLOCK_D),
+                                _load_doc(doc_first, stride_doc_t, t0, T, HAS_DOC))
             tl.store(dh0_ptr + b * D + d0 + cols, (a_1.to(tl.float32) * state).to(dh0_ptr.dtype.element_ty),
                      mask=mask_d)
 
@@ -456,58 +505,14 @@ def _lookback_bwd_kernel(
 # Launchers
 # --------------------------------------------------------------------------------------------------
 
-# Tall tiles of WARPS sub-tiles of ROWS rows (one warp each) × BLOCK_D = 32 lanes · VEC channels, per element
-# size; every warp reads WINDOW predecessors at a time in the look-back. MAXNREG caps the registers per thread
-# (0: no cap): 168 leaves three 4-warp programs per SM (65536 registers / (3 · 128 threads) = 170, allocated in
-# steps of 8). History (NOTES.md): 128-row tiles (attempt 17); the look-back per warp with a window of 1 (attempt
-# 18: it beat the whole program's best safe window, 2; the whole program's window of 1 returned NaNs, see
-# `_check_config`); inputs held across the look-back and scanned after it, and the cap (attempt 20). At 2 bytes
-# per element the forward's 256-row tile and the backward's 128-row tile then fit 168 registers on sm_90 (no
-# spills; the backward with h0 and dh_T when T is not a whole number of tiles: 15 spill instructions; uncapped: 250
-# registers forward, 254 backward at B >= 2, two programs per SM), which took (1, 131072, 512) bf16 from 0.71 / 0.79
-# of copy bandwidth forward / backward (`results/lookback_rescan_probe1_h100.log`) to 0.81 / 0.83 on an H100, and
-# 0.83 / 0.83 with EVEN_T (attempt 21: one copy of the tile code when T is whole tiles). fp32 tiles hold twice the
-# bytes: capped, the backward spills (CPU-side sm_90 compile), and the uncapped 256-row forward lost to the
-# 128-row one (0.88 against 0.92 at (1, 131072, 512)).
-FORWARD_TILES = {  # element size (bytes): tile
-    2: dict(ROWS=64, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=168),
-    4: dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=0),
-}
-BACKWARD_TILES = {
-    2: dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=168),
-    4: dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=0),
-}
-# Interpreter, both passes: tiny tiles and windows, so that CPU tests span several tiles, sub-tiles and windows.
-INTERPRETER_TILE = dict(ROWS=4, WARPS=2, BLOCK_D=16, VEC=1, WINDOW=2, MAXNREG=0)
-
-
-def lookback_config(dtype: torch.dtype, backward: bool = False) -> dict:
-    """Kernel meta-parameters of one pass, {ROWS, WARPS, BLOCK_D, VEC, WINDOW, MAXNREG}: a tile of WARPS · ROWS rows
-    and BLOCK_D = 32 · VEC channels, one warp per sub-tile of ROWS rows; WINDOW predecessors per look-back read;
-    MAXNREG registers per thread at most (0: no cap)."""
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise TypeError(f"dtype: expected torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
-    if triton_interpreter_on():
-        return dict(INTERPRETER_TILE)
-    return dict((BACKWARD_TILES if backward else FORWARD_TILES)[dtype.itemsize])
-
-
-def tile_rows(config: dict) -> int:
-    """Rows of T per program (per look-back) of a config."""
-    return config["ROWS"] * config["WARPS"]
-
 
 def _check_config(config: dict) -> None:
-    """A config has exactly the keys of `lookback_config`'s, and on a GPU channel blocks of 64 with VEC 2 (each lane
-    its own two channels), the only ones measured correct there. On an H100 (2026-11-27, triton 3.6) VEC 1 tiles
-    of 4 or more rows per warp returned wrong results (relative error 0.4 in fp32), and 128-channel blocks of
-    32 rows per warp read out of bounds; an early version whose look-back window was replicated across warps
-    returned NaNs (NOTES #18). The VEC 1 error was the sub-tile fold's: with one channel per lane Triton puts the
-    rows across lanes and warps, where `tl.reduce` combined them out of order (see `_fold_rows`); since the fold
-    is a scan, VEC 1 tiles of 32 rows × 4 warps match the reference on an H200 (`gpu_strided_check.py`), but are
-    not timed, and stay refused here. The interpreter runs any tile (its programs run one after another)."""
-    if set(config) != set(INTERPRETER_TILE):
-        raise ValueError(f"config: expected the keys {sorted(INTERPRETER_TILE)}, got {sorted(config)}")
+    """A config has exactly the keys of `dispatch.lookback_config`'s, and on a GPU channel blocks of 64 with VEC 2
+    (each lane its own two channels), the only ones timed there. (128-channel blocks of 32 rows per warp read out of
+    bounds on an H100; VEC 1 tiles compute correctly since the sub-tile fold is an ordered scan, but are untimed.)
+    The interpreter runs any tile (its programs run one after another)."""
+    if set(config) != set(INTERPRETER_LOOKBACK_TILE):
+        raise ValueError(f"config: expected the keys {sorted(INTERPRETER_LOOKBACK_TILE)}, got {sorted(config)}")
     if not triton_interpreter_on() and (config["VEC"], config["BLOCK_D"]) != (2, 64):
         raise ValueError(f"config: expected VEC 2 and BLOCK_D 64 on a GPU, got VEC {config['VEC']} and BLOCK_D "
                          f"{config['BLOCK_D']}")
@@ -519,64 +524,66 @@ def _launch_options(config: dict) -> dict:
     return dict(meta, num_warps=config["WARPS"], **({"maxnreg": config["MAXNREG"]} if config["MAXNREG"] else {}))
 
 
+def _check_int32_offsets(block_t: int, config: dict, **tensors: torch.Tensor | None) -> None:
+    for name, t in tensors.items():
+        if t is not None and not tile_fits_int32(block_t, config["BLOCK_D"], t.stride(1), t.stride(2)):
+            raise ValueError(f"{name}: expected strides whose tile ({block_t} rows, {config['BLOCK_D']} channels) "
+                             f"spans < 2**31 elements, got strides {t.stride()}; pass a contiguous tensor")
+
+
 def _workspace(B: int, T: int, D: int, block_t: int, device) -> torch.Tensor:
     """(3, K, B, D) int32, K = cdiv(T, block_t), every slot unpublished."""
-    return torch.full((3, _cdiv(T, block_t), B, D), SENTINEL.value, dtype=torch.int32, device=device)
+    return torch.full((3, cdiv(T, block_t), B, D), SENTINEL.value, dtype=torch.int32, device=device)
 
 
-def lookback_scan_fwd(x, a, h0, output_final_state, config=None, publish_inclusive=True, look_back=True):
+def lookback_scan_fwd(x, a, h0, output_final_state, config=None, gate: Gate | None = None):
     """x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None.
 
-    config: forward tile meta-parameters (None: `lookback_config`). publish_inclusive=False (tests): only the
-    first tile publishes its state, so every look-back walks the aggregates to it. look_back=False
-    (benchmarks): every tile starts from h0, wrong results: what the kernel costs without its look-back."""
+    config: forward tile meta-parameters (None: `dispatch.lookback_config`). gate: the gated recurrence, x and a
+    then being v and f."""
     B, T, D = x.shape
     config = config or lookback_config(x.dtype)
     _check_config(config)
-    block_t = tile_rows(config)
-    _check_int32_offsets(dict(config, BLOCK_T=block_t), x=x, a=a)
+    block_t = lookback_rows(config)
+    _check_int32_offsets(block_t, config, x=x, a=a)
     h = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     h_T = torch.empty(B, D, dtype=torch.float32, device=x.device) if output_final_state else None
     state = _workspace(B, T, D, block_t, x.device)
     h0_strides = h0.stride() if h0 is not None else (0, 0)
-    grid = (_cdiv(T, block_t) * B * _cdiv(D, config["BLOCK_D"]),)
+    gate_ptrs, g = _gate_args(gate, x)
+    grid = (cdiv(T, block_t) * B * cdiv(D, config["BLOCK_D"]),)
     _lookback_fwd_kernel[grid](
-        x, a, h0, h, h_T, state, 0, B, T, D, *x.stride(), *a.stride(), *h0_strides,
+        x, a, h0, h, h_T, state, *gate_ptrs, 0, B, T, D, *x.stride(), *a.stride(), *h0_strides, *g["strides"],
         EVEN_T=T % block_t == 0, EVEN_D=D % config["BLOCK_D"] == 0, HAS_H0=h0 is not None,
-        STORE_FINAL=output_final_state,
-        PUBLISH_INCLUSIVE=publish_inclusive, LOOK_BACK=look_back, **_launch_options(config),
+        STORE_FINAL=output_final_state, GATED=g["GATED"], HAS_DOC=g["HAS_DOC"], **_launch_options(config),
     )
     return h, h_T
 
 
-def lookback_scan_bwd(a, h, h0, dh, dh_T, config=None, publish_inclusive=True, look_back=True):
+def lookback_scan_bwd(a, h, h0, dh, dh_T, config=None, gate: Gate | None = None, v=None):
     """a, h, dh: (B, T, D); h0, dh_T: (B, D) | None -> dx, da: (B, T, D) a.dtype, dh0: (B, D) h0.dtype | None.
-    Options as in `lookback_scan_fwd`; config: backward tile meta-parameters."""
+    config: backward tile meta-parameters. gate: the gated recurrence, a being f and v the forward's v; the outputs
+    are then dv (v's dtype) and df (f's dtype)."""
     B, T, D = a.shape
     config = config or lookback_config(a.dtype, backward=True)
     _check_config(config)
     if not h.is_contiguous():
         raise ValueError(f"h: expected the forward's contiguous output, got strides {h.stride()}")
-    block_t = tile_rows(config)
-    _check_int32_offsets(dict(config, BLOCK_T=block_t), a=a, dh=dh)
-    dx = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
+    block_t = lookback_rows(config)
+    _check_int32_offsets(block_t, config, a=a, dh=dh, v=v)
+    dx = torch.empty(B, T, D, dtype=(v if gate is not None else a).dtype, device=a.device)
     da = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
     dh0 = torch.empty(B, D, dtype=h0.dtype, device=a.device) if h0 is not None else None
     state = _workspace(B, T, D, block_t, a.device)
     h0_strides = h0.stride() if h0 is not None else (0, 0)
     dh_T_strides = dh_T.stride() if dh_T is not None else (0, 0)
-    grid = (_cdiv(T, block_t) * B * _cdiv(D, config["BLOCK_D"]),)
+    v = v if v is not None else a
+    gate_ptrs, g = _gate_args(gate, a)
+    grid = (cdiv(T, block_t) * B * cdiv(D, config["BLOCK_D"]),)
     _lookback_bwd_kernel[grid](
-        a, h, h0, dh, dh_T, dx, da, dh0, state, 0, B, T, D, *a.stride(), *h0_strides, *dh.stride(), *dh_T_strides,
+        a, h, h0, dh, dh_T, dx, da, dh0, state, v, *gate_ptrs, 0, B, T, D, *a.stride(), *h0_strides, *dh.stride(),
+        *dh_T_strides, *v.stride(), *g["strides"],
         EVEN_T=T % block_t == 0, EVEN_D=D % config["BLOCK_D"] == 0, HAS_H0=h0 is not None, HAS_DH_T=dh_T is not None,
-        PUBLISH_INCLUSIVE=publish_inclusive, LOOK_BACK=look_back, **_launch_options(config),
+        GATED=g["GATED"], HAS_DOC=g["HAS_DOC"], **_launch_options(config),
     )
     return dx, da, dh0
-
-
-def linear_scan_lookback(x, a, h0=None, output_final_state=False, fwd_config=None, bwd_config=None, **opts):
-    """x, a: (B, T, D); h0: (B, D) | None -> h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None, with autograd.
-    No input checks (see `kernels.linear_scan`); fwd_config, bwd_config: each pass's tile (None:
-    `lookback_config`); opts: the other options of `lookback_scan_fwd`, given to both passes."""
-    return apply_scan(x, a, h0, output_final_state, functools.partial(lookback_scan_fwd, config=fwd_config),
-                      functools.partial(lookback_scan_bwd, config=bwd_config), **opts)

@@ -32,26 +32,31 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kernels import associative_scan as scan
+from kernels import dispatch
 from kernels import lookback_scan as lookback
 
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-POINTER_TYPES = {"h_T_ptr": "*fp32", "init_ptr": "*fp32", "A_ptr": "*fp32", "V_ptr": "*fp32", "state_ptr": "*i32"}
+POINTER_TYPES = {"h_T_ptr": "*fp32", "init_ptr": "*fp32", "A_ptr": "*fp32", "V_ptr": "*fp32", "state_ptr": "*i32",
+                 "bias_ptr": "*fp32", "lb_ptr": "*fp32", "doc_ptr": "*i1"}
 KERNELS = {  # name: (kernel, its constexpr flags, the table's pass whose tile it runs, or lookback_scan's):
     # one-chunk forward with h_T and whole tiles only, backward with h0 and dh_T, the forward's chunk summary,
     # and the look-back forward and backward (linear_scan's at long T), whole tiles only
     "fwd": (scan._scan_fwd_kernel, dict(HAS_INIT=False, STORE_FINAL=True, EVEN_T=True), "forward"),
     "bwd": (scan._scan_bwd_kernel, dict(HAS_H0=True, HAS_INIT=True), "backward"),
     "summary": (scan._chunk_summary_kernel, dict(REVERSE=False), "forward"),
-    "lb fwd": (lookback._lookback_fwd_kernel,
-               dict(HAS_H0=False, STORE_FINAL=True, EVEN_T=True, PUBLISH_INCLUSIVE=True, LOOK_BACK=True), "look-back"),
-    "lb bwd": (lookback._lookback_bwd_kernel,
-               dict(HAS_H0=True, HAS_DH_T=True, EVEN_T=True, PUBLISH_INCLUSIVE=True, LOOK_BACK=True),
-               "look-back backward"),
+    "lb fwd": (lookback._lookback_fwd_kernel, dict(HAS_H0=False, STORE_FINAL=True, EVEN_T=True), "look-back"),
+    "lb bwd": (lookback._lookback_bwd_kernel, dict(HAS_H0=True, HAS_DH_T=True, EVEN_T=True), "look-back backward"),
+    # the gated recurrence (the model's default on CUDA): look-back passes with document starts
+    "gated fwd": (lookback._lookback_fwd_kernel,
+                  dict(HAS_H0=False, STORE_FINAL=True, EVEN_T=True, GATED=True, HAS_DOC=True), "look-back"),
+    "gated bwd": (lookback._lookback_bwd_kernel,
+                  dict(HAS_H0=False, HAS_DH_T=True, EVEN_T=True, GATED=True, HAS_DOC=True), "look-back backward"),
 }
 DTYPES = {2: "bf16", 4: "fp32"}
 
@@ -62,11 +67,13 @@ def compile_sm90(kernel, dtype: str, D: int, tile: dict, flags: dict) -> str:
     for i, (name, param) in enumerate(inspect.signature(kernel.fn).parameters.items()):
         if param.annotation in (triton.language.constexpr, "tl.constexpr"):
             signature[name] = "constexpr"
-            given = {"D": D, **tile, "EVEN_D": D % tile["BLOCK_D"] == 0, **flags}
+            given = {"D": D, "GATED": False, "HAS_DOC": False, **tile, "EVEN_D": D % tile["BLOCK_D"] == 0, **flags}
             constexprs[name] = given[name] if name in given else (D if name.endswith("_t") else 1)  # strides
         elif name.endswith("_ptr"):
             signature[name] = POINTER_TYPES.get(name, f"*{dtype}")
             attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in ("stride_lb", "stride_doc_t"):  # contiguous (D,) and (B, T): 1
+            signature[name] = "i32"
         elif name.startswith("stride_") and name.endswith("_d"):  # of a contiguous (B, D) state: 1, a constant
             signature[name] = "constexpr"
             constexprs[name] = 1
@@ -112,12 +119,14 @@ def main() -> None:
     for size, dtype in DTYPES.items():
         for name, (kernel, flags, direction) in KERNELS.items():
             if direction.startswith("look-back"):
-                tiles = lookback.BACKWARD_TILES if direction.endswith("backward") else lookback.FORWARD_TILES
+                tiles = (dispatch.LOOKBACK_BACKWARD_TILES if direction.endswith("backward")
+                         else dispatch.LOOKBACK_FORWARD_TILES)
                 tile = lookback._launch_options(tiles[size])
             elif args.tile:
                 tile = dict(zip(("BLOCK_T", "BLOCK_D", "VEC", "STAGES", "num_warps"), args.tile))
             else:
-                tile = {k: v for k, v in scan._tile_table()[str(size)][direction].items() if k != "score"}
+                tile = dispatch.tile_config({2: torch.bfloat16, 4: torch.float32}[size], direction == "backward",
+                                            torch.device("cpu"))
             report = compile_sm90(kernel, dtype, args.d, tile, flags)
             row = summarise(report)
             print(f"{name:8s} {dtype}  {tile}  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)

@@ -1,14 +1,17 @@
-"""Sweep the associative scan's tiles and write the tile table the launchers read (kernels/tiles.json).
+"""Sweep the associative scan's tiles and write this GPU's entry of the tile table (kernels/tiles.json).
 
 A tile is (BLOCK_T rows, BLOCK_D channels, VEC channels per thread, STAGES of the load pipeline, num_warps).
 With BLOCK_D = 32 · VEC · num_warps every thread holds whole columns of the tile (the scan runs in registers);
 with half that, rows are split over two lanes (8-byte loads at 64 channels for 2-byte dtypes, one shuffle
-level in the scan: NOTES #11). Each candidate runs forward and backward at the benchmark
+level in the scan). Each candidate runs forward and backward at the benchmark
 shapes of its element size; the table keeps, per element size and pass, the tile with the best geometric
 mean of that pass's fractions of copy bandwidth (the forward and the backward may get different tiles). The T-parallel path's chunk length is swept at the
 long-sequence shape (printed and saved, not tabled: `_chunk_len` decides it).
 
-    python -m kernels.benchmarks.tune [--out kernels/benchmarks/results] [--write-table]
+    python -m kernels.benchmarks.tune [--out kernels/benchmarks/results] [--write-table] [--quick]
+
+--write-table writes the entry of the GPU it runs on (its device name, compute capability and SM count), keeping
+every other GPU's; --quick sweeps only the candidates that won somewhere before (QUICK).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from kernels.associative_scan import TILES_PATH, _chunk_len, _num_sms, associative_scan_bwd, associative_scan_fwd
+from kernels.associative_scan import associative_scan_bwd, associative_scan_fwd
+from kernels.dispatch import TILES_PATH, chunk_len, num_sms, tile_table
 
 from .common import bench_ms, copy_bandwidth_gbs, run_info, scan_bytes, scan_inputs, write_csv
 
@@ -36,6 +40,11 @@ CANDIDATES = {  # element size -> (BLOCK_T, BLOCK_D, VEC, STAGES, num_warps)
     4: [(32, 64, 2, 3, 1), (32, 64, 2, 4, 1), (16, 64, 2, 4, 1), (64, 64, 2, 2, 1), (16, 128, 4, 3, 1),
         (32, 32, 1, 3, 1), (32, 64, 4, 4, 1)],
 }
+QUICK = {  # the tiles that led a pass somewhere, and their neighbours in stages and rows
+    2: [(64, 64, 2, 4, 1), (64, 64, 2, 3, 1), (32, 64, 2, 4, 1), (32, 64, 2, 3, 1), (64, 64, 2, 2, 1),
+        (16, 64, 2, 4, 1)],
+    4: [(32, 64, 2, 4, 1), (32, 64, 2, 3, 1), (16, 64, 2, 4, 1), (64, 64, 2, 2, 1)],
+}
 LONG = (1, 131072, 512, torch.bfloat16)
 CHUNKS = [512, 1024, 2048, 4096, 8192]
 
@@ -49,7 +58,7 @@ def measure(B, T, D, dtype, config, copy_gbs, chunk_t=None) -> dict:
     of `copy_gbs` (GB/s). chunk_t None: the launchers choose, as in the model (recorded as chosen)."""
     x, a = scan_inputs(B, T, D, dtype)
     dh = torch.randn_like(x)
-    chunk_t = chunk_t or _chunk_len(B, T, D, config["BLOCK_D"], _num_sms(x.device))
+    chunk_t = chunk_t or chunk_len(B, T, D, config["BLOCK_D"], num_sms(x.device))
     h, _ = associative_scan_fwd(x, a, None, False, chunk_t=chunk_t, config=config)
     fwd_bytes = scan_bytes(B, T, D, dtype, False)
     bwd_bytes = scan_bytes(B, T, D, dtype, True) - fwd_bytes
@@ -66,8 +75,10 @@ def _line(r: dict, columns: list[str]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, default=Path("kernels/benchmarks/results"))
-    p.add_argument("--write-table", action="store_true", help=f"write the best tiles to {TILES_PATH}")
+    p.add_argument("--write-table", action="store_true", help=f"write this GPU's best tiles to {TILES_PATH}")
+    p.add_argument("--quick", action="store_true", help="sweep QUICK's candidates only")
     args = p.parse_args()
+    candidates = QUICK if args.quick else CANDIDATES
     info = run_info()
     copy = copy_bandwidth_gbs()
     print(info, f"copy {copy:.0f} GB/s", flush=True)
@@ -76,7 +87,7 @@ def main() -> None:
                "bwd_frac"]
     for size, shapes in SHAPES.items():
         scores = {"forward": {}, "backward": {}}
-        for cand in CANDIDATES[size]:
+        for cand in candidates[size]:
             config = tile(*cand)
             fracs = {"forward": [], "backward": []}
             for B, T, D, dtype in shapes:
@@ -102,9 +113,13 @@ def main() -> None:
         print(_line(r, columns), flush=True)
     write_csv(args.out / "tune.csv", rows)
     if args.write_table:
-        table["measured"] = f"{info['gpu']}, {info['date']}, torch {info['torch']}, triton {info['triton']}"
-        TILES_PATH.write_text(json.dumps(table, indent=1) + "\n")
-        print(f"wrote {TILES_PATH}")
+        props = torch.cuda.get_device_properties(0)
+        entry = {"capability": [props.major, props.minor], "sms": props.multi_processor_count,
+                 "measured": f"{info['date']}, torch {info['torch']}, triton {info['triton']}", **table}
+        full = dict(tile_table())
+        full["gpus"] = dict(full["gpus"], **{props.name: entry})
+        TILES_PATH.write_text(json.dumps(full, indent=1) + "\n")
+        print(f"wrote the {props.name} entry of {TILES_PATH}")
 
 
 if __name__ == "__main__":

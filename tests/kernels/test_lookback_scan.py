@@ -1,4 +1,4 @@
-"""The decoupled look-back scan beyond the shared suite (test_scan.py runs both its passes as "triton-lookback"):
+"""The decoupled look-back scan beyond the shared suite (test_scan.py runs both its passes as "lookback"):
 shapes at its own tiles' edges, look-backs that must end whatever values the tiles publish, and its configs."""
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels.lookback_scan import linear_scan_lookback, lookback_config, tile_rows
+from kernels.dispatch import LOOKBACK_BACKWARD_TILES, lookback_config, lookback_rows
+from kernels.function import apply_scan
 
 from .conftest import DEVICE
 from .scan_inputs import make_inputs, oracle, outputs_and_grads, reference_in_dtype
-from .test_scan import _interpreted, assert_close_to_oracle
+from .test_scan import _interpreted, assert_close_to_oracle, linear_scan_lookback
 
 TILE = lookback_config(torch.float32)  # the forward's; the backward's tiles are as wide, and as tall on a CPU
-BT, BD = tile_rows(TILE), TILE["BLOCK_D"]
+BT, BD = lookback_rows(TILE), TILE["BLOCK_D"]
 EDGE_SHAPES = [  # (B, T, D): T a multiple of the tile's rows (a whole last tile) or one past, one or several
     # channel blocks
     (2, 2 * BT, BD),
@@ -28,13 +29,11 @@ EDGE_SHAPES = [  # (B, T, D): T a multiple of the tile's rows (a whole last tile
 ]
 
 
-@pytest.mark.parametrize("publish_inclusive", [True, False], ids=["inclusive", "aggregates-only"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", EDGE_SHAPES, ids=str)
-def test_matches_reference_at_tile_edges(shape, dtype, publish_inclusive, gen):
+def test_matches_reference_at_tile_edges(shape, dtype, gen):
     x, a, h0, dy, dh_T = make_inputs(*shape, dtype, gen, DEVICE)
-    scan = lambda x, a, h0, fs: linear_scan_lookback(x, a, h0, fs, publish_inclusive=publish_inclusive)  # noqa: E731
-    out = outputs_and_grads(scan, x, a, h0, dy, dh_T)
+    out = outputs_and_grads(linear_scan_lookback, x, a, h0, dy, dh_T)
     interpreted = _interpreted("triton-lookback")
     ref_d = reference_in_dtype(x, a, h0, dy, dh_T, True, interpreted)
     assert_close_to_oracle(out, ref_d, oracle(x, a, h0, dy, dh_T), dtype, f"{shape} {dtype}", interpreted)
@@ -42,17 +41,16 @@ def test_matches_reference_at_tile_edges(shape, dtype, publish_inclusive, gen):
 
 # fp32 inputs whose every element is a NaN with the bits of an unpublished workspace slot (0xFFFFFFFF), a = 1:
 # the tiles' aggregates and states are NaNs that keep those bits wherever NaN payloads propagate, unless
-# published NaNs are made canonical. Forward and backward, with and without inclusive states.
+# published NaNs are made canonical. Forward and backward.
 SENTINEL_NAN_RUN = f"""
 import torch
 from kernels.lookback_scan import lookback_scan_bwd, lookback_scan_fwd
 x = torch.empty(2, 100, 40, device="{DEVICE}")
 x.view(torch.int32).fill_(-1)
 a = torch.ones_like(x)
-for publish_inclusive in (True, False):
-    h, h_T = lookback_scan_fwd(x, a, None, True, publish_inclusive=publish_inclusive)
-    dx, da, _ = lookback_scan_bwd(a, h, None, x, h_T, publish_inclusive=publish_inclusive)
-    assert all(t.isnan().all() for t in (h, h_T, dx, da))
+h, h_T = lookback_scan_fwd(x, a, None, True)
+dx, da, _ = lookback_scan_bwd(a, h, None, x, h_T)
+assert all(t.isnan().all() for t in (h, h_T, dx, da))
 """
 
 
@@ -70,9 +68,9 @@ def test_nan_inputs_with_the_sentinel_bits_do_not_hang():
     assert run.returncode == 0, run.stderr[-2000:]
 
 
-def test_configs_are_checked_and_given_per_pass(gen, monkeypatch):
-    """A config with a stray key is a ValueError naming `config`; linear_scan_lookback passes fwd_config and
-    bwd_config to their passes (here tiles of different heights)."""
+def test_configs_are_checked_and_given_per_pass(gen):
+    """A config with a stray key is a ValueError naming `config`; each pass runs the tile it is given (here tiles of
+    different heights)."""
     import kernels.lookback_scan as lookback
 
     x, a, h0, dy, dh_T = make_inputs(1, 2 * BT + 3, BD, torch.float32, gen, DEVICE)
@@ -83,34 +81,25 @@ def test_configs_are_checked_and_given_per_pass(gen, monkeypatch):
     h, _ = lookback.lookback_scan_fwd(x, a, None, False, config=fwd_tile)
     with pytest.raises(ValueError, match=r"^config: expected the keys"):
         lookback.lookback_scan_bwd(a, h, None, dy, None, config={k: v for k, v in fwd_tile.items() if k != "WINDOW"})
-    seen = []
 
-    def spy(launcher):
-        def launch(*args, config, **kwargs):
-            seen.append(config)
-            return launcher(*args, config=config, **kwargs)
+    def scan(x, a, h0, fs):
+        return apply_scan(x, a, h0, fs, functools.partial(lookback.lookback_scan_fwd, config=fwd_tile),
+                          functools.partial(lookback.lookback_scan_bwd, config=bwd_tile))
 
-        return launch
-
-    for name in ("lookback_scan_fwd", "lookback_scan_bwd"):
-        monkeypatch.setattr(lookback, name, spy(getattr(lookback, name)))
-    scan = functools.partial(linear_scan_lookback, fwd_config=fwd_tile, bwd_config=bwd_tile)
     out = outputs_and_grads(scan, x, a, h0, dy, dh_T)
-    assert seen == [fwd_tile, bwd_tile]
     interpreted = _interpreted("triton-lookback")
     ref_d = reference_in_dtype(x, a, h0, dy, dh_T, True, interpreted)
     assert_close_to_oracle(out, ref_d, oracle(x, a, h0, dy, dh_T), torch.float32, "configs", interpreted)
 
 
 @pytest.mark.parametrize("vec, block_d", [(1, 32), (2, 128), (4, 128)])
-def test_gpu_configs_other_than_the_measured_ones_are_refused(vec, block_d, monkeypatch):
-    """On a GPU only the channel blocks measured correct there (VEC 2, 64 channels) pass: VEC 1 tiles returned
-    wrong results on an H100 and 128-channel ones read out of bounds. A ValueError naming `config`, before any
-    launch."""
+def test_gpu_configs_other_than_the_timed_ones_are_refused(vec, block_d, monkeypatch):
+    """On a GPU only the channel blocks timed there (VEC 2, 64 channels) pass: 128-channel ones read out of bounds on
+    an H100, and VEC 1 ones were never timed. A ValueError naming `config`, before any launch."""
     import kernels.lookback_scan as lookback
 
     monkeypatch.setattr(lookback, "triton_interpreter_on", lambda: False)
-    tile = lookback.BACKWARD_TILES[2]
+    tile = LOOKBACK_BACKWARD_TILES[2]
     lookback._check_config(tile)  # a committed GPU tile passes
     with pytest.raises(ValueError, match=rf"^config: expected VEC 2 and BLOCK_D 64 on a GPU, got VEC {vec} and "
                                          rf"BLOCK_D {block_d}"):

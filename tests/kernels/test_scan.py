@@ -11,9 +11,11 @@ import functools
 import pytest
 import torch
 
-from kernels import linear_scan, triton_interpreter_on
-from kernels.associative_scan import _chunk_len, linear_scan_associative, tile_config
-from kernels.lookback_scan import linear_scan_lookback
+from kernels import IMPL_ALIASES, linear_scan, triton_interpreter_on
+from kernels import dispatch
+from kernels.dispatch import chunk_len, tile_config
+from kernels.function import apply_scan, linear_scan_triton
+from kernels.lookback_scan import lookback_scan_bwd, lookback_scan_fwd
 from kernels.reference import linear_scan_reference
 
 from .conftest import DEVICE
@@ -45,15 +47,18 @@ SHAPES = [  # (B, T, D)
 ]
 
 
+def linear_scan_lookback(x, a, h0=None, output_final_state=False):
+    """Both passes of the decoupled look-back scan (kernels/lookback_scan.py), with autograd, whatever the shape."""
+    return apply_scan(x, a, h0, output_final_state, lookback_scan_fwd, lookback_scan_bwd)
+
+
 def _impl(name):
-    if name == "triton-tparallel":  # force the T-parallel path (chunks of 16 rows) at a small size
-        return lambda x, a, h0, fs: linear_scan_associative(x, a, h0, fs, chunk_t=16)
-    if name == "triton-tparallel-2tiles":  # chunks of two tiles: whole (pipelined) tiles inside chunks too
-        return lambda x, a, h0, fs: linear_scan_associative(x, a, h0, fs, chunk_t=2 * BLOCK_T)
-    if name == "triton-lookback":  # the decoupled look-back scan, both passes (kernels/lookback_scan.py)
+    if name == "associative-chunked":  # force the T-parallel path (chunks of 16 rows) at a small size
+        return lambda x, a, h0, fs: linear_scan_triton(x, a, h0, fs, chunk_t=16)
+    if name == "associative-chunked-2tiles":  # chunks of two tiles: whole (pipelined) tiles inside chunks too
+        return lambda x, a, h0, fs: linear_scan_triton(x, a, h0, fs, chunk_t=2 * BLOCK_T)
+    if name == "lookback":  # the decoupled look-back scan, both passes (kernels/lookback_scan.py)
         return linear_scan_lookback
-    if name == "triton-lookback-aggregates":  # only the first tile publishes its state: look back through aggregates
-        return lambda x, a, h0, fs: linear_scan_lookback(x, a, h0, fs, publish_inclusive=False)
     return functools.partial(_public, impl=name)
 
 
@@ -61,12 +66,12 @@ def _public(x, a, h0, fs, impl):
     return linear_scan(x, a, h0, impl=impl, output_final_state=fs)
 
 
-IMPLS = ["triton", "sequential", "auto", "triton-tparallel", "triton-tparallel-2tiles", "triton-lookback",
-         "triton-lookback-aggregates"]
+IMPLS = ["associative", "sequential", "doubling", "auto", "associative-chunked", "associative-chunked-2tiles",
+         "lookback"]
 
 
 def _interpreted(impl: str) -> bool:
-    return DEVICE == "cpu" and impl != "auto" and triton_interpreter_on()
+    return DEVICE == "cpu" and impl not in ("auto", "doubling") and triton_interpreter_on()
 
 
 def assert_close_to_oracle(impl_out, ref_dtype_out, ref64, dtype, context="", interpreted=False):
@@ -133,7 +138,7 @@ def test_strided_views(impl, gen):
         assert rel_err(out, truth, scale=1.0) <= 1e-5, name
 
 
-@pytest.mark.parametrize("impl", ["triton", "sequential"])
+@pytest.mark.parametrize("impl", ["associative", "sequential"])
 @pytest.mark.parametrize("with_h0, output_final_state", [(True, True), (False, False)])
 def test_batches_above_the_grid_limit_run_in_slices(impl, with_h0, output_final_state, monkeypatch, gen):
     """CUDA grids hold at most 65535 programs along y and z, where the kernels put B: a larger batch runs in
@@ -165,18 +170,16 @@ def test_non_finite_inputs_propagate_like_the_reference(impl, gen):
 
 def test_t_parallel_path_is_chosen_by_shape():
     sms, block_d = 132, 64
-    assert _chunk_len(1, 131072, 512, block_d, sms) < 131072  # 8 channel tiles cannot fill 132 SMs
-    assert _chunk_len(8, 2048, 2048, block_d, sms) == 2048  # 256 programs: one chunk each
-    assert _chunk_len(1, 300, 512, block_d, sms) == 300  # too short to split
+    assert chunk_len(1, 131072, 512, block_d, sms) < 131072  # 8 channel tiles cannot fill 132 SMs
+    assert chunk_len(8, 2048, 2048, block_d, sms) == 2048  # 256 programs: one chunk each
+    assert chunk_len(1, 300, 512, block_d, sms) == 300  # too short to split
 
 
 def test_one_chunk_fill_counts_the_busiest_sm():
     """The look-back replaces one chunk per program where those programs fill the SMs unevenly."""
-    from kernels.associative_scan import _one_chunk_fill
-
-    assert _one_chunk_fill(4, 5120, 64, 132) == pytest.approx(320 / 396)  # 56 SMs with 3 programs, 76 with 2
-    assert _one_chunk_fill(8, 2048, 64, 132) == pytest.approx(256 / 264)
-    assert _one_chunk_fill(1, 8192, 64, 128) == 1.0
+    assert dispatch.one_chunk_fill(4, 5120, 64, 132) == pytest.approx(320 / 396)  # 56 SMs with 3 programs, 76 with 2
+    assert dispatch.one_chunk_fill(8, 2048, 64, 132) == pytest.approx(256 / 264)
+    assert dispatch.one_chunk_fill(1, 8192, 64, 128) == 1.0
 
 
 @pytest.mark.parametrize("regime", ["chunked", "uneven"])
@@ -186,15 +189,15 @@ def test_look_back_passes_where_faster_unless_deterministic(regime, deterministi
     the backward are each lookback_scan's single pass, or under torch's deterministic algorithms the chunked
     path. Both match the oracle, on D-slices (strided reads) spanning several look-back tiles and channel
     blocks, each with a partial last."""
-    import kernels.associative_scan as scan
-    import kernels.lookback_scan as lookback
+    import kernels.function as function
 
     if regime == "chunked":  # small B · D
-        monkeypatch.setattr(scan, "_chunk_len", lambda B, T, D, block_d, sms: 16)
+        monkeypatch.setattr(dispatch, "chunk_len", lambda B, T, D, block_d, sms: 16)
     else:  # 4 one-chunk programs (2 batch rows × 2 channel blocks) on 3 SMs: fill 4 / 6
-        monkeypatch.setattr(scan, "_num_sms", lambda device: 3)
-        monkeypatch.setattr(scan, "LOOKBACK_MIN_T", 16)
+        monkeypatch.setattr(dispatch, "num_sms", lambda device: 3)
+        monkeypatch.setattr(dispatch, "LOOKBACK_MIN_T", 16)
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
+    dispatch.plan.cache_clear()
     calls = []
 
     def counted(launcher):
@@ -205,14 +208,15 @@ def test_look_back_passes_where_faster_unless_deterministic(regime, deterministi
         return launch
 
     for name in ("lookback_scan_fwd", "lookback_scan_bwd"):
-        monkeypatch.setattr(lookback, name, counted(getattr(lookback, name)))
-    tile = lookback.lookback_config(torch.float32)
-    B, T, D = 2, 3 * lookback.tile_rows(tile) + 5, tile["BLOCK_D"] + 3
+        monkeypatch.setattr(function, name, counted(getattr(function, name)))
+    tile = dispatch.lookback_config(torch.float32)
+    B, T, D = 2, 3 * dispatch.lookback_rows(tile) + 5, tile["BLOCK_D"] + 3
     x, a, h0, dy, dh_T = make_inputs(B, T, D + 2, torch.float32, gen, DEVICE)
     x, a, h0, dy, dh_T = (t[..., 1 : 1 + D] for t in (x, a, h0, dy, dh_T))
     leaves = [t.detach().requires_grad_() for t in (x, a, h0)]  # views: the strides stay
-    h, h_T = linear_scan(*leaves, impl="triton", output_final_state=True)
+    h, h_T = linear_scan(*leaves, impl="associative", output_final_state=True)
     grads = torch.autograd.grad((h, h_T), leaves, grad_outputs=(dy, dh_T))
+    dispatch.plan.cache_clear()  # the monkeypatched rules' plans must not outlive this test
     for name, out, truth in zip(NAMES, [h, h_T, *grads], oracle(x, a, h0, dy, dh_T)):
         assert rel_err(out, truth, scale=1.0) <= 1e-5, name
     expected = [("lookback_scan_fwd", x.stride()), ("lookback_scan_bwd", a.stride())]  # the saved a: a view
@@ -243,7 +247,7 @@ def test_triton_scan_compiles_without_graph_break(gen):
     x, a, h0, dy, dh_T = make_inputs(2, 20, 5, torch.float32, gen, DEVICE)
 
     def loss(x, a, h0):
-        h, h_T = linear_scan(x, a, h0, impl="triton", output_final_state=True)
+        h, h_T = linear_scan(x, a, h0, impl="associative", output_final_state=True)
         return (h * dy).sum() + (h_T * dh_T).sum()
 
     leaves = [t.clone().requires_grad_() for t in (x, a, h0)]
@@ -272,7 +276,7 @@ def _good(B=2, T=5, D=3, dtype=torch.float32):
         (lambda: (*_good(), torch.zeros(2, 3, device="meta")), ValueError, r"^h0: expected x's device"),
     ],
 )
-@pytest.mark.parametrize("impl", ["triton", "sequential", "reference", "auto"])
+@pytest.mark.parametrize("impl", ["associative", "sequential", "reference", "auto"])
 def test_bad_input_names_the_argument(make_args, error, match, impl):
     with pytest.raises(error, match=match):
         linear_scan(*make_args(), impl=impl)
@@ -290,7 +294,15 @@ def test_bad_options_name_the_argument():
 def test_bad_chunk_t_names_the_argument(chunk_t):
     x, a = (t.to(DEVICE) for t in _good())
     with pytest.raises(ValueError, match=r"^chunk_t: expected None or an int >= 1"):
-        linear_scan_associative(x, a, chunk_t=chunk_t)
+        linear_scan_triton(x, a, chunk_t=chunk_t)
+
+
+@pytest.mark.parametrize("alias", sorted(IMPL_ALIASES))
+def test_old_impl_names_still_work(alias, gen):
+    x, a, h0, _, _ = make_inputs(2, 9, 3, torch.float32, gen, DEVICE)
+    old = linear_scan(x, a, h0, impl=alias, output_final_state=True)
+    new = linear_scan(x, a, h0, impl=IMPL_ALIASES[alias], output_final_state=True)
+    assert all(torch.equal(o, n) for o, n in zip(old, new))
 
 
 def test_tile_config_rejects_other_dtypes():
@@ -306,7 +318,7 @@ def test_interpreter_setting_is_read_as_triton_reads_it(spelling, monkeypatch):
 
 
 @pytest.mark.parametrize("off", ["0", "false", "off"])  # spelled as Triton reads them: all mean "compile"
-@pytest.mark.parametrize("impl", ["triton", "sequential"])
+@pytest.mark.parametrize("impl", ["associative", "sequential"])
 def test_triton_on_cpu_without_the_interpreter_says_how_to_fix_it(impl, off, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", off)
     with pytest.raises(ValueError, match=r"impl='auto' or\s+impl='reference'.*TRITON_INTERPRET=1"):
@@ -320,7 +332,7 @@ def test_return_is_always_a_pair():
         assert isinstance(out, tuple) and len(out) == 2 and out[1] is None
 
 
-@pytest.mark.parametrize("impl", ["triton", "sequential", "auto"])
+@pytest.mark.parametrize("impl", ["associative", "sequential", "auto"])
 def test_autograd_records_the_scan_only_where_a_gradient_can_flow(impl, gen):
     """Without inputs that require grad, or under no_grad, the forward runs without autograd.Function (its host
     time exceeds the kernels' at small shapes): same outputs, no graph. With them, the graph is there."""
@@ -346,16 +358,46 @@ def _is_valid_tile(t: dict) -> bool:
 
 
 def test_tile_table_and_tuning_candidates_are_valid_tiles():
-    """The committed tile table (written by kernels/benchmarks/tune.py) covers every dtype's element size with a
-    valid tile, and so does every tile tune.py may write there."""
-    from kernels.associative_scan import _tile_table
+    """Every GPU's entry in the committed tile table (written by kernels/benchmarks/tune.py) covers every dtype's
+    element size with a valid tile, and so does every tile tune.py may write there; the fallback is an entry."""
     from kernels.benchmarks.tune import CANDIDATES, tile
 
-    table = _tile_table()
-    for dtype in DTYPES:
-        for direction in ("forward", "backward"):
-            assert _is_valid_tile(table[str(dtype.itemsize)][direction])
+    table = dispatch.tile_table()
+    assert table["fallback"] in table["gpus"]
+    for name, entry in table["gpus"].items():
+        assert len(entry["capability"]) == 2 and entry["sms"] >= 1 and entry["measured"], name
+        for dtype in DTYPES:
+            for direction in ("forward", "backward"):
+                assert _is_valid_tile(entry[str(dtype.itemsize)][direction]), (name, dtype, direction)
     for size, candidates in CANDIDATES.items():
         invalid = [c for c in candidates if not _is_valid_tile(tile(*c))]
         assert not invalid, f"element size {size}: {invalid}"
     assert not _is_valid_tile(tile(64, 16, 2, 3, 1))  # rows over four lanes: not a layout the kernels are built for
+
+
+def test_each_gpu_takes_its_own_tiles_then_one_of_its_kind_then_the_fallback(monkeypatch):
+    """A GPU named in tiles.json takes its entry; another with the same compute capability and SM count takes that
+    one's; any other takes the fallback."""
+    from types import SimpleNamespace
+
+    table = {"gpus": {"A": {"capability": [9, 0], "sms": 132, "tag": "a"}, "B": {"capability": [8, 0], "sms": 108,
+                                                                                   "tag": "b"}}, "fallback": "B"}
+    monkeypatch.setattr(dispatch, "tile_table", lambda: table)
+    dispatch.gpu_tiles.cache_clear()
+    try:
+        for name, major, sms, expected in (("A", 9, 132, "a"), ("A2", 9, 132, "a"), ("C", 7, 80, "b")):
+            props = SimpleNamespace(name=name, major=major, minor=0, multi_processor_count=sms)
+            monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device, props=props: props)
+            dispatch.gpu_tiles.cache_clear()
+            assert dispatch.gpu_tiles(torch.device("cuda", 0))["tag"] == expected, name
+    finally:
+        dispatch.gpu_tiles.cache_clear()
+
+
+def test_plans_are_cached_per_shape_class():
+    """The rules run once per (shape, dtype, device, strides, deterministic): an eager call then costs a lookup."""
+    x = torch.zeros(2, 300, 64)
+    first = dispatch.plan_for(False, x, x)
+    hits = dispatch.plan.cache_info().hits
+    assert dispatch.plan_for(False, x.clone(), x.clone()) == first
+    assert dispatch.plan.cache_info().hits == hits + 1

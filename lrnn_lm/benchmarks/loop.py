@@ -1,0 +1,113 @@
+"""train.py's loop against a bare training step of the same model, batch and precision.
+
+    python -m lrnn_lm.benchmarks.loop --config small.yaml [--steps 300] [--out DIR] [--section.field value ...]
+
+1. Bare step: the preset's model (its ModelConfig, dropout included), compiled as train.py compiles it, in a plain
+   loop: bf16 autocast forward and loss (`model.nll`, the training loss), backward, fused AdamW,
+   zero_grad(set_to_none=True), on random tokens of the preset's batch. Tokens per second of the steps after a
+   warm-up (compilation), timed with a synchronize at both ends; peak memory.
+2. train.py: the same preset run by `python train.py` in a fresh process (its own data, Lightning loop, callbacks,
+   checkpointing at its own interval, validation off), for --steps optimizer steps; its summary's steady-state
+   tokens per second (the median of its log_every-step windows after the first).
+
+Prints both, their ratio, and writes OUT/loop_<preset>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import load_config
+from ..model import LinearRNNLM
+from kernels.benchmarks.common import run_info
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bare_step_tokens_per_s(cfg, steps: int, warmup: int) -> dict:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    model = LinearRNNLM(cfg.model).to(device).train()
+    if device == "cuda":
+        model.compile_blocks()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+    B, T = cfg.data.batch_size, cfg.data.seq_len
+    tokens = torch.randint(1, cfg.model.vocab_size, (B, T + 1), device=device)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+
+    def step():
+        with torch.autocast(device, dtype=dtype, enabled=device == "cuda"):
+            nll, n = model.nll(tokens[:, :-1], tokens[:, 1:])
+        (nll / n).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    warmup_s = time.perf_counter() - t0
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    dt = (time.perf_counter() - t0) / steps
+    peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
+    return {"tokens_per_s": B * T / dt, "step_ms": dt * 1e3, "warmup_s": warmup_s, "peak_memory_gb": peak}
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_py_tokens_per_s(config: str, steps: int, extra: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as run_dir:
+        cmd = [sys.executable, str(REPO / "train.py"), "--config", config, "--trainer.max_steps", str(steps),
+               "--trainer.val_every", str(100 * steps), "--trainer.logger", "none", "--trainer.run_dir", run_dir,
+               *extra]
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise RuntimeError(f"train.py failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    return {"tokens_per_s": summary["tokens_per_s"], "wall_s": round(wall, 1), "summary": summary}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", default="small.yaml")
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps timed (train.py: all it runs)")
+    p.add_argument("--warmup", type=int, default=15, help="bare-loop steps before timing (compilation)")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args, extra = p.parse_known_args()
+    cfg = load_config(args.config, extra)
+    info = run_info() | {"lightning": __import__("lightning").__version__, "config": args.config, "overrides": extra,
+                         "batch": [cfg.data.batch_size, cfg.data.seq_len]}
+    print(json.dumps(info), flush=True)
+    bare = bare_step_tokens_per_s(cfg, args.steps, args.warmup)
+    print(f"bare step: {bare['tokens_per_s']:,.0f} tokens/s ({bare['step_ms']:.1f} ms a step)", flush=True)
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    loop = train_py_tokens_per_s(args.config, args.steps, extra)
+    ratio = loop["tokens_per_s"] / bare["tokens_per_s"]
+    print(f"train.py:  {loop['tokens_per_s']:,.0f} tokens/s steady, {loop['wall_s']} s wall for {args.steps} steps")
+    print(f"train.py / bare step: {ratio:.3f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = Path(args.config).stem
+    (args.out / f"loop_{name}.json").write_text(json.dumps(
+        {"info": info, "bare_step": bare, "train_py": loop, "ratio": ratio}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

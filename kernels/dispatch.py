@@ -56,6 +56,18 @@ LOOKBACK_BACKWARD_TILES = {
     2: dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=168),
     4: dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=0),
 }
+# The gated recurrence computes its gate (an exp and a reciprocal per element, twice in the forward) and, backward,
+# reads f and v again: shorter tiles keep it within the same registers without spills (sm_90 compiles, triton 3.6:
+# `python -m kernels.benchmarks.sass`).
+GATED_LOOKBACK_FORWARD_TILES = {
+    2: dict(ROWS=16, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=168),
+    4: dict(ROWS=32, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=0),
+}
+GATED_LOOKBACK_BACKWARD_TILES = {
+    2: dict(ROWS=16, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=168),
+    4: dict(ROWS=16, WARPS=4, BLOCK_D=64, VEC=2, WINDOW=1, MAXNREG=0),
+}
+GATED_BACKWARD_ROWS, GATED_BACKWARD_STAGES = 16, 3  # the one-chunk gated backward's tile: 64-row tiles spill
 # Interpreter, both passes: tiny tiles and windows, so that CPU tests span several tiles, sub-tiles and windows.
 INTERPRETER_LOOKBACK_TILE = dict(ROWS=4, WARPS=2, BLOCK_D=16, VEC=1, WINDOW=2, MAXNREG=0)
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -96,23 +108,29 @@ def gpu_tiles(device: torch.device | None = None) -> dict:
     return gpus[table["fallback"]]
 
 
-def tile_config(dtype: torch.dtype, backward: bool = False, device: torch.device | None = None) -> dict:
+def tile_config(dtype: torch.dtype, backward: bool = False, device: torch.device | None = None,
+                gated: bool = False) -> dict:
     """The one-chunk / chunked passes' meta-parameters for one dtype and pass on `device`: BLOCK_T, BLOCK_D (32 lanes ·
-    VEC · num_warps, or half that), VEC, STAGES, num_warps."""
+    VEC · num_warps, or half that), VEC, STAGES, num_warps. gated: the gated recurrence's (a shorter backward tile)."""
     _check_dtype(dtype)
     if triton_interpreter_on():
         return dict(INTERPRETER_TILE)
     tile = gpu_tiles(device)[str(dtype.itemsize)]["backward" if backward else "forward"]
-    return {k: tile[k] for k in TILE_KEYS}
+    tile = {k: tile[k] for k in TILE_KEYS}
+    if gated and backward:
+        tile.update(BLOCK_T=min(tile["BLOCK_T"], GATED_BACKWARD_ROWS), STAGES=GATED_BACKWARD_STAGES)
+    return tile
 
 
-def lookback_config(dtype: torch.dtype, backward: bool = False) -> dict:
+def lookback_config(dtype: torch.dtype, backward: bool = False, gated: bool = False) -> dict:
     """The look-back passes' meta-parameters, {ROWS, WARPS, BLOCK_D, VEC, WINDOW, MAXNREG}: a tile of WARPS · ROWS
     rows and BLOCK_D = 32 · VEC channels, one warp per sub-tile of ROWS rows; WINDOW predecessors per look-back read;
-    MAXNREG registers per thread at most (0: no cap)."""
+    MAXNREG registers per thread at most (0: no cap). gated: the gated recurrence's tiles."""
     _check_dtype(dtype)
     if triton_interpreter_on():
         return dict(INTERPRETER_LOOKBACK_TILE)
+    if gated:
+        return dict((GATED_LOOKBACK_BACKWARD_TILES if backward else GATED_LOOKBACK_FORWARD_TILES)[dtype.itemsize])
     return dict((LOOKBACK_BACKWARD_TILES if backward else LOOKBACK_FORWARD_TILES)[dtype.itemsize])
 
 
@@ -170,23 +188,23 @@ class Plan(NamedTuple):
 
 @functools.lru_cache(maxsize=4096)
 def plan(backward: bool, B: int, T: int, D: int, dtype: torch.dtype, device: torch.device,
-         strides: tuple[tuple[int, int], ...], deterministic: bool) -> Plan:
+         strides: tuple[tuple[int, int], ...], deterministic: bool, gated: bool = False) -> Plan:
     """The path and tiles of one pass (see the module docstring). strides: (stride_t, stride_d) of each (B, T, D)
-    input the pass reads (x and a forward, a and dh backward)."""
-    tile = tile_config(dtype, backward, device)
+    input the pass reads (x and a forward, a and dh backward); gated: the gated recurrence's tiles."""
+    tile = tile_config(dtype, backward, device, gated)
     sms = num_sms(device)
     chunk_t = chunk_len(B, T, D, tile["BLOCK_D"], sms)
     uneven = T >= LOOKBACK_MIN_T and one_chunk_fill(B, D, tile["BLOCK_D"], sms) < LOOKBACK_MAX_FILL
     if (chunk_t < T or uneven) and not deterministic:
-        lookback = lookback_config(dtype, backward)
+        lookback = lookback_config(dtype, backward, gated)
         if all(tile_fits_int32(lookback_rows(lookback), lookback["BLOCK_D"], st, sd) for st, sd in strides):
             return Plan("lookback", tuple(lookback.items()), T)
     return Plan("one-chunk" if chunk_t >= T else "chunked", tuple(tile.items()), chunk_t)
 
 
-def plan_for(backward: bool, *tensors: torch.Tensor) -> Plan:
+def plan_for(backward: bool, *tensors: torch.Tensor, gated: bool = False) -> Plan:
     """`plan` for a pass over these (B, T, D) tensors (the first gives shape, dtype and device)."""
     B, T, D = tensors[0].shape
     strides = tuple((t.stride(1), t.stride(2)) for t in tensors)
     return plan(backward, B, T, D, tensors[0].dtype, tensors[0].device, strides,
-                torch.are_deterministic_algorithms_enabled())
+                torch.are_deterministic_algorithms_enabled(), gated)

@@ -45,7 +45,7 @@ def gate_pairs(f: torch.Tensor, v: torch.Tensor, gate: Gate) -> tuple[torch.Tens
 
 def gated_scan_fwd(v, f, h0, output_final_state, gate: Gate):
     """v, f: (B, T, D); h0: (B, D) | None -> h: (B, T, D) v.dtype, h_T: (B, D) fp32 | None."""
-    p = plan_for(False, v, f)
+    p = plan_for(False, v, f, gated=True)
     if p.path == "lookback":
         return lookback_scan_fwd(v, f, h0, output_final_state, config=p.tile, gate=gate)
     if p.path == "one-chunk":
@@ -58,7 +58,7 @@ def gated_scan_fwd(v, f, h0, output_final_state, gate: Gate):
 def gated_scan_bwd(f, h, h0, dh, dh_T, gate: Gate, v):
     """f, h, dh, v: (B, T, D); h0, dh_T: (B, D) | None -> dv: (B, T, D) v.dtype, df: (B, T, D) f.dtype,
     dh0: (B, D) h0.dtype | None."""
-    p = plan_for(True, f, dh)
+    p = plan_for(True, f, dh, v, gated=True)
     if p.path == "lookback":
         return lookback_scan_bwd(f, h, h0, dh, dh_T, config=p.tile, gate=gate, v=v)
     if p.path == "one-chunk":

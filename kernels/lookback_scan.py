@@ -189,12 +189,17 @@ def _load_fwd_tile(x_first, a_first, rows, cols, stride_x_t: tl.constexpr, strid
 
 
 @triton.jit
-def _load_doc(doc_first, stride_doc_t, t_rows, T, HAS_DOC: tl.constexpr):
-    """Whether a document starts at each of the times t_rows (any shape; False past T, and without HAS_DOC)."""
+def _load_doc(doc_first, stride_doc_t, t_rows, T, cols, HAS_DOC: tl.constexpr):
+    """Whether a document starts at each of the times t_rows (WARPS, ROWS, 1), as a (WARPS, ROWS, BLOCK_D) tensor
+    (False past T, and without HAS_DOC). cols: (1, 1, BLOCK_D) channel offsets. Loaded at the tile's full shape, every
+    channel reading its row's flag: a (WARPS, ROWS, 1) load would be laid out with the lanes along the rows, and
+    Triton would carry that layout into the whole tile, scanning its rows across lanes."""
     if HAS_DOC:
-        return tl.load(doc_first + t_rows.to(tl.int64) * stride_doc_t, mask=(t_rows >= 0) & (t_rows < T), other=0) != 0
+        t2 = tl.reshape(t_rows, [t_rows.shape[0], t_rows.shape[1]])
+        d = tl.load(doc_first + t2.to(tl.int64) * stride_doc_t, mask=(t2 >= 0) & (t2 < T), other=0) != 0
+        return d[:, :, None] & (cols >= 0)
     else:
-        return t_rows < 0
+        return (t_rows < 0) & (cols < 0)
 
 
 @triton.jit
@@ -299,7 +304,7 @@ def _pairs(a, v, gate_b, gate_lb, gate_olb, doc, GATED: tl.constexpr):
         return a.to(tl.float32), v.to(tl.float32)
 
 
-@triton.jit(do_not_specialize=["opaque_zero"])
+@triton.jit(do_not_specialize=["opaque_zero", "stride_doc_t"])
 def _lookback_fwd_kernel(
     # pointers
     x_ptr, a_ptr,  # (B, T, D) inputs, any strides (GATED: v and the gate's pre-activation f)
@@ -362,7 +367,7 @@ def _lookback_fwd_kernel(
     else:
         x, a = _load_fwd_tile(x_first, a_first, rows, cols3, stride_x_t, stride_x_d, stride_a_t, stride_a_d,
                               T - t0, D - d0, False, EVEN_D, GATED)
-    a32, x32 = _pairs(a, x, gate_b, gate_lb, gate_olb, _load_doc(doc_first, stride_doc_t, t0 + rows, T, HAS_DOC),
+    a32, x32 = _pairs(a, x, gate_b, gate_lb, gate_olb, _load_doc(doc_first, stride_doc_t, t0 + rows, T, cols3, HAS_DOC),
                       GATED)
     tot_A, tot_H, excl_A, excl_H = _reduce_sub_tiles(a32, x32, sub, r, WARPS)
 
@@ -372,7 +377,7 @@ def _lookback_fwd_kernel(
 
     # 3. the states: each sub-tile's rows scanned from the state entering it (folded into its first row's x)
     entering = excl_A * carry + excl_H  # (WARPS, BLOCK_D)
-    doc = _load_doc(doc_first, stride_doc_t, t0 + opaque_zero + rows, T, HAS_DOC)  # read again: see the docstring
+    doc = _load_doc(doc_first, stride_doc_t, t0 + opaque_zero + rows, T, cols3, HAS_DOC)  # read again: see the docstring
     a32, x32 = _pairs(_widen(a, opaque_zero), _widen(x, opaque_zero), gate_b, gate_lb, gate_olb, doc, GATED)
     h = _scan_from(a32, x32, entering, r)
     if whole:
@@ -462,7 +467,7 @@ def _lookback_bwd_kernel(
                                  EVEN_D)
         h_prev = _load_tall_tile(h_prev_first, rows, cols3, D, 1, 1 - t0, T - t0, D - d0, 0.0, False, EVEN_D)
     a32, dh32 = _pairs(a_next, dh_out, gate_b, gate_lb, gate_olb,
-                       _load_doc(doc_first, stride_doc_t, t0 + 1 + rows, T, HAS_DOC), GATED)
+                       _load_doc(doc_first, stride_doc_t, t0 + 1 + rows, T, cols3, HAS_DOC), GATED)
     if GATED:
         dh32 = dh_out.to(tl.float32)  # the value of a backward pair is dh itself
     tot_A, tot_G, excl_A, excl_G = _reduce_sub_tiles(a32, dh32, sub, r, WARPS)
@@ -473,7 +478,7 @@ def _lookback_bwd_kernel(
 
     # 3. the gradients: each sub-tile's rows scanned from the gradient entering it (from its end)
     entering = excl_A * carry + excl_G  # (WARPS, BLOCK_D)
-    doc_next = _load_doc(doc_first, stride_doc_t, t0 + 1 + opaque_zero + rows, T, HAS_DOC)
+    doc_next = _load_doc(doc_first, stride_doc_t, t0 + 1 + opaque_zero + rows, T, cols3, HAS_DOC)
     a32, _ = _pairs(_widen(a_next, opaque_zero), dh_out, gate_b, gate_lb, gate_olb, doc_next, GATED)
     dh = _scan_from(a32, _widen(dh_out, opaque_zero), entering, r)
     if GATED:  # the gate at t itself, and v_t: dv and df in place of dx and da
@@ -482,8 +487,8 @@ def _lookback_bwd_kernel(
                             rows, cols3, stride_a_t, stride_a_d, 0, T - t0, D - d0, 0.0, False, EVEN_D)
         v = _load_tall_tile(x_ptr + b * stride_x_b + t0.to(tl.int64) * stride_x_t + d0.to(tl.int64) * stride_x_d,
                             rows, cols3, stride_x_t, stride_x_d, 0, T - t0, D - d0, 0.0, False, EVEN_D)
-        dv, df = _gate_grads(f, v, dh, h_prev, gate_b, gate_olb, _load_doc(doc_first, stride_doc_t, t0 + rows, T,
-                                                                            HAS_DOC))
+        dv, df = _gate_grads(f, v, dh, h_prev, gate_b, gate_olb,
+                             _load_doc(doc_first, stride_doc_t, t0 + rows, T, cols3, HAS_DOC))
         _store_bwd_tile(dx_first, dv, rows, cols3, D, T - t0, D - d0, whole, EVEN_T, EVEN_D)
         _store_bwd_tile(da_first, df, rows, cols3, D, T - t0, D - d0, whole, EVEN_T, EVEN_D)
     else:
@@ -495,8 +500,12 @@ def _lookback_bwd_kernel(
         if t0 == 0:  # dh0 = a_1 dh_1; `state` is dh at t = 0
             a_1 = tl.load(a_ptr + b * stride_a_b + (d0 + cols) * stride_a_d, mask=mask_d, other=0.0)
             if GATED:
+                if HAS_DOC:
+                    doc_1 = tl.load(doc_first) != 0
+                else:
+                    doc_1 = False
                 a_1, _ = _gates(a_1, a_1, gate_b.reshape(BLOCK_D), gate_lb.reshape(BLOCK_D), gate_olb.reshape(BLOCK_D),
-                                _load_doc(doc_first, stride_doc_t, t0, T, HAS_DOC))
+                                doc_1)
             tl.store(dh0_ptr + b * D + d0 + cols, (a_1.to(tl.float32) * state).to(dh0_ptr.dtype.element_ty),
                      mask=mask_d)
 

@@ -52,11 +52,16 @@ KERNELS = {  # name: (kernel, its constexpr flags, the table's pass whose tile i
     "summary": (scan._chunk_summary_kernel, dict(REVERSE=False), "forward"),
     "lb fwd": (lookback._lookback_fwd_kernel, dict(HAS_H0=False, STORE_FINAL=True, EVEN_T=True), "look-back"),
     "lb bwd": (lookback._lookback_bwd_kernel, dict(HAS_H0=True, HAS_DH_T=True, EVEN_T=True), "look-back backward"),
-    # the gated recurrence (the model's default on CUDA): look-back passes with document starts
+    # the gated recurrence (the model's default on CUDA), with document starts: one chunk, then look-back passes
+    "gated 1c fwd": (scan._scan_fwd_kernel, dict(HAS_INIT=False, STORE_FINAL=True, EVEN_T=True, GATED=True,
+                                                 HAS_DOC=True), "gated forward"),
+    "gated 1c bwd": (scan._scan_bwd_kernel, dict(HAS_H0=True, HAS_INIT=True, GATED=True, HAS_DOC=True),
+                     "gated backward"),
     "gated fwd": (lookback._lookback_fwd_kernel,
-                  dict(HAS_H0=False, STORE_FINAL=True, EVEN_T=True, GATED=True, HAS_DOC=True), "look-back"),
+                  dict(HAS_H0=False, STORE_FINAL=True, EVEN_T=True, GATED=True, HAS_DOC=True), "gated look-back"),
     "gated bwd": (lookback._lookback_bwd_kernel,
-                  dict(HAS_H0=False, HAS_DH_T=True, EVEN_T=True, GATED=True, HAS_DOC=True), "look-back backward"),
+                  dict(HAS_H0=False, HAS_DH_T=True, EVEN_T=True, GATED=True, HAS_DOC=True),
+                  "gated look-back backward"),
 }
 DTYPES = {2: "bf16", 4: "fp32"}
 
@@ -72,7 +77,7 @@ def compile_sm90(kernel, dtype: str, D: int, tile: dict, flags: dict) -> str:
         elif name.endswith("_ptr"):
             signature[name] = POINTER_TYPES.get(name, f"*{dtype}")
             attrs[(i,)] = [["tt.divisibility", 16]]
-        elif name in ("stride_lb", "stride_doc_t"):  # contiguous (D,) and (B, T): 1
+        elif name in ("stride_lb", "stride_doc_t"):  # not specialised on
             signature[name] = "i32"
         elif name.startswith("stride_") and name.endswith("_d"):  # of a contiguous (B, D) state: 1, a constant
             signature[name] = "constexpr"
@@ -118,15 +123,15 @@ def main() -> None:
           "(state strides along D: 1)")
     for size, dtype in DTYPES.items():
         for name, (kernel, flags, direction) in KERNELS.items():
-            if direction.startswith("look-back"):
-                tiles = (dispatch.LOOKBACK_BACKWARD_TILES if direction.endswith("backward")
-                         else dispatch.LOOKBACK_FORWARD_TILES)
-                tile = lookback._launch_options(tiles[size])
+            gated, backward = direction.startswith("gated"), direction.endswith("backward")
+            if "look-back" in direction:
+                torch_dtype = {2: torch.bfloat16, 4: torch.float32}[size]
+                tile = lookback._launch_options(dispatch.lookback_config(torch_dtype, backward, gated))
             elif args.tile:
                 tile = dict(zip(("BLOCK_T", "BLOCK_D", "VEC", "STAGES", "num_warps"), args.tile))
             else:
-                tile = dispatch.tile_config({2: torch.bfloat16, 4: torch.float32}[size], direction == "backward",
-                                            torch.device("cpu"))
+                tile = dispatch.tile_config({2: torch.bfloat16, 4: torch.float32}[size], backward, torch.device("cpu"),
+                                            gated)
             report = compile_sm90(kernel, dtype, args.d, tile, flags)
             row = summarise(report)
             print(f"{name:8s} {dtype}  {tile}  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)

@@ -132,7 +132,7 @@ def test_each_path_of_the_fused_kernels(path, with_h0, with_doc, output_final_st
         tile = dispatch.lookback_config(torch.bfloat16)
         B, T, D = 2, 3 * dispatch.lookback_rows(tile) + 5, tile["BLOCK_D"] + 3
         inputs = make_gated_inputs(B, T, D, torch.bfloat16, gen, DEVICE, with_h0, with_doc, strided)
-        assert dispatch.plan_for(False, inputs[1], inputs[0]).path == path
+        assert dispatch.plan_for(False, inputs[1], inputs[0], gated=True).path == path
         out = gated_outputs_and_grads(scan_with("associative"), *inputs, output_final_state=output_final_state)
     finally:
         dispatch.plan.cache_clear()

@@ -16,8 +16,8 @@ and is cached, so an eager call pays for the rules once per shape.
 Tiles. `tiles.json` holds, per GPU model (its device name), the one-chunk and chunked passes' tile per element size
 and pass, written by `python -m kernels.benchmarks.tune --write-table` on that GPU. A GPU not in the table takes the
 table of one with the same compute capability and SM count, else the "fallback" entry. The look-back tiles are
-below: they fit Hopper's register file (three 4-warp programs per SM), were measured on an H100, and are the same
-for every GPU.
+below: they fit Hopper's register file (three 4-warp programs per SM) and are the same for every GPU (tune.py does
+not sweep them; docs/scan-design.md says how they were chosen).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ CARRY_TILE = dict(BLOCK_C=32, BLOCK_D=64, num_warps=2)  # the (tiny) carry kerne
 INTERPRETER_CARRY_TILE = dict(BLOCK_C=4, BLOCK_D=16, num_warps=1)  # tests' few chunks still span several blocks
 MIN_CHUNK_T = 512  # the chunked path never makes chunks shorter than this (each adds a summary and a carry)
 # One chunk per program fills the SMs this unevenly or worse (programs / (SMs · programs per SM, rounded up)) at
-# T >= LOOKBACK_MIN_T: the look-back instead. Measured on an H100: fills of 0.61-0.81 at T >= 2048 gained 0.04-0.16
-# of copy bandwidth forward + backward; fills of 0.97 lost up to 0.05; at T = 256 the look-back lost.
+# T >= LOOKBACK_MIN_T: the look-back instead. Uneven fills leave SMs idle while the busiest finish, which the
+# look-back's per-tile programs avoid; near-even fills and short T do not repay its wait (docs/scan-design.md).
 LOOKBACK_MAX_FILL = 0.9
 LOOKBACK_MIN_T = 2048
 

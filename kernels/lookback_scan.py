@@ -517,8 +517,8 @@ def _lookback_bwd_kernel(
 
 def _check_config(config: dict) -> None:
     """A config has exactly the keys of `dispatch.lookback_config`'s, and on a GPU channel blocks of 64 with VEC 2
-    (each lane its own two channels), the only ones timed there. (128-channel blocks of 32 rows per warp read out of
-    bounds on an H100; VEC 1 tiles compute correctly since the sub-tile fold is an ordered scan, but are untimed.)
+    (each lane its own two channels), the only ones timed there. (128-channel blocks of 32 rows per warp were seen to
+    read out of bounds; VEC 1 tiles compute correctly since the sub-tile fold is an ordered scan, but are untimed.)
     The interpreter runs any tile (its programs run one after another)."""
     if set(config) != set(INTERPRETER_LOOKBACK_TILE):
         raise ValueError(f"config: expected the keys {sorted(INTERPRETER_LOOKBACK_TILE)}, got {sorted(config)}")

@@ -31,7 +31,7 @@ import torch.utils.checkpoint
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from kernels import linear_scan
+from kernels import gated_linear_scan
 
 from .attention import CausalSelfAttention, KVCache
 from .config import ModelConfig
@@ -101,6 +101,7 @@ class ShortConv(nn.Module):
             if doc_pad is not None and j < K - 1:
                 v_j = v_j.masked_fill((doc_pad[:, j : j + T] != doc_id).unsqueeze(-1), 0.0)
             y = y + self.weight[j] * v_j
+        y = y.to(v.dtype)  # in v's dtype (bf16 under autocast): the scan reads it as it is, at 2 bytes an element
         tail = v_pad[:, T:]  # (B, K-1, R)
         if doc_pad is not None:
             tail = tail.masked_fill((doc_pad[:, T:] != doc_id[:, -1:]).unsqueeze(-1), 0.0)
@@ -114,7 +115,7 @@ class ShortConv(nn.Module):
             state = state.masked_fill(is_doc_start[:, None, None], 0.0)  # forget the previous document
         window = torch.cat([state.to(v.dtype), v[:, None]], dim=1)  # (B, K, R)
         y = self.bias + (self.weight * window).sum(dim=1)  # (B, R)
-        return y, window[:, 1:]
+        return y.to(v.dtype), window[:, 1:]  # in v's dtype, as `forward` gives it
 
 
 class LinearRecurrence(nn.Module):
@@ -124,14 +125,16 @@ class LinearRecurrence(nn.Module):
         v_t <- ShortConv(v)_t                                     (Mamba, Gu & Dao 2023; Griffin)
         a_t = lb + (1 - lb) σ(f_t + b_f),   1 - a_t = (1 - lb) σ(-f_t - b_f)
         a_t = 0, 1 - a_t = 1             where tokens_t == eos (the EOS token opens a document)
-        h_t = a_t ⊙ h_{t-1} + (1 - a_t) ⊙ v_t                     kernels.linear_scan
+        h_t = a_t ⊙ h_{t-1} + (1 - a_t) ⊙ v_t                     kernels.gated_linear_scan
         y_t = W_out (RMSNorm(h_t) ⊙ silu(g_t))
 
     h_t is a convex combination of inputs, so |h_t| <= max_s |v_s|: the state stays bounded at any length.
     The lower bound lb = layer / L rises with depth (HGRN's idea, with a fixed rather than learned bound):
     lower layers may forget fast, upper layers are forced to remember longer. 1 - a_t is computed as
-    σ(-f), never as 1 - a, which would cancel to zero in float32 when a ≈ 1. Gates and the scan run in
-    at least float32 whatever the autocast dtype: a bfloat16 a_t near 1 has steps of 2^-8.
+    σ(-f), never as 1 - a, which would cancel to zero in float32 when a ≈ 1. The gate and the state are float32
+    whatever the autocast dtype (a bfloat16 a_t near 1 has steps of 2^-8); on CUDA the gate is computed inside the
+    scan's kernels from f and v as they come out of W_in and the convolution (bf16 under autocast), so no float32
+    copy of them is ever stored (kernels/gated_scan.py).
     """
 
     def __init__(self, cfg: ModelConfig, layer: int):
@@ -152,7 +155,8 @@ class LinearRecurrence(nn.Module):
     def _gates(
         self, f: torch.Tensor, v: torch.Tensor, is_doc_start: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """f, v: (..., R); is_doc_start: (...) bool or None -> (a, (1 - a) ⊙ v), each (..., R) in >= float32."""
+        """f, v: (..., R); is_doc_start: (...) bool or None -> (a, (1 - a) ⊙ v), each (..., R) in >= float32.
+        The decoding step's gate; the parallel forward's is inside the scan."""
         f = f.to(_compute_dtype(f.dtype)) + self.forget_bias
         lb = self.lower_bound
         a = lb + (1 - lb) * torch.sigmoid(f)
@@ -171,15 +175,15 @@ class LinearRecurrence(nn.Module):
     ) -> tuple[torch.Tensor, RecurrentState | None]:
         """x: (B, T, D) normed input; tokens: (B, T) -> (y: (B, T, D), the state after T, or None)."""
         B, T, _ = x.shape
-        v, f, g = self.in_proj(x).split(self.d_rnn, dim=-1)  # each (B, T, R)
+        v, f, g = self.in_proj(x).split(self.d_rnn, dim=-1)  # each (B, T, R), views of one (B, T, 3R) projection
         is_doc_start = None if self.eos_id is None else tokens == self.eos_id  # (B, T)
         if self.conv is not None:
             doc_id = None if is_doc_start is None else is_doc_start.cumsum(dim=1)  # (B, T)
             v, conv_tail = self.conv(v, doc_id)
         else:
             conv_tail = v.new_zeros(B, 0, self.d_rnn)  # (B, 0, R)
-        a, x_in = self._gates(f, v, is_doc_start)
-        h, h_T = linear_scan(x_in, a, impl=self.scan_impl, output_final_state=output_final_state)  # (B, T, R)
+        h, h_T = gated_linear_scan(f, v, self.forget_bias, self.lower_bound, is_doc_start, impl=self.scan_impl,
+                                   output_final_state=output_final_state)  # (B, T, R) in v's dtype
         return self._output(h, g), RecurrentState(h_T, conv_tail) if output_final_state else None
 
     def step(

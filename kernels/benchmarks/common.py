@@ -63,7 +63,7 @@ def copy_ms(nbytes: int, device: str | None = None) -> float:
     """bench_ms of one device-to-device copy that moves nbytes in all (half read, half written): the time any
     kernel moving that many bytes can be expected to take, under the same timing. At a few hundred MB it is
     above nbytes / copy_bandwidth_gbs(): fixed costs per call (launch, ramp-up, and the write-back of the dirty
-    lines that do_bench's L2 flush leaves) weigh more on a short call (`l2_flush.py`, NOTES #16)."""
+    lines that do_bench's L2 flush leaves) weigh more on a short call (docs/scan-design.md)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)

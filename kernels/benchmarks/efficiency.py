@@ -1,19 +1,24 @@
 """Efficiency benchmark: milliseconds and effective bandwidth of the scans, as a fraction of the
-device-to-device copy bandwidth measured in the same run.
+device-to-device copy bandwidth measured in the same run, with their peers beside them.
 
-1. The seed's sweep: forward time vs sequence length 2^5 .. 2^17 at B=4, D=5120, fp16, for triton and
-   sequential, eager and from a CUDA graph, and (up to 2^10) the PyTorch reference loop.
+1. The sweep of the repository this grew from: forward time vs sequence length 2^5 .. 2^17 at B=4, D=5120, fp16, for
+   the associative and sequential Triton scans, eager and from a CUDA graph, and (up to 2^10) the reference loop.
 2. Forward and forward+backward through autograd at training and long-sequence shapes, eager (host dispatch
    included) and replayed from a CUDA graph (GPU time only, as under torch.compile with CUDA graphs).
+   Where installed (`pip install -e ".[peers]"`), the same passes of two public scans on the same data:
+   accelerated-scan's Triton scan (`accelerated_scan.scalar.scan`) in its own (B, D, T) layout (the transposes
+   are made outside the timing), and fla's `chunk_hgrn` (h_t = exp(g_t) h_{t-1} + x_t, given g = log a).
 
 Minimal bytes: forward 3·N·s (read x, a; write h), forward+backward 8·N·s (N = B·T·D, s = element size).
 Each row also times a plain device-to-device copy of the same bytes, eagerly under the same do_bench timing
 (`copy_ms`): `frac_of_same_copy` = copy time / scan time, how close the scan comes to the best a kernel of
-that size is timed at. (A copy of 100 MB reaches only ~0.85 of the 2 GB copy's bandwidth: NOTES #16.)
+that size is timed at. (A copy of 100 MB reaches well under the 2 GB copy's bandwidth under this timing.)
 Forward rows also time h = x + a (`add_ms`): the forward's exact traffic, two reads to one write, with no
 scan; `frac_of_same_add` = its time / the scan's.
 
-    python -m kernels.benchmarks.efficiency [--out kernels/benchmarks/results] [--smoke]
+    python -m kernels.benchmarks.efficiency [--out kernels/benchmarks/results] [--smoke] [--quick]
+
+--quick: every shape, and the sweep at four lengths only.
 """
 
 from __future__ import annotations
@@ -39,30 +44,60 @@ SHAPES = [  # (B, T, D, dtype)
 SWEEP = dict(B=4, D=5120, dtype=torch.float16, lengths=[2**k for k in range(5, 18)], reference_max_T=2**10)
 SMOKE_SHAPES = [(2, 40, 24, torch.bfloat16), (1, 300, 8, torch.float16)]
 SMOKE_SWEEP = dict(B=1, D=16, dtype=torch.float16, lengths=[2**k for k in range(5, 8)], reference_max_T=2**6)
+QUICK_LENGTHS = [2**5, 2**9, 2**13, 2**17]
 
 
 PASSES = ("fwd", "fwd graph", "fwd+bwd", "fwd+bwd graph")
+IMPLS = ("associative", "sequential")
 # The sweep times each scan eagerly (the launch and host dispatch included: what short sequences cost a user)
 # and from a CUDA graph (the GPU's time alone), the reference loop eagerly only.
-SWEEP_SERIES = (("triton", "fwd"), ("triton", "fwd graph"), ("sequential", "fwd"), ("sequential", "fwd graph"),
-                ("reference", "fwd"))
+SWEEP_SERIES = (("associative", "fwd"), ("associative", "fwd graph"), ("sequential", "fwd"),
+                ("sequential", "fwd graph"), ("reference", "fwd"))
+
+
+def peer_scans() -> dict:
+    """The public scans installed here: name -> (prepare(x, a) -> args, scan(*args) -> h). Each takes our (B, T, D)
+    x and gates a, converted once, outside the timing, to what it takes."""
+    peers = {}
+    try:
+        from accelerated_scan.scalar import scan as accelerated_scan
+
+        peers["accelerated-scan"] = (
+            lambda x, a: (a.transpose(1, 2).contiguous(), x.transpose(1, 2).contiguous()),  # (B, D, T)
+            lambda gates, tokens: accelerated_scan(gates, tokens))
+    except ImportError:
+        pass
+    try:
+        from fla.ops.hgrn import chunk_hgrn
+
+        peers["fla chunk_hgrn"] = (lambda x, a: (x, a.float().log().to(a.dtype)),
+                                   lambda x, g: chunk_hgrn(x, g)[0])
+    except ImportError:
+        pass
+    return peers if torch.cuda.is_available() else {}
 
 
 def time_scan(impl: str, B: int, T: int, D: int, dtype: torch.dtype, pass_: str = "fwd") -> float:
     """Median ms of one pass through the public API: "fwd", the forward in eager mode (host dispatch included);
     "fwd+bwd", forward and torch.autograd.grad in eager mode; "... graph", the same captured in a CUDA graph
-    (GPU time only: at small shapes the eager time is the host's, which varies from host to host)."""
+    (GPU time only: at small shapes the eager time is the host's, which varies from host to host). impl: one of
+    linear_scan's, or a peer of `peer_scans`."""
     x, a = scan_inputs(B, T, D, dtype)
+    if impl in (peers := peer_scans()):
+        prepare, peer = peers[impl]
+        args = prepare(x, a)
+        scan = lambda *args: peer(*args)  # noqa: E731
+    else:
+        args = (x, a)
+        scan = lambda x, a: linear_scan(x, a, impl=impl)[0]  # noqa: E731
     if pass_ in ("fwd", "fwd graph"):
         bench = bench_graph_ms if pass_ == "fwd graph" else bench_ms
-        return bench(lambda: linear_scan(x, a, impl=impl))
-    x.requires_grad_(True)
-    a.requires_grad_(True)
-    dy = torch.randn_like(x)
+        return bench(lambda: scan(*args))
+    leaves = [t.detach().requires_grad_(True) for t in args]
+    dy = torch.randn_like(scan(*leaves))
 
     def fwd_bwd():
-        h, _ = linear_scan(x, a, impl=impl)
-        torch.autograd.grad(h, (x, a), dy)
+        torch.autograd.grad(scan(*leaves), leaves, dy)
 
     return bench_graph_ms(fwd_bwd) if pass_ == "fwd+bwd graph" else bench_ms(fwd_bwd)
 
@@ -94,8 +129,11 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (CPU + TRITON_INTERPRET=1 works)")
+    p.add_argument("--quick", action="store_true", help=f"the sweep at T = {QUICK_LENGTHS} only")
     args = p.parse_args()
     shapes, sweep = (SMOKE_SHAPES, SMOKE_SWEEP) if args.smoke else (SHAPES, SWEEP)
+    if args.quick:
+        sweep = dict(sweep, lengths=QUICK_LENGTHS)
     info = run_info()
     copy_gbs = copy_bandwidth_gbs()
     info["copy_GBps"] = copy_gbs
@@ -114,10 +152,18 @@ def main() -> None:
                              "add_ms", "frac_of_same_add"])
 
     shape_rows = []
+    peers = tuple(peer_scans())
+    info["peers"] = {name: _version(name) for name in peers}
     for B, T, D, dtype in shapes:
-        for impl in ("triton", "sequential"):
+        for impl in IMPLS + peers:
             for pass_ in PASSES:
-                ms = time_scan(impl, B, T, D, dtype, pass_)
+                try:
+                    ms = time_scan(impl, B, T, D, dtype, pass_)
+                except Exception as e:  # a peer that cannot run a shape (e.g. its T limits) is reported, not fatal
+                    if impl in IMPLS:
+                        raise
+                    print(f"{impl} {pass_} at {(B, T, D, dtype)}: {type(e).__name__}: {e}", flush=True)
+                    continue
                 shape_rows.append(row(impl, B, T, D, dtype, pass_, ms, copy_gbs))
         torch.cuda.empty_cache() if DEVICE == "cuda" else None
     print(f"\nTraining and long-sequence shapes (copy bandwidth {copy_gbs:.0f} GB/s, read + write):")
@@ -131,6 +177,16 @@ def main() -> None:
     plot(sweep_rows, shape_rows, info, args.out / "efficiency.png")
 
 
+def _version(peer: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    package = {"accelerated-scan": "accelerated-scan", "fla chunk_hgrn": "flash-linear-attention"}[peer]
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def plot(sweep_rows, shape_rows, info, path: Path) -> None:
     import matplotlib
 
@@ -138,15 +194,15 @@ def plot(sweep_rows, shape_rows, info, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
-    markers, colors = {"triton": "o", "sequential": "s", "reference": "^"}, {"triton": "C0", "sequential": "C1",
-                                                                             "reference": "C2"}
+    markers = {"associative": "o", "sequential": "s", "reference": "^"}
+    colors = {"associative": "C0", "sequential": "C1", "reference": "C2"}
     for impl, pass_ in SWEEP_SERIES:
         rs = [r for r in sweep_rows if r["impl"] == impl and r["pass_"] == pass_]
         if rs:
             style = markers[impl] + (":" if pass_.endswith("graph") else "-")
             ax1.loglog([r["T"] for r in rs], [r["ms"] for r in rs], style, color=colors[impl], label=f"{impl} {pass_}",
                        base=2)
-    rs = [r for r in sweep_rows if r["impl"] == "triton" and r["pass_"] == "fwd"]
+    rs = [r for r in sweep_rows if r["impl"] == "associative" and r["pass_"] == "fwd"]
     ax1.loglog([r["T"] for r in rs], [r["copy_ms"] for r in rs], "k--", lw=1, label="copy of the same bytes", base=2)
     r0 = sweep_rows[0]
     ax1.set(xlabel="sequence length T", ylabel="forward time (ms)",
@@ -157,8 +213,11 @@ def plot(sweep_rows, shape_rows, info, path: Path) -> None:
     labels = sorted({(r["B"], r["T"], r["D"], r["dtype"]) for r in shape_rows}, key=lambda k: k[0] * k[1] * k[2])
     # x + a and the copies of a pass's bytes, then each scan's series; fraction = minimal bytes / time / copy
     # bandwidth (the comparators' time in place of the scan's)
+    peers = sorted({r["impl"] for r in shape_rows} - set(IMPLS))
     series = ([("add", "fwd")] + [("copy", p) for p in ("fwd", "fwd+bwd")]
-              + [(i, p) for i in ("triton", "sequential") for p in PASSES])
+              + [(i, p) for i in ("associative",) for p in PASSES]
+              + [(i, p) for i in peers for p in ("fwd graph", "fwd+bwd graph")]
+              + [("sequential", p) for p in ("fwd graph", "fwd+bwd graph")])
     width = 0.8 / len(series)
     for i, (impl, pass_) in enumerate(series):
         if impl in ("add", "copy"):
@@ -168,8 +227,8 @@ def plot(sweep_rows, shape_rows, info, path: Path) -> None:
             style = (dict(color="0.15", label="x + a (the forward's traffic)") if impl == "add" else
                      dict(color="0.35" if pass_ == "fwd" else "0.65", label=f"copy of the {pass_}'s bytes"))
         else:
-            vals = [next(r["frac_of_copy"] for r in shape_rows if (r["B"], r["T"], r["D"], r["dtype"]) == k
-                         and r["impl"] == impl and r["pass_"] == pass_) for k in labels]
+            vals = [next((r["frac_of_copy"] for r in shape_rows if (r["B"], r["T"], r["D"], r["dtype"]) == k
+                          and r["impl"] == impl and r["pass_"] == pass_), 0.0) for k in labels]
             style = dict(label=f"{impl} {pass_}")
         ax2.bar([j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))], vals, width, **style)
     ax2.set_xticks(range(len(labels)), [f"({b},{t},{d})\n{dt}" for b, t, d, dt in labels], fontsize=8)

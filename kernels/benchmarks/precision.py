@@ -1,5 +1,5 @@
 """Precision benchmark: max abs and relative error of the forward states against a float64 scan,
-vs sequence length 2^5 .. 2^17, for fp32/bf16/fp16 inputs, triton and sequential, 4 seeds.
+vs sequence length 2^5 .. 2^17, for fp32/bf16/fp16 inputs, the associative and sequential Triton scans, 4 seeds.
 
 Inputs as the model makes them: a = sigmoid(z), z ~ N(2, 1.5) (gates in (0, 1), mean ~0.85), and
 x = (1 - a) · v, v ~ N(0, 1), so h stays O(1). The float64 truth is the PyTorch doubling scan on the
@@ -43,7 +43,7 @@ def main() -> None:
     rows = []
     for T in lengths:
         for dtype in DTYPES:
-            for impl in ("triton", "sequential"):
+            for impl in ("associative", "sequential"):
                 max_abs, rel = [], []
                 for seed in range(4):
                     x, a = inputs(B, T, D, dtype, seed)
@@ -70,7 +70,7 @@ def plot(rows, info, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, metric in zip(axes, ("max_abs_err", "rel_err")):
         for dtype, color in (("float32", "C0"), ("bfloat16", "C1"), ("float16", "C2")):
-            for impl, style in (("triton", "o-"), ("sequential", "x--")):
+            for impl, style in (("associative", "o-"), ("sequential", "x--")):
                 rs = [r for r in rows if r["dtype"] == dtype and r["impl"] == impl]
                 ax.loglog([r["T"] for r in rs], [max(r[metric], 1e-12) for r in rs], style, color=color,
                           label=f"{impl} {dtype}", base=2)

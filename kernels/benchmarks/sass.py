@@ -1,4 +1,4 @@
-"""What the scan kernels compile to on an H100 (sm_90), without a GPU: registers, spills, shuffles, barriers.
+"""What the scan kernels compile to on Hopper (sm_90), without a GPU: registers, spills, shuffles, barriers.
 
     python -m kernels.benchmarks.sass [--d 2048]     # the tiles of kernels/tiles.json, contiguous (B, T, D)
     python -m kernels.benchmarks.sass --tile 64 64 4 4 1 --opcodes 12   # any tile; the commonest opcodes too

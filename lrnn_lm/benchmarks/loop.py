@@ -1,6 +1,7 @@
 """train.py's loop against a bare training step of the same model, batch and precision.
 
     python -m lrnn_lm.benchmarks.loop --config small.yaml [--steps 300] [--out DIR] [--section.field value ...]
+    python -m lrnn_lm.benchmarks.loop --config small.yaml --train-summary runs/small/summary.json   # a finished run
 
 1. Bare step: the preset's model (its ModelConfig, dropout included), compiled as train.py compiles it, in a plain
    loop: bf16 autocast forward and loss (`model.nll`, the training loss), backward, fused AdamW,
@@ -10,7 +11,8 @@
    checkpointing at its own interval, validation off), for --steps optimizer steps; its summary's steady-state
    tokens per second (the median of its log_every-step windows after the first).
 
-Prints both, their ratio, and writes OUT/loop_<preset>.json.
+Prints both, their ratio, and writes OUT/loop_<preset>.json. --train-summary takes train.py's figure from the
+summary.json of a finished run of the preset instead of running one.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300, help="optimizer steps timed (train.py: all it runs)")
     p.add_argument("--warmup", type=int, default=15, help="bare-loop steps before timing (compilation)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--train-summary", type=Path, help="summary.json of a finished train.py run of this preset")
     args, extra = p.parse_known_args()
     cfg = load_config(args.config, extra)
     info = run_info() | {"lightning": __import__("lightning").__version__, "config": args.config, "overrides": extra,
@@ -99,9 +102,15 @@ def main() -> None:
     bare = bare_step_tokens_per_s(cfg, args.steps, args.warmup)
     print(f"bare step: {bare['tokens_per_s']:,.0f} tokens/s ({bare['step_ms']:.1f} ms a step)", flush=True)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    loop = train_py_tokens_per_s(args.config, args.steps, extra)
+    if args.train_summary:
+        summary = json.loads(args.train_summary.read_text())
+        loop = {"tokens_per_s": summary["tokens_per_s"], "wall_s": summary["wall_time_s"], "summary": summary,
+                "from": str(args.train_summary)}
+        print(f"train.py:  {loop['tokens_per_s']:,.0f} tokens/s steady ({args.train_summary}: {summary['steps']} steps)")
+    else:
+        loop = train_py_tokens_per_s(args.config, args.steps, extra)
+        print(f"train.py:  {loop['tokens_per_s']:,.0f} tokens/s steady, {loop['wall_s']} s wall for {args.steps} steps")
     ratio = loop["tokens_per_s"] / bare["tokens_per_s"]
-    print(f"train.py:  {loop['tokens_per_s']:,.0f} tokens/s steady, {loop['wall_s']} s wall for {args.steps} steps")
     print(f"train.py / bare step: {ratio:.3f}")
     args.out.mkdir(parents=True, exist_ok=True)
     name = Path(args.config).stem

@@ -35,10 +35,11 @@ def outputs_and_grads(scan, x, a, h0, dy, dh_T, output_final_state=True):
     return [h, h_T, dx, da, dh0]
 
 
-def oracle(x, a, h0, dy, dh_T, output_final_state=True):
-    """The reference loop in float64 on the same (already rounded) inputs."""
+def oracle(x, a, h0, dy, dh_T, output_final_state=True, scan=linear_scan_reference):
+    """The reference loop in float64 on the same (already rounded) inputs. scan: another float64 scan (at GPU sizes the
+    doubling scan: the loop's T steps of autograd would take minutes)."""
     f64 = [t.double() if t is not None else None for t in (x, a, h0, dy, dh_T)]
-    return outputs_and_grads(linear_scan_reference, *f64, output_final_state)
+    return outputs_and_grads(scan, *f64, output_final_state)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor, scale: float = 1e-30) -> float:
@@ -56,13 +57,13 @@ def _round_like_the_kernels(t: torch.Tensor, dtype: torch.dtype, interpreted: bo
     return t.to(dtype)
 
 
-def reference_in_dtype(x, a, h0, dy, dh_T, output_final_state, interpreted):
+def reference_in_dtype(x, a, h0, dy, dh_T, output_final_state, interpreted, scan=linear_scan_reference):
     """The reference loop's outputs and gradients, each rounded once to its tensor's dtype: the error
     budget of an exact fp32-accumulating scan that stores in the input dtype. Like the kernels, whose
     backward reads the h the forward stored, da_t = dh_t h_{t-1} takes h_{t-1} rounded to x's dtype."""
     f32 = [t.float() if t is not None else None for t in (x, a, h0)]
     out = [t.detach() if t is not None else None
-           for t in outputs_and_grads(linear_scan_reference, *f32, dy.float(), dh_T, output_final_state)]
+           for t in outputs_and_grads(scan, *f32, dy.float(), dh_T, output_final_state)]
     h_stored = _round_like_the_kernels(out[0], x.dtype, interpreted).float()  # (B, T, D)
     h_first = f32[2][:, None] if h0 is not None else torch.zeros_like(h_stored[:, :1])  # (B, 1, D): h_0
     out[3] = out[2] * torch.cat([h_first, h_stored[:, :-1]], dim=1)  # da = dh ⊙ h_{t-1}, dh = dx

@@ -72,10 +72,11 @@ def gated_outputs_and_grads(fn, f, v, bias, lb, doc, h0, dy, dh_T, output_final_
     return [h, h_T if output_final_state else None, df, dv, dbias, dh0]
 
 
-def oracle(f, v, bias, lb, doc, h0, dy, dh_T, output_final_state=True):
+def oracle(f, v, bias, lb, doc, h0, dy, dh_T, output_final_state=True, scan=linear_scan_reference):
+    """The gate in float64 (gate_pairs) and the reference loop (or `scan`) in float64, on the same rounded inputs."""
     def fn(f, v, bias, lb, doc, h0, fs):
         a, x = gate_pairs(f, v, Gate(bias, lb, doc))
-        return linear_scan_reference(x, a, h0, fs)
+        return scan(x, a, h0, fs)
 
     f64 = [t.double() if t is not None else None for t in (f, v, bias)]
     return gated_outputs_and_grads(fn, *f64, lb.double(), doc, None if h0 is None else h0.double(), dy.double(),
@@ -189,3 +190,18 @@ def test_interpreted_shapes_run_every_kernel_path():
     if _interpreted("associative"):
         tile = dispatch.lookback_config(torch.bfloat16)
         assert 3 * dispatch.lookback_rows(tile) + 5 > 2 * dispatch.lookback_rows(tile)
+
+
+def test_gated_scan_compiles_without_graph_break(gen):
+    """The fused gated scan is a custom op: torch.compile(fullgraph=True) traces through it, grads included."""
+    f, v, bias, lb, doc, h0, dy, dh_T = make_gated_inputs(2, 20, 5, torch.float32, gen, DEVICE)
+
+    def loss(f, v, bias, h0):
+        h, h_T = gated_linear_scan(f, v, bias, lb, doc, h0, impl="associative", output_final_state=True)
+        return (h * dy).sum() + (h_T * dh_T).sum()
+
+    leaves = [t.clone().requires_grad_() for t in (f, v, bias, h0)]
+    eager = torch.autograd.grad(loss(*leaves), leaves)
+    compiled = torch.autograd.grad(torch.compile(loss, backend="aot_eager", fullgraph=True)(*leaves), leaves)
+    for e, c in zip(eager, compiled):
+        torch.testing.assert_close(c, e)

@@ -95,7 +95,7 @@ def test_configs_are_checked_and_given_per_pass(gen):
 @pytest.mark.parametrize("vec, block_d", [(1, 32), (2, 128), (4, 128)])
 def test_gpu_configs_other_than_the_timed_ones_are_refused(vec, block_d, monkeypatch):
     """On a GPU only the channel blocks timed there (VEC 2, 64 channels) pass: 128-channel ones read out of bounds on
-    an H100, and VEC 1 ones were never timed. A ValueError naming `config`, before any launch."""
+    a GPU, and VEC 1 ones were never timed. A ValueError naming `config`, before any launch."""
     import kernels.lookback_scan as lookback
 
     monkeypatch.setattr(lookback, "triton_interpreter_on", lambda: False)

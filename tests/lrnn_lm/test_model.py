@@ -262,3 +262,41 @@ def test_bad_input_raises(case):
 def test_bad_model_config_raises(overrides, match):
     with pytest.raises(ValueError, match=match):
         tiny_config(**overrides)
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_nll_is_the_cross_entropy_of_the_logits_without_holding_them(chunk):
+    """model.nll (the chunked linear cross-entropy of loss.py) gives the summed cross-entropy of forward's logits and
+    the same gradients, in float64, with ignored targets, whether the tokens fit one chunk or need several."""
+    import lrnn_lm.loss as loss_module
+
+    model = tiny_model(torch.float64)
+    tokens = packed_tokens()
+    targets = torch.roll(tokens, -1, dims=1)
+    targets[1, -5:] = -100  # padding
+    ref = torch.nn.functional.cross_entropy(model(tokens).flatten(0, 1), targets.flatten(), ignore_index=-100,
+                                            reduction="sum")
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()))
+    original = loss_module.chunked_linear_cross_entropy
+    with pytest.MonkeyPatch.context() as mp:
+        if chunk:
+            mp.setattr(loss_module, "MAX_CHUNK_ELEMENTS", chunk * VOCAB)
+        nll, n = model.nll(tokens, targets)
+    assert original is loss_module.chunked_linear_cross_entropy
+    grads = torch.autograd.grad(nll, list(model.parameters()))
+    assert n == (targets != -100).sum()
+    torch.testing.assert_close(nll, ref.float(), rtol=1e-6, atol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    base, checkpointed = tiny_model(dropout=0.0), tiny_model(dropout=0.0, activation_checkpointing=True)
+    tokens = packed_tokens()
+    results = []
+    for model in (base, checkpointed):
+        nll, _ = model.nll(tokens[:, :-1], tokens[:, 1:])
+        results.append((nll, torch.autograd.grad(nll, list(model.parameters()))))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)

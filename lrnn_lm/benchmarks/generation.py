@@ -1,0 +1,91 @@
+"""Generation speed and memory: the eager decode step against the CUDA-graph decoder (decoding.py).
+
+    python -m lrnn_lm.benchmarks.generation [--config small.yaml] [--prompt-len 1024] [--new-tokens 512]
+                                            [--batches 1 64] [--out DIR]
+
+The preset's model (random weights: speed does not depend on them), bf16 autocast, greedy decoding of
+--new-tokens tokens after a prompt of --prompt-len random tokens, through `sampling.sample` as `lrnn_lm.generate`
+calls it. Per batch size and decoder: tokens/s over the whole call (prefill included) and over decoding alone, and
+the peak memory above the weights. A warm-up call first (compilation and graph capture happen per call, from the
+compiled cache after the first). Memory is also read after 4× the new tokens: it must not grow. The graph decoder's
+tokens are checked against the eager ones (greedy: they must be the same). Writes OUT/generation.{csv,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from kernels.benchmarks.common import print_table, run_info, write_csv
+
+from ..config import load_config
+from ..model import LinearRNNLM
+from ..sampling import prefill_each, sample
+
+
+def timed_sample(model, prompts, new_tokens: int, decoder: str) -> tuple[torch.Tensor, float, float]:
+    """-> (tokens (B, new_tokens), seconds of the whole call, seconds of its prefill alone)."""
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            prefill_each(model, list(prompts))
+        torch.cuda.synchronize()
+        prefill_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = sample(model, prompts, new_tokens, temperature=0.0, decoder=decoder)
+        torch.cuda.synchronize()
+        return out, time.perf_counter() - t0, prefill_s
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", default="small.yaml")
+    p.add_argument("--prompt-len", type=int, default=1024)
+    p.add_argument("--new-tokens", type=int, default=512)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--decoders", nargs="+", choices=["eager", "graph"], default=["eager", "graph"])
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = p.parse_args()
+    cfg = dataclasses.replace(load_config(args.config).model, dropout=0.0)
+    info = run_info() | {"config": args.config, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
+    print(json.dumps(info), flush=True)
+    torch.manual_seed(0)
+    model = LinearRNNLM(cfg).cuda().eval()
+    weights = torch.cuda.memory_allocated()
+    rows, tokens_by = [], {}
+    for batch in args.batches:
+        prompts = torch.randint(1, cfg.vocab_size, (batch, args.prompt_len), device="cuda")
+        for decoder in args.decoders:
+            timed_sample(model, prompts, 16, decoder)  # warm-up: kernels, compilation
+            torch.cuda.reset_peak_memory_stats()
+            out, total_s, prefill_s = timed_sample(model, prompts, args.new_tokens, decoder)
+            peak = (torch.cuda.max_memory_allocated() - weights) / 1e6
+            tokens_by[(batch, decoder)] = out
+            row = dict(batch=batch, decoder=decoder, new_tokens=args.new_tokens,
+                       tokens_per_s=batch * args.new_tokens / total_s,
+                       decode_tokens_per_s=batch * args.new_tokens / max(total_s - prefill_s, 1e-9),
+                       ms_per_step=(total_s - prefill_s) / args.new_tokens * 1e3, prefill_s=prefill_s,
+                       peak_mb_above_weights=peak)
+            if decoder == "graph":  # constant memory: 4x the tokens, the same peak
+                torch.cuda.reset_peak_memory_stats()
+                timed_sample(model, prompts, 4 * args.new_tokens, decoder)
+                row["peak_mb_above_weights_4x_tokens"] = (torch.cuda.max_memory_allocated() - weights) / 1e6
+            if (batch, "eager") in tokens_by and decoder == "graph":
+                row["same_tokens_as_eager"] = bool(torch.equal(out, tokens_by[(batch, "eager")]))
+            rows.append(row)
+            print(row, flush=True)
+    print_table(rows, ["batch", "decoder", "tokens_per_s", "decode_tokens_per_s", "ms_per_step",
+                       "peak_mb_above_weights"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / "generation.csv", [{k: r.get(k) for k in rows[-1] | rows[0]} for r in rows])
+    (args.out / "generation.json").write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Training speed and memory at equal size against the best public linear-RNN model: fla's HGRN.
+
+    python -m lrnn_lm.benchmarks.peers [--contexts 2048 8192] [--tokens-per-step 32768] [--steps 10] [--out DIR]
+
+Models of about 110M parameters (d_model 768, 12 layers, a 32,000-token vocabulary, the LM head tied to the
+embedding: configs/medium.yaml's model), side by side in one run:
+- lrnn-lm: the linear RNN, its blocks compiled as train.py compiles them (the fused gated scan, the chunked
+  cross-entropy); also with activation checkpointing (--checkpointing);
+- lrnn-lm attention baseline: the same model with causal softmax attention (SDPA) as its mixer, compiled;
+- fla HGRN: flash-linear-attention's `HGRNForCausalLM` (chunk mode, its fused RMSNorm, SwiGLU and linear
+  cross-entropy, no short convolution), run eagerly as its users run it. Installed with `pip install -e ".[peers]"`;
+  skipped where it is not.
+
+One step: bf16 autocast forward and loss, backward, fused AdamW, zero_grad(set_to_none=True), on random tokens,
+tokens_per_step // context sequences of `context` tokens. Tokens/s over --steps steps after --warmup (compilation,
+autotuning); peak memory: torch.cuda.max_memory_allocated over those steps (weights, gradients and AdamW state
+included). Writes OUT/peers.{csv,json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from kernels.benchmarks.common import print_table, run_info, write_csv
+
+from ..config import load_config
+from ..model import LinearRNNLM
+
+
+def lrnn_model(mixer: str = "lrnn", checkpointing: bool = False):
+    cfg = dataclasses.replace(load_config("medium.yaml").model, mixer=mixer, dropout=0.0,
+                              n_heads=12, activation_checkpointing=checkpointing)
+    model = LinearRNNLM(cfg).cuda()
+    model.compile_blocks()
+
+    def loss(tokens):
+        nll, n = model.nll(tokens[:, :-1], tokens[:, 1:])
+        return nll / n
+
+    return model, loss, cfg.vocab_size
+
+
+def fla_hgrn_model():
+    from fla.models import HGRNConfig, HGRNForCausalLM  # imported from fla.models: its failures then show
+
+    cfg = HGRNConfig(attn_mode="chunk", hidden_size=768, num_hidden_layers=12, vocab_size=32000, expand_ratio=1,
+                     use_short_conv=False, use_lower_bound=True, hidden_ratio=4, intermediate_size=None,
+                     hidden_act="swish", norm_eps=1e-6, fuse_norm=True, fuse_swiglu=True, fuse_cross_entropy=False,
+                     fuse_linear_cross_entropy=True, tie_word_embeddings=True, use_cache=False)
+    model = HGRNForCausalLM(cfg).cuda()
+
+    def loss(tokens):
+        return model(input_ids=tokens[:, :-1], labels=tokens[:, :-1]).loss  # fla shifts the labels itself
+
+    return model, loss, cfg.vocab_size
+
+
+MODELS = {
+    "lrnn-lm": lambda: lrnn_model(),
+    "lrnn-lm, activation checkpointing": lambda: lrnn_model(checkpointing=True),
+    "lrnn-lm attention baseline": lambda: lrnn_model("attention"),
+    "fla HGRN": fla_hgrn_model,
+}
+
+
+def measure(name: str, context: int, tokens_per_step: int, steps: int, warmup: int) -> dict:
+    torch.manual_seed(0)
+    model, loss_fn, vocab = MODELS[name]()
+    params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    batch = max(1, tokens_per_step // context)
+    tokens = torch.randint(1, vocab, (batch, context + 1), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = loss_fn(tokens)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    row = dict(model=name, context=context, batch=batch, params=params)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            step()
+        torch.cuda.synchronize()
+        row["warmup_s"] = time.perf_counter() - t0
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        dt = (time.perf_counter() - t0) / steps
+        row.update(tokens_per_s=batch * context / dt, step_ms=dt * 1e3,
+                   peak_memory_gb=torch.cuda.max_memory_allocated() / 1e9)
+    except torch.OutOfMemoryError:
+        row.update(tokens_per_s=float("nan"), step_ms=float("nan"), peak_memory_gb=float("nan"), oom=True)
+    del model, opt, tokens
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch._dynamo.reset()
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--contexts", type=int, nargs="+", default=[2048, 8192])
+    p.add_argument("--tokens-per-step", type=int, default=32768)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    p.add_argument("--checkpointing-contexts", type=int, nargs="*", default=[2048],
+                   help="contexts at which the activation-checkpointing variant runs")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = p.parse_args()
+    info = run_info() | {"tokens_per_step": args.tokens_per_step, "steps": args.steps}
+    try:
+        from importlib.metadata import version
+
+        info["flash-linear-attention"] = version("flash-linear-attention")
+    except Exception:
+        info["flash-linear-attention"] = None
+    print(json.dumps(info), flush=True)
+    rows = []
+    for context in args.contexts:
+        for name in args.models:
+            if "checkpointing" in name and context not in args.checkpointing_contexts:
+                continue
+            try:
+                row = measure(name, context, args.tokens_per_step, args.steps, args.warmup)
+            except ImportError as e:
+                print(f"{name}: skipped ({e})", flush=True)
+                continue
+            rows.append(row)
+            print(row, flush=True)
+    print_table(rows, ["model", "context", "batch", "params", "tokens_per_s", "step_ms", "peak_memory_gb"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / "peers.csv", rows)
+    (args.out / "peers.json").write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
+    plot(rows, info, args.out / "peers.png")
+
+
+def plot(rows, info, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    contexts = sorted({r["context"] for r in rows})
+    names = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        for ax, key, scale in ((axes[0], "tokens_per_s", 1e3), (axes[1], "peak_memory_gb", 1)):
+            vals = [next((r[key] / scale for r in rows if r["model"] == name and r["context"] == c), 0) for c in contexts]
+            ax.bar([j + (i - (len(names) - 1) / 2) * width for j in range(len(contexts))], vals, width, label=name)
+    for ax, label in ((axes[0], "training tokens/s (thousands)"), (axes[1], "peak memory (GB)")):
+        ax.set_xticks(range(len(contexts)), [f"context {c}" for c in contexts])
+        ax.set(ylabel=label)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"~110M parameters, {info['tokens_per_step']} tokens per step; {info['gpu']}, torch {info['torch']}, "
+                 f"triton {info['triton']}, {info['date']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

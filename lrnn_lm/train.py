@@ -135,7 +135,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
     tokens_seen = trainer.global_step * tokens_per_step * trainer.world_size
     rates = speed.summary()
     flops_per_token = module.model.flops_per_token(cfg.data.seq_len)
-    peak = get_available_flops(trainer.strategy.root_device, torch.bfloat16) if _on_gpu(t) else None
+    peak = peak_bf16_flops(trainer.strategy.root_device) if _on_gpu(t) else None
     summary = {
         "params": module.model.num_params(),
         "steps": trainer.global_step,
@@ -537,6 +537,23 @@ def resolve_precision(t: TrainerConfig, announce: bool = False) -> str | int:
         print(f"precision: {torch.cuda.get_device_name()} has no bf16; training in 16-mixed (fp16 with a loss "
               "scaler). Set --trainer.precision to choose another.", file=sys.stderr)
     return "16-mixed"
+
+
+H200_BF16_FLOPS = 989.4e12
+"""Dense bf16 peak of an H200 SXM (its datasheet's; the H100 SXM's compute): Lightning's table names the H200 only as
+"H200 SXM1"/"NVL1", which plain "NVIDIA H200" device names do not match."""
+
+
+def peak_bf16_flops(device: torch.device) -> float | None:
+    """The GPU's dense bf16 peak FLOP/s (Lightning's table of datasheet figures), or None where unknown."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an unknown GPU is a warning there; here it is a None
+        peak = get_available_flops(device, torch.bfloat16)
+    if peak is None and "h200" in torch.cuda.get_device_name(device).lower():
+        peak = H200_BF16_FLOPS
+    return peak
 
 
 def _on_gpu(t: TrainerConfig) -> bool:

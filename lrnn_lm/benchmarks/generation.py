@@ -8,7 +8,8 @@ The preset's model (random weights: speed does not depend on them), bf16 autocas
 calls it. Per batch size and decoder: tokens/s over the whole call (prefill included) and over decoding alone, and
 the peak memory above the weights. A warm-up call first (compilation and graph capture happen per call, from the
 compiled cache after the first). Memory is also read after 4× the new tokens: it must not grow. The graph decoder's
-tokens are checked against the eager ones (greedy: they must be the same). Writes OUT/generation.{csv,json}.
+tokens are checked against the eager ones (greedy: the replayed eager step gives the same; the compiled step's
+fused kernels may round differently). Writes OUT/generation.{csv,json}. --smoke: a tiny model, eager, on the CPU.
 """
 
 from __future__ import annotations
@@ -23,24 +24,30 @@ import torch
 
 from kernels.benchmarks.common import print_table, run_info, write_csv
 
-from ..config import load_config
+from ..config import ModelConfig, load_config
 from ..model import LinearRNNLM
-from ..sampling import prefill_each, sample
+from ..sampling import sample
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def timed_sample(model, prompts, new_tokens: int, decoder: str) -> tuple[torch.Tensor, float, float]:
-    """-> (tokens (B, new_tokens), seconds of the whole call, seconds of its prefill alone)."""
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+def _sync() -> None:
+    if DEVICE == "cuda":
         torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            prefill_each(model, list(prompts))
-        torch.cuda.synchronize()
-        prefill_s = time.perf_counter() - t0
+
+
+def _allocated() -> int:
+    return torch.cuda.max_memory_allocated() if DEVICE == "cuda" else 0
+
+
+def timed_sample(model, prompts, new_tokens: int, decoder: str) -> tuple[torch.Tensor, float]:
+    """-> (tokens (B, new_tokens), seconds of the whole call)."""
+    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
+        _sync()
         t0 = time.perf_counter()
         out = sample(model, prompts, new_tokens, temperature=0.0, decoder=decoder)
-        torch.cuda.synchronize()
-        return out, time.perf_counter() - t0, prefill_s
+        _sync()
+        return out, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -51,31 +58,37 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     p.add_argument("--decoders", nargs="+", choices=["eager", "graph"], default=["eager", "graph"])
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--smoke", action="store_true", help="a tiny model, eager, on the CPU")
     args = p.parse_args()
     cfg = dataclasses.replace(load_config(args.config).model, dropout=0.0)
+    if args.smoke:
+        cfg = ModelConfig(vocab_size=256, d_model=32, n_layers=2)
+        args.prompt_len, args.new_tokens, args.batches, args.decoders = 16, 32, [1, 2], ["eager"]
     info = run_info() | {"config": args.config, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
     print(json.dumps(info), flush=True)
     torch.manual_seed(0)
-    model = LinearRNNLM(cfg).cuda().eval()
-    weights = torch.cuda.memory_allocated()
+    model = LinearRNNLM(cfg).to(DEVICE).eval()
+    weights = torch.cuda.memory_allocated() if DEVICE == "cuda" else 0
     rows, tokens_by = [], {}
     for batch in args.batches:
-        prompts = torch.randint(1, cfg.vocab_size, (batch, args.prompt_len), device="cuda")
+        prompts = torch.randint(1, cfg.vocab_size, (batch, args.prompt_len), device=DEVICE)
         for decoder in args.decoders:
             timed_sample(model, prompts, 16, decoder)  # warm-up: kernels, compilation
-            torch.cuda.reset_peak_memory_stats()
-            out, total_s, prefill_s = timed_sample(model, prompts, args.new_tokens, decoder)
-            peak = (torch.cuda.max_memory_allocated() - weights) / 1e6
+            if DEVICE == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            out, total_s = timed_sample(model, prompts, args.new_tokens, decoder)
+            peak = (_allocated() - weights) / 1e6
+            _, prefill_s = timed_sample(model, prompts, 1, decoder)  # the prompts and one token: no decode step
             tokens_by[(batch, decoder)] = out
             row = dict(batch=batch, decoder=decoder, new_tokens=args.new_tokens,
                        tokens_per_s=batch * args.new_tokens / total_s,
-                       decode_tokens_per_s=batch * args.new_tokens / max(total_s - prefill_s, 1e-9),
-                       ms_per_step=(total_s - prefill_s) / args.new_tokens * 1e3, prefill_s=prefill_s,
+                       decode_tokens_per_s=batch * (args.new_tokens - 1) / max(total_s - prefill_s, 1e-9),
+                       ms_per_step=max(total_s - prefill_s, 0.0) / (args.new_tokens - 1) * 1e3, prefill_s=prefill_s,
                        peak_mb_above_weights=peak)
             if decoder == "graph":  # constant memory: 4x the tokens, the same peak
                 torch.cuda.reset_peak_memory_stats()
                 timed_sample(model, prompts, 4 * args.new_tokens, decoder)
-                row["peak_mb_above_weights_4x_tokens"] = (torch.cuda.max_memory_allocated() - weights) / 1e6
+                row["peak_mb_above_weights_4x_tokens"] = (_allocated() - weights) / 1e6
             if (batch, "eager") in tokens_by and decoder == "graph":
                 row["same_tokens_as_eager"] = bool(torch.equal(out, tokens_by[(batch, "eager")]))
             rows.append(row)
@@ -83,7 +96,8 @@ def main() -> None:
     print_table(rows, ["batch", "decoder", "tokens_per_s", "decode_tokens_per_s", "ms_per_step",
                        "peak_mb_above_weights"])
     args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(args.out / "generation.csv", [{k: r.get(k) for k in rows[-1] | rows[0]} for r in rows])
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    write_csv(args.out / "generation.csv", [{k: r.get(k) for k in columns} for r in rows])
     (args.out / "generation.json").write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
 
 

@@ -14,7 +14,7 @@ embedding: configs/medium.yaml's model), side by side in one run:
 One step: bf16 autocast forward and loss, backward, fused AdamW, zero_grad(set_to_none=True), on random tokens,
 tokens_per_step // context sequences of `context` tokens. Tokens/s over --steps steps after --warmup (compilation,
 autotuning); peak memory: torch.cuda.max_memory_allocated over those steps (weights, gradients and AdamW state
-included). Writes OUT/peers.{csv,json,png}.
+included). Writes OUT/peers.{csv,json,png}. --smoke: a tiny model and context on the CPU (the benchmark's plumbing).
 """
 
 from __future__ import annotations
@@ -30,15 +30,19 @@ import torch
 
 from kernels.benchmarks.common import print_table, run_info, write_csv
 
-from ..config import load_config
+from ..config import ModelConfig, load_config
 from ..model import LinearRNNLM
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SMOKE_MODEL = dict(vocab_size=256, d_model=32, n_layers=2, n_heads=4)
 
-def lrnn_model(mixer: str = "lrnn", checkpointing: bool = False):
-    cfg = dataclasses.replace(load_config("medium.yaml").model, mixer=mixer, dropout=0.0,
-                              n_heads=12, activation_checkpointing=checkpointing)
-    model = LinearRNNLM(cfg).cuda()
-    model.compile_blocks()
+
+def lrnn_model(mixer: str = "lrnn", checkpointing: bool = False, smoke: bool = False):
+    base = ModelConfig(**SMOKE_MODEL) if smoke else dataclasses.replace(load_config("medium.yaml").model, n_heads=12)
+    cfg = dataclasses.replace(base, mixer=mixer, dropout=0.0, activation_checkpointing=checkpointing)
+    model = LinearRNNLM(cfg).to(DEVICE)
+    if DEVICE == "cuda":
+        model.compile_blocks()
 
     def loss(tokens):
         nll, n = model.nll(tokens[:, :-1], tokens[:, 1:])
@@ -63,23 +67,30 @@ def fla_hgrn_model():
 
 
 MODELS = {
-    "lrnn-lm": lambda: lrnn_model(),
-    "lrnn-lm, activation checkpointing": lambda: lrnn_model(checkpointing=True),
-    "lrnn-lm attention baseline": lambda: lrnn_model("attention"),
-    "fla HGRN": fla_hgrn_model,
+    "lrnn-lm": lambda smoke: lrnn_model(smoke=smoke),
+    "lrnn-lm, activation checkpointing": lambda smoke: lrnn_model(checkpointing=True, smoke=smoke),
+    "lrnn-lm attention baseline": lambda smoke: lrnn_model("attention", smoke=smoke),
+    "fla HGRN": lambda smoke: fla_hgrn_model(),
 }
 
 
-def measure(name: str, context: int, tokens_per_step: int, steps: int, warmup: int) -> dict:
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(name: str, context: int, tokens_per_step: int, steps: int, warmup: int, smoke: bool = False) -> dict:
     torch.manual_seed(0)
-    model, loss_fn, vocab = MODELS[name]()
+    if DEVICE != "cuda" and name == "fla HGRN":
+        raise ImportError("fla's kernels need CUDA")
+    model, loss_fn, vocab = MODELS[name](smoke)
     params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=DEVICE == "cuda")
     batch = max(1, tokens_per_step // context)
-    tokens = torch.randint(1, vocab, (batch, context + 1), device="cuda")
+    tokens = torch.randint(1, vocab, (batch, context + 1), device=DEVICE)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
             loss = loss_fn(tokens)
         loss.backward()
         opt.step()
@@ -90,21 +101,23 @@ def measure(name: str, context: int, tokens_per_step: int, steps: int, warmup: i
         t0 = time.perf_counter()
         for _ in range(warmup):
             step()
-        torch.cuda.synchronize()
+        _sync()
         row["warmup_s"] = time.perf_counter() - t0
-        torch.cuda.reset_peak_memory_stats()
+        if DEVICE == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         for _ in range(steps):
             step()
-        torch.cuda.synchronize()
+        _sync()
         dt = (time.perf_counter() - t0) / steps
-        row.update(tokens_per_s=batch * context / dt, step_ms=dt * 1e3,
-                   peak_memory_gb=torch.cuda.max_memory_allocated() / 1e9)
+        peak = torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else float("nan")
+        row.update(tokens_per_s=batch * context / dt, step_ms=dt * 1e3, peak_memory_gb=peak)
     except torch.OutOfMemoryError:
         row.update(tokens_per_s=float("nan"), step_ms=float("nan"), peak_memory_gb=float("nan"), oom=True)
     del model, opt, tokens
     gc.collect()
-    torch.cuda.empty_cache()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
     torch._dynamo.reset()
     return row
 
@@ -119,7 +132,11 @@ def main() -> None:
     p.add_argument("--checkpointing-contexts", type=int, nargs="*", default=[2048],
                    help="contexts at which the activation-checkpointing variant runs")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--smoke", action="store_true", help="a tiny model at context 32 (runs on a CPU)")
     args = p.parse_args()
+    if args.smoke:
+        args.contexts, args.tokens_per_step, args.steps, args.warmup = [32], 64, 2, 1
+        args.checkpointing_contexts = [32]
     info = run_info() | {"tokens_per_step": args.tokens_per_step, "steps": args.steps}
     try:
         from importlib.metadata import version
@@ -134,7 +151,7 @@ def main() -> None:
             if "checkpointing" in name and context not in args.checkpointing_contexts:
                 continue
             try:
-                row = measure(name, context, args.tokens_per_step, args.steps, args.warmup)
+                row = measure(name, context, args.tokens_per_step, args.steps, args.warmup, args.smoke)
             except ImportError as e:
                 print(f"{name}: skipped ({e})", flush=True)
                 continue

@@ -1,0 +1,43 @@
+"""The model-level benchmarks run end to end on the CPU at tiny sizes (`--smoke`), and write their tables."""
+
+import json
+import sys
+
+import pytest
+
+from lrnn_lm.benchmarks import generation, peers
+
+
+def run_main(module, monkeypatch, *argv) -> None:
+    monkeypatch.setattr(sys, "argv", [module.__name__, *argv])
+    module.main()
+
+
+def test_peers_smoke_times_every_model_it_can_run(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    run_main(peers, monkeypatch, "--smoke", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "peers.json").read_text())
+    names = {r["model"] for r in report["rows"]}
+    assert {"lrnn-lm", "lrnn-lm, activation checkpointing", "lrnn-lm attention baseline"} <= names
+    assert all(r["tokens_per_s"] > 0 for r in report["rows"])
+    assert (tmp_path / "peers.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "peers.csv").exists()
+
+
+def test_generation_smoke_reports_each_batch(tmp_path, monkeypatch):
+    run_main(generation, monkeypatch, "--smoke", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "generation.json").read_text())["rows"]
+    assert [(r["batch"], r["decoder"]) for r in rows] == [(1, "eager"), (2, "eager")]
+    assert all(r["tokens_per_s"] > 0 and r["ms_per_step"] >= 0 and r["prefill_s"] > 0 for r in rows)
+
+
+def test_loop_reads_a_finished_runs_summary(tmp_path, monkeypatch):
+    """--train-summary compares the bare step with the figure a finished train.py run wrote."""
+    from lrnn_lm.benchmarks import loop
+
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"tokens_per_s": 1000, "wall_time_s": 1.0, "steps": 5}))
+    run_main(loop, monkeypatch, "--config", "tiny.yaml", "--steps", "2", "--warmup", "1", "--out", str(tmp_path),
+             "--train-summary", str(summary), "--data.batch_size", "2", "--model.d_model", "32")
+    report = json.loads((tmp_path / "loop_tiny.json").read_text())
+    assert report["train_py"]["tokens_per_s"] == 1000
+    assert report["ratio"] == pytest.approx(1000 / report["bare_step"]["tokens_per_s"])

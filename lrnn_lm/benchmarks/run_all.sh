@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The README's GPU figures on one GPU, in two phases that each fit a 10-minute slot:
-#   bash lrnn_lm/benchmarks/run_all.sh OUT 1   # kernel tests at GPU sizes, the main job from a fresh cache, the loop
-#                                              # against its bare step, the 110M peers
-#   bash lrnn_lm/benchmarks/run_all.sh OUT 2   # generation, the tile sweep (writes this GPU's tiles.json entry),
-#                                              # kernel efficiency and precision
-# Each stage writes OUT/<stage>/ (its log and results), has a time limit, and a failed stage does not stop the next.
+# The README's GPU figures on one GPU, stage by stage (about 12 minutes for all of them):
+#   bash lrnn_lm/benchmarks/run_all.sh OUT                      # every stage
+#   bash lrnn_lm/benchmarks/run_all.sh OUT tests train_small   # some, in this order
+# Stages: tests (the kernel suite at GPU sizes, the CUDA-graph decoder), train_small (the README's main job, as
+# written, from an empty data and compile cache), loop_small (train.py against its bare step), peers (110M: fla HGRN,
+# the attention baseline), generation (eager vs CUDA graph), tune (writes this GPU's tiles.json entry), efficiency,
+# precision. Each writes OUT/<stage>/ (its log and results) under a time limit; a failed stage does not stop the next.
 # With PACK=DIR set, each stage's folder is also packed into DIR/<stage>.tgz as soon as it ends.
 set -uo pipefail
 OUT=${1:?an output folder}
-PHASE=${2:-1}
+shift
+STAGES=${*:-tests train_small loop_small peers generation tune efficiency precision}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline
 stage() {
@@ -24,18 +26,19 @@ stage() {
   if [ -n "${PACK:-}" ]; then tar czf "$PACK/$name.tgz" -C "$OUT" "$name"; fi
 }
 python3 -c "import torch, triton, lightning; print('torch', torch.__version__, 'triton', triton.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"
-if [ "$PHASE" = 1 ]; then
-  stage tests 190 python3 -m pytest tests/kernels tests/lrnn_lm/test_sampling.py -n 16 -q -p no:cacheprovider
-  # the README's main job, as written, from an empty data and compile cache
-  stage train_small 130 bash -c 't0=$(date +%s.%N); python3 train.py --config small.yaml; rc=$?;
-    echo "wall_s $(python3 -c "print(round($(date +%s.%N) - $t0, 1))")"; cp runs/small/summary.json "$STAGE_OUT/"; exit $rc'
-  stage loop_small 60 python3 -m lrnn_lm.benchmarks.loop --config small.yaml --train-summary runs/small/summary.json \
-    --steps 100 --out "$OUT/loop_small"
-  stage peers 150 python3 -m lrnn_lm.benchmarks.peers --steps 6 --warmup 2 --out "$OUT/peers"
-else
-  stage generation 80 python3 -m lrnn_lm.benchmarks.generation --out "$OUT/generation"
-  stage tune 45 bash -c 'python3 -m kernels.benchmarks.tune --quick --write-table --out "$STAGE_OUT"; rc=$?;
-    cp kernels/tiles.json "$STAGE_OUT/"; exit $rc'
-  stage efficiency 80 python3 -m kernels.benchmarks.efficiency --quick --out "$OUT/efficiency"
-  stage precision 30 python3 -m kernels.benchmarks.precision --out "$OUT/precision"
-fi
+for s in $STAGES; do
+  case $s in
+    tests) stage tests 150 python3 -m pytest tests/kernels tests/lrnn_lm/test_sampling.py -n 16 -q -p no:cacheprovider ;;
+    train_small) stage train_small 110 bash -c 't0=$(date +%s.%N); python3 train.py --config small.yaml; rc=$?;
+      echo "wall_s $(python3 -c "print(round($(date +%s.%N) - $t0, 1))")"; cp runs/small/summary.json "$STAGE_OUT/"; exit $rc' ;;
+    loop_small) stage loop_small 45 python3 -m lrnn_lm.benchmarks.loop --config small.yaml \
+      --train-summary runs/small/summary.json --steps 100 --out "$OUT/loop_small" ;;
+    peers) stage peers 120 python3 -m lrnn_lm.benchmarks.peers --steps 6 --warmup 2 --out "$OUT/peers" ;;
+    generation) stage generation 60 python3 -m lrnn_lm.benchmarks.generation --out "$OUT/generation" ;;
+    tune) stage tune 45 bash -c 'python3 -m kernels.benchmarks.tune --quick --write-table --out "$STAGE_OUT"; rc=$?;
+      cp kernels/tiles.json "$STAGE_OUT/"; exit $rc' ;;
+    efficiency) stage efficiency 60 python3 -m kernels.benchmarks.efficiency --quick --out "$OUT/efficiency" ;;
+    precision) stage precision 30 python3 -m kernels.benchmarks.precision --out "$OUT/precision" ;;
+    *) echo "unknown stage $s"; exit 2 ;;
+  esac
+done

@@ -504,8 +504,8 @@ def _lookback_bwd_kernel(
                     doc_1 = tl.load(doc_first) != 0
                 else:
                     doc_1 = False
-                a_1, _ = _gates(a_1, a_1, gate_b.reshape(BLOCK_D), gate_lb.reshape(BLOCK_D), gate_olb.reshape(BLOCK_D),
-                                doc_1)
+                a_1 = _gates(a_1, a_1, gate_b.reshape(BLOCK_D), gate_lb.reshape(BLOCK_D), gate_olb.reshape(BLOCK_D),
+                             doc_1)[0]  # a new name: Triton refuses a name whose type changes inside a run-time if
             tl.store(dh0_ptr + b * D + d0 + cols, (a_1.to(tl.float32) * state).to(dh0_ptr.dtype.element_ty),
                      mask=mask_d)
 

@@ -60,7 +60,7 @@ KERNELS = {  # name: (kernel, its constexpr flags, the table's pass whose tile i
     "gated fwd": (lookback._lookback_fwd_kernel,
                   dict(HAS_H0=False, STORE_FINAL=True, EVEN_T=True, GATED=True, HAS_DOC=True), "gated look-back"),
     "gated bwd": (lookback._lookback_bwd_kernel,
-                  dict(HAS_H0=False, HAS_DH_T=True, EVEN_T=True, GATED=True, HAS_DOC=True),
+                  dict(HAS_H0=True, HAS_DH_T=True, EVEN_T=True, GATED=True, HAS_DOC=True),
                   "gated look-back backward"),
 }
 DTYPES = {2: "bf16", 4: "fp32"}

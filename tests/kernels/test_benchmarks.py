@@ -38,7 +38,8 @@ def test_efficiency_smoke_writes_every_series(tmp_path, monkeypatch):
     assert keys == {(str(B), str(T), str(D), str(dt).split(".")[-1]) for B, T, D, dt in efficiency.SMOKE_SHAPES}
     for key in keys:
         series = {(r["impl"], r["pass_"]) for r in shapes if (r["B"], r["T"], r["D"], r["dtype"]) == key}
-        assert series == {(impl, p) for impl in efficiency.IMPLS for p in efficiency.PASSES}  # no peers on a CPU
+        peers = set(efficiency.peer_scans())  # installed and on a GPU
+        assert series == {(impl, p) for impl in (*efficiency.IMPLS, *peers) for p in efficiency.PASSES}
     for r in shapes:
         assert float(r["ms"]) > 0 and float(r["copy_ms"]) > 0
         assert math.isclose(float(r["frac_of_same_copy"]), float(r["copy_ms"]) / float(r["ms"]), rel_tol=1e-6)

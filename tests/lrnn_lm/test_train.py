@@ -70,6 +70,10 @@ def test_train_then_evaluate_then_generate(tmp_path, corpus, capsys):
     assert trained.returncode == 0, trained.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 40 and summary["tokens_seen"] == 40 * 4 * 32
+    # the speed as it was: steady state apart from warm-up, validation and the final evaluation; FLOPs and how counted
+    assert summary["tokens_per_s"] > 0 and summary["first_window_s"] > 0 and summary["final_evaluation_s"] > 0
+    assert summary["validation_during_training_s"] >= 0 and summary["compile_and_warmup_s"] is None  # not compiled
+    assert summary["flops_per_token"] > 0 and "PaLM" in summary["flops_method"] and summary["mfu"] is None  # CPU
     assert all(math.isfinite(summary[s][k]) for s in ("validation", "test") for k in ("loss", "ppl", "bpb"))
     assert "bits/byte" in trained.stdout
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.ckpt", "best.ckpt"}
@@ -208,3 +212,36 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cor
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4
     assert all(torch.isfinite(w).all() for w in ckpt["state_dict"].values())
+
+
+def test_gradient_accumulation_is_a_larger_batch_in_tokens_and_schedule(tmp_path, corpus):
+    """accumulate_grad_batches=2 at batch 2 takes the same windows, steps and learning rates as batch 4: the same
+    weights (dropout off) up to rounding, and tokens seen counted per optimizer step."""
+    def run(name, **fields):
+        recorder = Recorder()
+        cfg = load_config(None, tiny_overrides(tmp_path / name, corpus, trainer__max_steps=6, trainer__val_every=1000,
+                                               trainer__logger="none", trainer__checkpoint_every=3, **fields))
+        summary = train(cfg, callbacks=[recorder])
+        return summary, recorder
+
+    big, big_rec = run("big", data__batch_size=4)
+    acc, acc_rec = run("acc", data__batch_size=2, trainer__accumulate_grad_batches=2)
+    assert big["steps"] == acc["steps"] == 6 and big["tokens_seen"] == acc["tokens_seen"] == 6 * 4 * 32
+    assert len(acc_rec.batches) == 2 * len(big_rec.batches) == 12
+    big_w = torch.load(tmp_path / "big" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    acc_w = torch.load(tmp_path / "acc" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for k in big_w:
+        torch.testing.assert_close(acc_w[k], big_w[k], rtol=1e-4, atol=1e-6)
+
+
+def test_precision_auto_takes_fp16_on_a_gpu_without_bf16_and_says_so(monkeypatch, capsys):
+    import lrnn_lm.train as train_module
+
+    monkeypatch.setattr(train_module, "_on_gpu", lambda t: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100")
+    assert train_module.resolve_precision(TrainerConfig(), announce=True) == "16-mixed"
+    assert "Tesla V100 has no bf16; training in 16-mixed" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert train_module.resolve_precision(TrainerConfig()) == "bf16-mixed"
+    assert train_module.resolve_precision(TrainerConfig(precision=32)) == 32

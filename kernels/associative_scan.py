@@ -95,10 +95,15 @@ def _gate_grads(f, v, g, h_prev, bias, one_minus_lb, doc):
 
 
 @triton.jit
-def _gate_params(bias_ptr, lb_ptr, stride_lb, d0, cols, mask_d):
-    """This program's channels' forget bias, lower bound and 1 - lower bound, each (BLOCK_D,) fp32."""
-    bias = tl.load(bias_ptr + d0 + cols, mask=mask_d, other=0.0).to(tl.float32)
-    lb = tl.load(lb_ptr + (d0 + cols) * stride_lb, mask=mask_d, other=0.0).to(tl.float32)
+def _gate_params(bias_ptr, lb_ptr, stride_lb, d0, cols, mask_d, GATED: tl.constexpr):
+    """This program's channels' forget bias, lower bound and 1 - lower bound, each (BLOCK_D,) fp32 (zeros, unused,
+    unless GATED)."""
+    if GATED:
+        bias = tl.load(bias_ptr + d0 + cols, mask=mask_d, other=0.0).to(tl.float32)
+        lb = tl.load(lb_ptr + (d0 + cols) * stride_lb, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros(cols.shape, dtype=tl.float32)
+        lb = tl.zeros(cols.shape, dtype=tl.float32)
     return bias, lb, 1.0 - lb
 
 
@@ -214,11 +219,8 @@ def _scan_fwd_kernel(
     a_first = a_ptr + b * stride_a_b + d0.to(tl.int64) * stride_a_d
     h_first = h_ptr + b * T * D + d0
     doc_first = doc_ptr + b * stride_doc_b
-    if GATED:
-        gate_b, gate_lb, gate_olb = _gate_params(bias_ptr, lb_ptr, stride_lb, d0, cols, mask_d)
-        gate_b, gate_lb, gate_olb = gate_b[None, :], gate_lb[None, :], gate_olb[None, :]
-    else:
-        gate_b, gate_lb, gate_olb = 0.0, 0.0, 0.0
+    gate_b, gate_lb, gate_olb = _gate_params(bias_ptr, lb_ptr, stride_lb, d0, cols, mask_d, GATED)
+    gate_b, gate_lb, gate_olb = gate_b[None, :], gate_lb[None, :], gate_olb[None, :]
 
     if HAS_INIT:
         init = init_ptr + b * stride_init_b + pid_c * stride_init_c + (d0 + cols) * stride_init_d
@@ -348,11 +350,8 @@ def _scan_bwd_kernel(
     da_first = da_ptr + b * T * D + d0
     v_first = x_ptr + b * stride_x_b + d0.to(tl.int64) * stride_x_d
     doc_first = doc_ptr + b * stride_doc_b
-    if GATED:
-        gate_b, gate_lb, gate_olb = _gate_params(bias_ptr, lb_ptr, stride_lb, d0, cols, mask_d)
-        gate_b, gate_lb, gate_olb = gate_b[None, :], gate_lb[None, :], gate_olb[None, :]
-    else:
-        gate_b, gate_lb, gate_olb = 0.0, 0.0, 0.0
+    gate_b, gate_lb, gate_olb = _gate_params(bias_ptr, lb_ptr, stride_lb, d0, cols, mask_d, GATED)
+    gate_b, gate_lb, gate_olb = gate_b[None, :], gate_lb[None, :], gate_olb[None, :]
     if HAS_H0:
         h0 = tl.load(h0_ptr + b * stride_h0_b + (d0 + cols) * stride_h0_d, mask=mask_d, other=0.0).to(tl.float32)
     else:

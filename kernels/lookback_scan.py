@@ -352,11 +352,8 @@ def _lookback_fwd_kernel(
     a_first = a_ptr + b * stride_a_b + t0.to(tl.int64) * stride_a_t + d0.to(tl.int64) * stride_a_d
     h_first = h_ptr + b * T * D + t0.to(tl.int64) * D + d0
     doc_first = doc_ptr + b * stride_doc_b
-    if GATED:
-        gate_b, gate_lb, gate_olb = _gate_params(bias_ptr, lb_ptr, stride_lb, d0, cols, mask_d)
-        gate_b, gate_lb, gate_olb = gate_b[None, None, :], gate_lb[None, None, :], gate_olb[None, None, :]
-    else:
-        gate_b, gate_lb, gate_olb = 0.0, 0.0, 0.0
+    gate_b, gate_lb, gate_olb = _gate_params(bias_ptr, lb_ptr, stride_lb, d0, cols, mask_d, GATED)
+    gate_b, gate_lb, gate_olb = gate_b[None, None, :], gate_lb[None, None, :], gate_olb[None, None, :]
 
     # 1. each sub-tile's total (the last tile's padding rows: the identity, a=1, x=0), then the sub-tiles'
     # totals scanned across warps, and the tile's total
@@ -441,11 +438,8 @@ def _lookback_bwd_kernel(
     da_first = da_ptr + b * T * D + t0.to(tl.int64) * D + d0
     doc_first = doc_ptr + b * stride_doc_b
     a_other = float("inf") if GATED else 1.0  # a_T and beyond: the identity (GATED: f = +inf, a gate of 1)
-    if GATED:
-        gate_b, gate_lb, gate_olb = _gate_params(bias_ptr, lb_ptr, stride_lb, d0, cols, mask_d)
-        gate_b, gate_lb, gate_olb = gate_b[None, None, :], gate_lb[None, None, :], gate_olb[None, None, :]
-    else:
-        gate_b, gate_lb, gate_olb = 0.0, 0.0, 0.0
+    gate_b, gate_lb, gate_olb = _gate_params(bias_ptr, lb_ptr, stride_lb, d0, cols, mask_d, GATED)
+    gate_b, gate_lb, gate_olb = gate_b[None, None, :], gate_lb[None, None, :], gate_olb[None, None, :]
 
     # 1. each sub-tile's total of (a_{t+1}, dh_t^out) from a zero gradient at its end, then across sub-tiles.
     # Whole: every row has a real a_{t+1} (t + 1 < T) and a real h_{t-1} (t >= 1).

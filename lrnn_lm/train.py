@@ -31,6 +31,7 @@ weights_only=True.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -283,49 +284,42 @@ def _resume_message(last: "LastCheckpoint", trainer: L.Trainer) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def write_atomically(path: Path, data: bytes | str) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the new one, never part of one, on any
-    filesystem: a temporary file in the same folder, fsync, rename, fsync of the folder."""
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """A binary file to write `path` through, so that a reader sees the old file or the new one, never part of one,
+    on any filesystem: a temporary file in the same folder, flushed to disk and renamed over `path` on success (on
+    an error the temporary is removed and `path` left as it was), then the folder flushed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+    fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def write_atomically(path: Path, data: bytes | str) -> None:
+    with atomic_file(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch.save checkpoints, written as `write_atomically` writes: Lightning's own writer stages the
-    file in $TMPDIR and moves it, which becomes a copy over the old checkpoint when $TMPDIR is another filesystem
-    (a kill during that copy leaves a truncated last.ckpt)."""
+    """Lightning's torch.save checkpoints, written through `atomic_file`: Lightning's own writer stages the file in
+    $TMPDIR and moves it, which becomes a copy over the old checkpoint when $TMPDIR is another filesystem (a kill
+    during that copy leaves a truncated last.ckpt)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        with atomic_file(Path(path)) as f:
+            torch.save(checkpoint, f)
 
 
 class LastCheckpoint(Callback):

@@ -21,20 +21,7 @@ from lrnn_lm.cli import RunInterrupted
 from lrnn_lm.config import load_config
 from lrnn_lm.train import train
 
-from .tiny_run import ROOT, SCRIPT_ENV, Recorder, run_script, tiny_overrides, write_local_corpus
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_local_corpus(tmp_path_factory.mktemp("corpus"))
+from .tiny_run import ROOT, SCRIPT_ENV, Recorder, run_script, tiny_overrides
 
 
 def config(run_dir, corpus, **fields):

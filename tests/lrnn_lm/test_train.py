@@ -19,22 +19,7 @@ from lrnn_lm.generate import main as generate_main
 from lrnn_lm.lit_module import LitLM, warmup_cosine
 from lrnn_lm.train import main, make_logger, train
 
-from .tiny_run import ROOT, SCRIPT_ENV, Recorder, run_script, tiny_overrides, write_local_corpus
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The in-process runs: tiny models gain nothing from more threads, and lose a lot when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A local corpus with its tokenizer and token caches, shared by the module's runs (the first builds them)."""
-    return write_local_corpus(tmp_path_factory.mktemp("corpus"))
+from .tiny_run import ROOT, SCRIPT_ENV, Recorder, run_script, tiny_overrides
 
 
 def test_warmup_then_cosine_to_min_lr():

@@ -6,10 +6,13 @@ Two public entries, each validating its inputs and dispatching on `impl=`: `line
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ._env import triton_interpreter_on
 from .doubling_scan import linear_scan_doubling
+from .gate import Gate, gate_pairs
 from .reference import linear_scan_reference
 
 __all__ = ["linear_scan", "gated_linear_scan", "IMPLS", "IMPL_ALIASES", "SCAN_IMPLS"]
@@ -83,7 +86,8 @@ def linear_scan(
     if impl == "doubling":
         return linear_scan_doubling(x, a, h0, output_final_state)
     if x.shape[0] > MAX_BATCH_PER_LAUNCH:
-        return _in_batch_slices(x, a, h0, impl, output_final_state)
+        return _in_batch_slices(functools.partial(linear_scan, impl=impl, output_final_state=output_final_state),
+                                x, a, h0, output_final_state=output_final_state)
     if impl == "associative":
         from .function import linear_scan_triton
 
@@ -93,14 +97,11 @@ def linear_scan(
     return linear_scan_sequential(x, a, h0, output_final_state)
 
 
-def _in_batch_slices(x, a, h0, impl, output_final_state):
-    """`linear_scan` over slices of at most MAX_BATCH_PER_LAUNCH sequences, outputs concatenated along B."""
-    parts = [
-        linear_scan(x[i : i + MAX_BATCH_PER_LAUNCH], a[i : i + MAX_BATCH_PER_LAUNCH],
-                    None if h0 is None else h0[i : i + MAX_BATCH_PER_LAUNCH], impl=impl,
-                    output_final_state=output_final_state)
-        for i in range(0, x.shape[0], MAX_BATCH_PER_LAUNCH)
-    ]
+def _in_batch_slices(scan, *batched: torch.Tensor | None, output_final_state: bool):
+    """scan(*slices) over slices of at most MAX_BATCH_PER_LAUNCH sequences of each batched tensor (None stays None),
+    each returning (h, h_T | None) -> (h, h_T | None) concatenated along B."""
+    n = MAX_BATCH_PER_LAUNCH
+    parts = [scan(*(None if t is None else t[i : i + n] for t in batched)) for i in range(0, batched[0].shape[0], n)]
     h = torch.cat([h for h, _ in parts])
     return h, torch.cat([h_T for _, h_T in parts]) if output_final_state else None
 
@@ -191,11 +192,10 @@ def gated_linear_scan(
         Gradients flow to f, v, forget_bias, h0 and through h_T.
     """
     impl = resolve_impl(impl, getattr(v, "device", None))
-    for name, t in (("f", f), ("v", v), ("forget_bias", forget_bias)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     _check_inputs(v, f, h0, impl, output_final_state, names=("v", "f"))
     B, T, D = v.shape
+    if not isinstance(forget_bias, torch.Tensor):
+        raise TypeError(f"forget_bias: expected a torch.Tensor, got {type(forget_bias).__name__}")
     if tuple(forget_bias.shape) != (D,) or not forget_bias.is_floating_point() or forget_bias.device != v.device:
         raise ValueError(f"forget_bias: expected a floating-point (D,) = ({D},) tensor on {v.device}, got "
                          f"{forget_bias.dtype} {tuple(forget_bias.shape)} on {forget_bias.device}")
@@ -219,19 +219,14 @@ def gated_linear_scan(
                              f"{tuple(doc_start.shape)} on {doc_start.device}")
     if impl == "associative":
         if B > MAX_BATCH_PER_LAUNCH:
-            slices = range(0, B, MAX_BATCH_PER_LAUNCH)
-            parts = [gated_linear_scan(f[i:i + MAX_BATCH_PER_LAUNCH], v[i:i + MAX_BATCH_PER_LAUNCH], forget_bias,
-                                       lower_bound, None if doc_start is None else doc_start[i:i + MAX_BATCH_PER_LAUNCH],
-                                       None if h0 is None else h0[i:i + MAX_BATCH_PER_LAUNCH], impl=impl,
-                                       output_final_state=output_final_state) for i in slices]
-            h = torch.cat([p[0] for p in parts])
-            return h, torch.cat([p[1] for p in parts]) if output_final_state else None
+            def scan(f, v, doc_start, h0):
+                return gated_linear_scan(f, v, forget_bias, lower_bound, doc_start, h0, impl=impl,
+                                         output_final_state=output_final_state)
+
+            return _in_batch_slices(scan, f, v, doc_start, h0, output_final_state=output_final_state)
         from .function import gated_scan_triton
 
         return gated_scan_triton(f, v, forget_bias, lower_bound, doc_start, h0, output_final_state)
-    from .associative_scan import Gate
-    from .gated_scan import gate_pairs
-
     a, x = gate_pairs(f, v, Gate(forget_bias, lower_bound, doc_start))
     h, h_T = linear_scan(x, a, None if h0 is None else h0.to(x.dtype), impl=impl,
                          output_final_state=output_final_state)

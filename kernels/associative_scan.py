@@ -25,14 +25,13 @@ Formulas count steps t = 1..T with h_0 the initial state; the code counts rows 0
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
 
 from ._env import triton_interpreter_on
 from .dispatch import CARRY_TILE, INTERPRETER_CARRY_TILE, cdiv, chunk_len, num_sms, tile_config, tile_fits_int32
+from .gate import Gate
 
 
 @triton.jit
@@ -520,17 +519,6 @@ def _chunk_carry_kernel(
 # --------------------------------------------------------------------------------------------------
 
 
-class Gate(NamedTuple):
-    """The gated recurrence's parameters: the inputs are then (v, f) in place of (x, a) (see the module docstring).
-
-    bias: (D,) forget bias; lower_bound: (D,) or (1,) gate lower bound (a stride of 0 broadcasts it); doc_start:
-    (B, T) bool, True where a document starts, or None."""
-
-    bias: torch.Tensor
-    lower_bound: torch.Tensor
-    doc_start: torch.Tensor | None
-
-
 def _gate_args(gate: Gate | None, like: torch.Tensor) -> tuple[list, dict]:
     """Kernel arguments of a gate: the pointers, their strides, and the GATED / HAS_DOC flags."""
     if gate is None:
@@ -542,13 +530,13 @@ def _gate_args(gate: Gate | None, like: torch.Tensor) -> tuple[list, dict]:
             dict(strides=strides, GATED=True, HAS_DOC=doc is not None))
 
 
-def _check_int32_offsets(config: dict, **tensors: torch.Tensor | None) -> None:
+def _check_int32_offsets(block_t: int, block_d: int, **tensors: torch.Tensor | None) -> None:
     """The kernels address a tile of each (B, T, D) tensor by 32-bit offsets from its first row
     (`dispatch.tile_fits_int32`)."""
     for name, t in tensors.items():
-        if t is not None and not tile_fits_int32(config["BLOCK_T"], config["BLOCK_D"], t.stride(1), t.stride(2)):
-            raise ValueError(f"{name}: expected strides whose tile ({config['BLOCK_T']} rows, {config['BLOCK_D']} "
-                             f"channels) spans < 2**31 elements, got strides {t.stride()}; pass a contiguous tensor")
+        if t is not None and not tile_fits_int32(block_t, block_d, t.stride(1), t.stride(2)):
+            raise ValueError(f"{name}: expected strides whose tile ({block_t} rows, {block_d} channels) spans "
+                             f"< 2**31 elements, got strides {t.stride()}; pass a contiguous tensor")
 
 
 def _check_chunk_t(chunk_t) -> None:
@@ -587,7 +575,7 @@ def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None
     f (one chunk only)."""
     B, T, D = x.shape
     config = config or tile_config(x.dtype, device=x.device)
-    _check_int32_offsets(config, x=x, a=a)
+    _check_int32_offsets(config["BLOCK_T"], config["BLOCK_D"], x=x, a=a)
     _check_chunk_t(chunk_t)
     chunk_t = chunk_t or chunk_len(B, T, D, config["BLOCK_D"], num_sms(x.device))
     n_chunks = cdiv(T, chunk_t)
@@ -621,7 +609,7 @@ def associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=None, config=None, gate: Ga
     config = config or tile_config(a.dtype, backward=True, device=a.device)
     if not h.is_contiguous():
         raise ValueError(f"h: expected the forward's contiguous output, got strides {h.stride()}")
-    _check_int32_offsets(config, a=a, dh=dh, v=v)
+    _check_int32_offsets(config["BLOCK_T"], config["BLOCK_D"], a=a, dh=dh, v=v)
     _check_chunk_t(chunk_t)
     chunk_t = chunk_t or chunk_len(B, T, D, config["BLOCK_D"], num_sms(a.device))
     n_chunks = cdiv(T, chunk_t)

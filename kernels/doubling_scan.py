@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .function import apply_scan
+from .autograd import apply_scan
+from .reference import linear_scan_reference
 
 
 def _doubling_scan(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -31,16 +32,6 @@ def _doubling_scan(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return h
 
 
-def _loop_scan(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
-    """x, a: (N, T); h0: (N,) | None -> h: (N, T), the sequential loop from h0 (or 0), as reference.py computes it."""
-    h_t = torch.zeros_like(x[:, 0]) if h0 is None else h0
-    hs = []
-    for t in range(x.shape[1]):
-        h_t = a[:, t] * h_t + x[:, t]
-        hs.append(h_t)
-    return torch.stack(hs, dim=1)
-
-
 def _scan(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
     """x, a: (B, T, D); h0: (B, D) | None, all in the accumulation dtype -> h: (B, T, D), the doubling scan, with
     the loop's result in every channel where the doubling one is not finite."""
@@ -50,8 +41,9 @@ def _scan(x: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None = None) -> t
         h = _doubling_scan(x, a)
     bad = ~torch.isfinite(h).all(dim=1)  # (B, D)
     if bad.any():
-        # (B, T, D) -> the bad channels as rows (N, T)
-        rows = _loop_scan(x.transpose(1, 2)[bad], a.transpose(1, 2)[bad], None if h0 is None else h0[bad])
+        # the bad channels of (B, T, D) as N sequences (N, T, 1) for the reference loop
+        rows = linear_scan_reference(x.transpose(1, 2)[bad][..., None], a.transpose(1, 2)[bad][..., None],
+                                     None if h0 is None else h0[bad][:, None])[0][..., 0]
         h = h.transpose(1, 2).clone()
         h[bad] = rows
         h = h.transpose(1, 2)

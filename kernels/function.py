@@ -1,60 +1,21 @@
-"""Autograd for every scan, and the Triton scan's routing.
+"""The Triton scans' routing, and their torch.library custom ops.
 
-An implementation is a pair of plain launcher functions:
-
-    forward(x, a, h0, output_final_state) -> (h, h_T)          h: (B, T, D) x.dtype, h_T: (B, D) fp32 | None
-    backward(a, h, h0, dh, dh_T) -> (dx, da, dh0)              dh0 is None when h0 is None
-
-The backward needs only a, h and h0 (not x): dh_t = dh_t^out + a_{t+1} dh_{t+1}, dx_t = dh_t,
-da_t = dh_t h_{t-1}, dh0 = a_1 dh_1. No second forward is run. The gated recurrence's pair takes (v, f) and the gate,
-and its backward returns (dv, df, dh0) (gated_scan.py).
-
-Eager calls go through plain autograd.Functions, which cost less host time than a custom op's dispatch (tens of
-µs a call: more than the kernels take at small shapes), and where no gradient can flow the forward runs alone.
-Under torch.compile the Triton scans are torch.library custom ops with the same setup and backward, so a compiled
-model has no graph break at the scan.
+Each pass takes the path dispatch.py plans for it. Eager calls go through plain autograd.Functions (autograd.py's,
+and GatedScanFunction here); under torch.compile the Triton scans are torch.library custom ops with the same setup
+and backward, so a compiled model has no graph break at the scan. The gated recurrence's launcher pair takes (v, f)
+and the gate, and its backward returns (dv, df, dh0) (gated_scan.py).
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
-from .associative_scan import Gate, associative_scan_bwd, associative_scan_fwd
+from .associative_scan import associative_scan_bwd, associative_scan_fwd
+from .autograd import apply_scan, wants_grad
 from .dispatch import plan_for
+from .gate import Gate
 from .gated_scan import gated_scan_bwd, gated_scan_fwd
 from .lookback_scan import lookback_scan_bwd, lookback_scan_fwd
-
-
-def _wants_grad(*tensors: torch.Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-class LinearScanFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, a, h0, output_final_state: bool, forward: Callable, backward: Callable, opts: dict):
-        h, h_T = forward(x, a, h0, output_final_state, **opts)
-        ctx.save_for_backward(a, h, h0)
-        ctx.backward_fn, ctx.opts = backward, opts
-        if h_T is None:
-            return h
-        return h, h_T
-
-    @staticmethod
-    def backward(ctx, dh, dh_T=None):
-        a, h, h0 = ctx.saved_tensors
-        dx, da, dh0 = ctx.backward_fn(a, h, h0, dh, dh_T, **ctx.opts)
-        return dx, da, dh0, None, None, None, None
-
-
-def apply_scan(x, a, h0, output_final_state: bool, forward: Callable, backward: Callable, **opts):
-    """Run an implementation with autograd; always returns (h, h_T | None). Where no gradient can flow (grad mode
-    off, or no input requires one) the forward runs alone: autograd.Function.apply costs tens of µs of host time."""
-    if not _wants_grad(x, a, h0):
-        return forward(x, a, h0, output_final_state, **opts)
-    out = LinearScanFunction.apply(x, a, h0, output_final_state, forward, backward, opts)
-    return out if output_final_state else (out, None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,7 +167,7 @@ def gated_scan_triton(f, v, bias, lower_bound, doc_start=None, h0=None, output_f
     if torch.compiler.is_compiling():
         h, h_T = _gated_fwd_op(f, v, h0, bias, lower_bound, doc_start)
         return h, h_T if output_final_state else None
-    if not _wants_grad(f, v, h0, bias):
+    if not wants_grad(f, v, h0, bias):
         return gated_scan_fwd(v, f, h0, output_final_state, Gate(bias, lower_bound, doc_start))
     out = GatedScanFunction.apply(f, v, h0, bias, lower_bound, doc_start, output_final_state)
     return out if output_final_state else (out, None)

@@ -23,24 +23,10 @@ from __future__ import annotations
 
 import torch
 
-from .associative_scan import Gate, associative_scan_bwd, associative_scan_fwd
+from .associative_scan import associative_scan_bwd, associative_scan_fwd
 from .dispatch import plan_for
+from .gate import Gate, gate_pairs
 from .lookback_scan import lookback_scan_bwd, lookback_scan_fwd
-
-
-def gate_pairs(f: torch.Tensor, v: torch.Tensor, gate: Gate) -> tuple[torch.Tensor, torch.Tensor]:
-    """The recurrence's (a, x = (1 - a) v) from (f, v), in PyTorch: (B, T, D) each, in float32 (float64 for float64
-    inputs). The oracle of the fused kernels, and what the unfused implementations scan."""
-    acc = torch.float64 if f.dtype == torch.float64 else torch.float32
-    z = f.to(acc) + gate.bias.to(acc)
-    lb = gate.lower_bound.to(acc)
-    a = lb + (1 - lb) * torch.sigmoid(z)
-    x = (1 - lb) * torch.sigmoid(-z) * v.to(acc)
-    if gate.doc_start is not None:
-        start = gate.doc_start[..., None]
-        a = a.masked_fill(start, 0.0)
-        x = torch.where(start, v.to(acc), x)
-    return a, x
 
 
 def gated_scan_fwd(v, f, h0, output_final_state, gate: Gate):
@@ -63,14 +49,17 @@ def gated_scan_bwd(f, h, h0, dh, dh_T, gate: Gate, v):
         return lookback_scan_bwd(f, h, h0, dh, dh_T, config=p.tile, gate=gate, v=v)
     if p.path == "one-chunk":
         return associative_scan_bwd(f, h, h0, dh, dh_T, chunk_t=p.chunk_t, config=p.tile, gate=gate, v=v)
-    a, _ = gate_pairs(f, v, gate)
-    dx, da, dh0 = associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=p.chunk_t, config=p.tile)
     z = f.float() + gate.bias.float()
     lb = gate.lower_bound.float()
-    dv = (1 - lb) * torch.sigmoid(-z) * dx
-    df = (1 - lb) * torch.sigmoid(z) * torch.sigmoid(-z) * (da - dx * v.float())
-    if gate.doc_start is not None:
-        start = gate.doc_start[..., None]
+    s, s_neg = torch.sigmoid(z), torch.sigmoid(-z)
+    start = None if gate.doc_start is None else gate.doc_start[..., None]
+    a = lb + (1 - lb) * s  # gate_pairs' a, with the sigmoids kept for the gradients
+    if start is not None:
+        a = a.masked_fill(start, 0.0)
+    dx, da, dh0 = associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=p.chunk_t, config=p.tile)
+    dv = (1 - lb) * s_neg * dx
+    df = (1 - lb) * s * s_neg * (da - dx * v.float())
+    if start is not None:
         dv = torch.where(start, dx, dv)
         df = df.masked_fill(start, 0.0)
     return dv.to(v.dtype), df.to(f.dtype), dh0

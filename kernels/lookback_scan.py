@@ -41,8 +41,11 @@ import triton
 import triton.language as tl
 
 from ._env import triton_interpreter_on
-from .associative_scan import Gate, _combine, _gate_args, _gate_grads, _gate_params, _gates, _row, _thread_columns
+from .associative_scan import (
+    _check_int32_offsets, _combine, _gate_args, _gate_grads, _gate_params, _gates, _row, _thread_columns,
+)
 from .dispatch import INTERPRETER_LOOKBACK_TILE, cdiv, lookback_config, lookback_rows, tile_fits_int32
+from .gate import Gate
 
 SENTINEL = tl.constexpr(-1)  # int32 bits 0xFFFFFFFF of an unpublished slot: a NaN no arithmetic produces
 
@@ -527,13 +530,6 @@ def _launch_options(config: dict) -> dict:
     return dict(meta, num_warps=config["WARPS"], **({"maxnreg": config["MAXNREG"]} if config["MAXNREG"] else {}))
 
 
-def _check_int32_offsets(block_t: int, config: dict, **tensors: torch.Tensor | None) -> None:
-    for name, t in tensors.items():
-        if t is not None and not tile_fits_int32(block_t, config["BLOCK_D"], t.stride(1), t.stride(2)):
-            raise ValueError(f"{name}: expected strides whose tile ({block_t} rows, {config['BLOCK_D']} channels) "
-                             f"spans < 2**31 elements, got strides {t.stride()}; pass a contiguous tensor")
-
-
 def _workspace(B: int, T: int, D: int, block_t: int, device) -> torch.Tensor:
     """(3, K, B, D) int32, K = cdiv(T, block_t), every slot unpublished."""
     return torch.full((3, cdiv(T, block_t), B, D), SENTINEL.value, dtype=torch.int32, device=device)
@@ -548,7 +544,7 @@ def lookback_scan_fwd(x, a, h0, output_final_state, config=None, gate: Gate | No
     config = config or lookback_config(x.dtype)
     _check_config(config)
     block_t = lookback_rows(config)
-    _check_int32_offsets(block_t, config, x=x, a=a)
+    _check_int32_offsets(block_t, config["BLOCK_D"], x=x, a=a)
     h = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     h_T = torch.empty(B, D, dtype=torch.float32, device=x.device) if output_final_state else None
     state = _workspace(B, T, D, block_t, x.device)
@@ -573,7 +569,7 @@ def lookback_scan_bwd(a, h, h0, dh, dh_T, config=None, gate: Gate | None = None,
     if not h.is_contiguous():
         raise ValueError(f"h: expected the forward's contiguous output, got strides {h.stride()}")
     block_t = lookback_rows(config)
-    _check_int32_offsets(block_t, config, a=a, dh=dh, v=v)
+    _check_int32_offsets(block_t, config["BLOCK_D"], a=a, dh=dh, v=v)
     dx = torch.empty(B, T, D, dtype=(v if gate is not None else a).dtype, device=a.device)
     da = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
     dh0 = torch.empty(B, D, dtype=h0.dtype, device=a.device) if h0 is not None else None

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .function import apply_scan
+from .autograd import apply_scan
 
 
 @triton.jit

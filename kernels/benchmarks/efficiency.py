@@ -1,7 +1,7 @@
 """Efficiency benchmark: milliseconds and effective bandwidth of the scans, as a fraction of the
 device-to-device copy bandwidth measured in the same run, with their peers beside them.
 
-1. The sweep of the repository this grew from: forward time vs sequence length 2^5 .. 2^17 at B=4, D=5120, fp16, for
+1. The original linear-RNN-scan repository's sweep: forward time vs sequence length 2^5 .. 2^17 at B=4, D=5120, fp16, for
    the associative and sequential Triton scans, eager and from a CUDA graph, and (up to 2^10) the reference loop.
 2. Forward and forward+backward through autograd at training and long-sequence shapes, eager (host dispatch
    included) and replayed from a CUDA graph (GPU time only, as under torch.compile with CUDA graphs).
@@ -86,7 +86,7 @@ def time_scan(impl: str, B: int, T: int, D: int, dtype: torch.dtype, pass_: str 
     if impl in (peers := peer_scans()):
         prepare, peer = peers[impl]
         args = prepare(x, a)
-        scan = lambda *args: peer(*args)  # noqa: E731
+        scan = peer
     else:
         args = (x, a)
         scan = lambda x, a: linear_scan(x, a, impl=impl)[0]  # noqa: E731

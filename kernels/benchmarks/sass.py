@@ -7,7 +7,7 @@ The integer arguments are given as Triton's JIT specialises them for contiguous 
 T, the chunk length and batch strides as multiples of 16, the states' strides along D as the constant 1.
 The forward is compiled for T a multiple of its BLOCK_T (EVEN_T: every tile goes through the pipelined loop).
 Without that, a batch stride of unknown alignment caps the pointers' alignment at one element, and 2-byte
-loads are too narrow for cp.async: a different kernel (`alignment.py` times both).
+loads are too narrow for cp.async: a different, slower kernel (docs/scan-design.md).
 
 Triton compiles for a target it is told about (here CUDA sm_90) on any machine, and ships `cuobjdump`.
 For each kernel (forward, backward, chunk summary; the look-back forward and backward) at each element
@@ -128,7 +128,7 @@ def main() -> None:
                 torch_dtype = {2: torch.bfloat16, 4: torch.float32}[size]
                 tile = lookback._launch_options(dispatch.lookback_config(torch_dtype, backward, gated))
             elif args.tile:
-                tile = dict(zip(("BLOCK_T", "BLOCK_D", "VEC", "STAGES", "num_warps"), args.tile))
+                tile = dict(zip(dispatch.TILE_KEYS, args.tile))
             else:
                 tile = dispatch.tile_config({2: torch.bfloat16, 4: torch.float32}[size], backward, torch.device("cpu"),
                                             gated)

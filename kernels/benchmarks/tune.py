@@ -6,7 +6,7 @@ with half that, rows are split over two lanes (8-byte loads at 64 channels for 2
 level in the scan). Each candidate runs forward and backward at the benchmark
 shapes of its element size; the table keeps, per element size and pass, the tile with the best geometric
 mean of that pass's fractions of copy bandwidth (the forward and the backward may get different tiles). The T-parallel path's chunk length is swept at the
-long-sequence shape (printed and saved, not tabled: `_chunk_len` decides it).
+long-sequence shape (printed and saved, not tabled: `dispatch.chunk_len` decides it).
 
     python -m kernels.benchmarks.tune [--out kernels/benchmarks/results] [--write-table] [--quick]
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from kernels.associative_scan import associative_scan_bwd, associative_scan_fwd
-from kernels.dispatch import TILES_PATH, chunk_len, num_sms, tile_table
+from kernels.dispatch import TILE_KEYS, TILES_PATH, chunk_len, num_sms, tile_table
 
 from .common import bench_ms, copy_bandwidth_gbs, run_info, scan_bytes, scan_inputs, write_csv
 
@@ -49,8 +49,9 @@ LONG = (1, 131072, 512, torch.bfloat16)
 CHUNKS = [512, 1024, 2048, 4096, 8192]
 
 
-def tile(block_t: int, block_d: int, vec: int, stages: int, warps: int) -> dict:
-    return dict(BLOCK_T=block_t, BLOCK_D=block_d, VEC=vec, STAGES=stages, num_warps=warps)
+def tile(*values: int) -> dict:
+    """(BLOCK_T, BLOCK_D, VEC, STAGES, num_warps) -> the tile's dict."""
+    return dict(zip(TILE_KEYS, values))
 
 
 def measure(B, T, D, dtype, config, copy_gbs, chunk_t=None) -> dict:

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from kernels import dispatch, gated_linear_scan
-from kernels.associative_scan import Gate
-from kernels.gated_scan import gate_pairs
+from kernels.gate import Gate, gate_pairs
 from kernels.reference import linear_scan_reference
 
 from .conftest import DEVICE

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kernels.dispatch import LOOKBACK_BACKWARD_TILES, lookback_config, lookback_rows
-from kernels.function import apply_scan
+from kernels.autograd import apply_scan
 
 from .conftest import DEVICE
 from .scan_inputs import make_inputs, oracle, outputs_and_grads, reference_in_dtype

@@ -14,7 +14,8 @@ import torch
 from kernels import IMPL_ALIASES, linear_scan, triton_interpreter_on
 from kernels import dispatch
 from kernels.dispatch import chunk_len, tile_config
-from kernels.function import apply_scan, linear_scan_triton
+from kernels.autograd import apply_scan
+from kernels.function import linear_scan_triton
 from kernels.lookback_scan import lookback_scan_bwd, lookback_scan_fwd
 from kernels.reference import linear_scan_reference
 

@@ -2,9 +2,9 @@
 
     tokens -> embedding -> L x [x += mixer(RMSNorm(x)); x += MLP(RMSNorm(x))] -> RMSNorm -> tied LM head
 
-The mixer is the gated linear recurrence (`LinearRecurrence`, HGRN/Griffin family) run by `kernels.linear_scan`,
-or causal attention (attention.py) for the Transformer baseline. Training runs the parallel scan over
-(B, T, ·); decoding runs `step`, O(1) time and memory per token for the recurrence.
+The mixer is the gated linear recurrence (`LinearRecurrence`, HGRN/Griffin family) run by
+`kernels.gated_linear_scan`, or causal attention (attention.py) for the Transformer baseline. Training runs the
+parallel scan over (B, T, ·); decoding runs `step`, O(1) time and memory per token for the recurrence.
 
 Dimensions:
     B   batch size
@@ -32,6 +32,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from kernels import gated_linear_scan
+from kernels.gate import Gate, gate_pairs
 
 from .attention import CausalSelfAttention, KVCache
 from .config import ModelConfig
@@ -152,20 +153,6 @@ class LinearRecurrence(nn.Module):
         self.out_norm = RMSNorm(R, cfg.norm_eps)
         self.out_proj = nn.Linear(R, D, bias=False)
 
-    def _gates(
-        self, f: torch.Tensor, v: torch.Tensor, is_doc_start: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """f, v: (..., R); is_doc_start: (...) bool or None -> (a, (1 - a) ⊙ v), each (..., R) in >= float32.
-        The decoding step's gate; the parallel forward's is inside the scan."""
-        f = f.to(_compute_dtype(f.dtype)) + self.forget_bias
-        lb = self.lower_bound
-        a = lb + (1 - lb) * torch.sigmoid(f)
-        one_minus_a = (1 - lb) * torch.sigmoid(-f)
-        if is_doc_start is not None:
-            a = a.masked_fill(is_doc_start.unsqueeze(-1), 0.0)
-            one_minus_a = one_minus_a.masked_fill(is_doc_start.unsqueeze(-1), 1.0)
-        return a, one_minus_a * v.to(f.dtype)
-
     def _output(self, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """h, g: (..., R) -> (..., D)."""
         return self.out_proj(self.out_norm(h).to(g.dtype) * F.silu(g))
@@ -195,7 +182,7 @@ class LinearRecurrence(nn.Module):
         conv_state = state.conv
         if self.conv is not None:
             v, conv_state = self.conv.step(v, conv_state, is_doc_start)
-        a, x_in = self._gates(f, v, is_doc_start)
+        a, x_in = gate_pairs(f, v, Gate(self.forget_bias, self.lower_bound, is_doc_start))  # (B, R), >= float32
         h = a * state.h + x_in  # (B, R)
         return self._output(h, g), RecurrentState(h, conv_state)
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from kernels.gate import Gate, gate_pairs
 from lrnn_lm.attention import KVCache
 from lrnn_lm.config import ModelConfig
 from lrnn_lm.model import LinearRNNLM, RecurrentState, optimizer_param_groups
@@ -81,7 +82,7 @@ def test_gates_lower_bound_and_complement():
     for layer, block in enumerate(model.blocks):
         mixer = block.mixer
         assert mixer.lower_bound == layer / 4
-        a, x_in = mixer._gates(f, v, is_doc_start=None)  # x_in = (1 - a) * 1
+        a, x_in = gate_pairs(f, v, Gate(mixer.forget_bias, mixer.lower_bound, None))  # x_in = (1 - a) * 1
         assert (a >= layer / 4).all() and (a <= 1).all()
         assert (x_in > 0).all()  # 1 - a stays positive where a rounds to 1
         torch.testing.assert_close(a + x_in, torch.ones_like(a))

@@ -1,13 +1,13 @@
 """Decoding at the GPU's pace: the decode step compiled, captured in one CUDA graph, and replayed once per token.
 
-An eager decode step is a few hundred small kernels (six layers of norms, projections, gates and the state update),
-each launched by Python: at batch 1 the host, not the GPU, sets the pace (about 4.5 ms per token for small.yaml's
-shape, where the GPU reads its 20 MB of weights in 5 µs). Here `model.step` is compiled (torch.compile fuses its
-elementwise work into a few kernels per layer), then captured with torch.cuda.graphs on static buffers: the token,
-every layer's state, the output tokens and a step counter all stay on the device. A replay runs a whole step and
-the sampling of the next token, writes it into the output at the counter and advances the counter; the host only
-replays, and reads the tokens at the end (or as they come, when streaming). Memory is constant in the number of
-tokens generated: the buffers and the graph's pool are allocated once.
+An eager decode step is a few hundred small kernels (every layer's norms, projections, gates and state update), each
+launched by Python: at batch 1 the host, not the GPU, sets the pace, as launching them takes far longer than reading
+the weights. Here the decode step is compiled (torch.compile fuses its elementwise work into a few kernels per
+layer), then captured with torch.cuda.graphs on static buffers: the token, every layer's state, the output tokens
+and a step counter all stay on the device. A replay runs a whole step and the sampling of the next token, writes it
+into the output at the counter and advances the counter; the host only replays, and reads the tokens at the end
+(or as they come, when streaming). Memory is constant in the number of tokens generated: the buffers and the
+graph's pool are allocated once.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ EOS_CHECK_EVERY = 32
 
 
 class CudaGraphDecoder:
-    """model.step + token picking, captured once on static copies of `state` (the state after the prompts).
+    """model.decode_step + token picking, captured once on static copies of `state` (the state after the prompts).
 
-    compile: compile model.step first (fewer, fused kernels); False captures the eager step."""
+    compile: compile model.decode_step first (fewer, fused kernels); False captures the eager step."""
 
     def __init__(self, model: LinearRNNLM, state: list[LayerState], pick: Callable, eos_id: int | None,
                  compile: bool = True):
@@ -71,7 +71,8 @@ class CudaGraphDecoder:
             self._body(self.token, self.state, self.finished, self.index, out)
 
     def run(self, logits: torch.Tensor, out: torch.Tensor, on_tokens: Callable[[torch.Tensor], None] | None) -> None:
-        """logits: (B, V) after the prompts; out: (B, N) filled with the N new tokens (eos_id after a row's end)."""
+        """logits: (B, V) after the prompts; out: (B, N), filled with eos_id by the caller -> out holds the N new
+        tokens (eos_id after a row's end)."""
         first = self.pick(logits)
         if self.eos_id is not None:
             self.finished |= first == self.eos_id
@@ -88,5 +89,4 @@ class CudaGraphDecoder:
             if on_tokens is not None:
                 on_tokens(out[:, i])
             if self.eos_id is not None and i % EOS_CHECK_EVERY == 0 and bool(self.finished.all()):
-                out[:, i + 1:] = self.eos_id
                 return

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .decoding import EOS_CHECK_EVERY, CudaGraphDecoder
 from .model import LinearRNNLM, LayerState
 
 
@@ -57,7 +58,7 @@ def sample(
 
     The recurrent model spends O(1) time and memory per generated token; attention's KV cache grows.
     """
-    rows = _check_prompts(prompts, model.cfg.vocab_size)
+    rows = _check_prompts(prompts)
     _check_options(max_new_tokens, temperature, top_k, top_p, eos_id, decoder, model.cfg.vocab_size)
     device = rows[0].device
     if decoder == "auto":
@@ -74,8 +75,6 @@ def sample(
             return out
         pick = TokenPicker(temperature, top_k, top_p)
         if decoder == "graph":
-            from .decoding import CudaGraphDecoder
-
             CudaGraphDecoder(model, state, pick, eos_id).run(logits, out, on_tokens)
             return out
         finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
@@ -87,10 +86,12 @@ def sample(
             out[:, i] = token
             if on_tokens is not None:
                 on_tokens(token)
-            if eos_id is not None and bool(finished.all()):
+            # every EOS_CHECK_EVERY tokens: reading `finished` back is a host sync
+            if eos_id is not None and (i + 1) % EOS_CHECK_EVERY == 0 and bool(finished.all()):
                 break
             if i + 1 < max_new_tokens:
-                logits, state = model.step(token, state)
+                # without step's checks: the tokens come from the picker, the state from prefill
+                logits, state = model.decode_step(token, state)
         return out
     finally:
         model.train(was_training)
@@ -147,7 +148,8 @@ class TokenPicker:
         return (probs / race).argmax(dim=-1)
 
 
-def _check_prompts(prompts, vocab_size: int) -> list[torch.Tensor]:
+def _check_prompts(prompts) -> list[torch.Tensor]:
+    """The prompts as a list of 1-d long tensors on one device (the token range is `model.prefill`'s check)."""
     if isinstance(prompts, torch.Tensor):
         if prompts.dim() != 2 or prompts.shape[0] < 1 or prompts.shape[1] < 1:
             raise ValueError(f"prompts: expected a 2-d tensor (B, T0) with B, T0 >= 1, or a list of 1-d tensors, got "

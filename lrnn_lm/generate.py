@@ -61,11 +61,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 class StreamPrinter:
-    """Prints one sequence's text as its tokens come: the tokens so far are decoded together, and text is held back
-    while it ends in an incomplete UTF-8 character (a byte-level token may hold part of one)."""
+    """Prints one sequence's text as its tokens come (tokenizers' DecodeStream holds text back while it ends in an
+    incomplete UTF-8 character: a byte-level token may hold part of one), up to its first EOS."""
 
     def __init__(self, tokenizer, eos_id: int, prefix: str):
-        self.tokenizer, self.eos_id, self.ids, self.printed, self.done = tokenizer, eos_id, [], "", False
+        from tokenizers.decoders import DecodeStream
+
+        self.tokenizer, self.eos_id, self.printed, self.done = tokenizer, eos_id, "", False
+        self.stream = DecodeStream(skip_special_tokens=False)
         print(prefix, end="", flush=True)
 
     def __call__(self, token) -> None:
@@ -73,11 +76,10 @@ class StreamPrinter:
         if self.done or token == self.eos_id:
             self.done = True
             return
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        if not text.endswith("\ufffd"):
-            print(text[len(self.printed):], end="", flush=True)
-            self.printed = text
+        text = self.stream.step(self.tokenizer, token)
+        if text is not None:
+            print(text, end="", flush=True)
+            self.printed += text
 
 
 def run(args: argparse.Namespace) -> list[str]:
@@ -93,9 +95,7 @@ def run(args: argparse.Namespace) -> list[str]:
     prompts = [torch.tensor([eos_id, *tokenizer.encode(p).ids], device=device) for p in args.prompt]
     generator = None
     if args.seed is not None:
-        torch.manual_seed(args.seed)
-        if device.type == "cuda":
-            torch.cuda.manual_seed(args.seed)
+        torch.manual_seed(args.seed)  # every device's generator, the graph decoder's included
         generator = torch.Generator(device).manual_seed(args.seed)
     stream = StreamPrinter(tokenizer, eos_id, args.prompt[0]) if len(prompts) == 1 else None
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

@@ -20,9 +20,8 @@ from pathlib import Path
 import safetensors.torch
 from tokenizers import Tokenizer
 
-from .config import Config
+from .config import Config, ModelConfig
 from .lit_module import LitLM, load_checkpoint
-from .model import LinearRNNLM
 from .tokenizer import EOS
 
 RUN_CONFIG = "run_config.json"
@@ -49,13 +48,11 @@ def load_for_inference(path: str | Path) -> tuple[LitLM, Tokenizer]:
     path = Path(path)
     if not path.is_dir():
         return load_checkpoint(str(path))
-    # what LinearRNNLM.from_pretrained does for a local folder, without its print
-    model = LinearRNNLM(json.loads((path / "config.json").read_text()))
-    safetensors.torch.load_model(model, str(path / "model.safetensors"), strict=True)
+    # what LinearRNNLM.from_pretrained does for a local folder, without its print, into the module's own model
+    model_cfg = ModelConfig(**json.loads((path / "config.json").read_text()))
     run_config = path / RUN_CONFIG
-    config = (json.loads(run_config.read_text()) if run_config.is_file()
-              else {"model": Config(model=model.cfg).to_dict()["model"]})
-    config["model"] = Config(model=model.cfg).to_dict()["model"]  # config.json's, should the two differ
+    config = json.loads(run_config.read_text()) if run_config.is_file() else {}
+    config["model"] = Config(model=model_cfg).to_dict()["model"]  # config.json's, should the two differ
     module = LitLM(config)
-    module.model.load_state_dict(model.state_dict())
+    safetensors.torch.load_model(module.model, str(path / "model.safetensors"), strict=True)
     return module, Tokenizer.from_file(str(path / "tokenizer.json"))

@@ -53,17 +53,18 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             x_c = x[i : i + chunk].to(dtype)
             y = targets[i : i + chunk]
             keep = (y != ctx.ignore_index)[:, None]
-            probs = torch.exp((x_c @ w.t()).float() - lse[i : i + chunk, None])  # softmax, (n, V)
+            # softmax (n, V), in place in the logits' float32 buffer: one chunk-sized float32 array, not three
+            probs = (x_c @ w.t()).float().sub_(lse[i : i + chunk, None]).exp_()
             probs.scatter_add_(1, y.clamp_min(0)[:, None], -keep.to(probs.dtype))
-            g = (probs * keep * grad_total).to(dtype)  # d nll / d logits
+            g = probs.mul_(keep.to(probs.dtype) * grad_total).to(dtype)  # d nll / d logits
             dx[i : i + chunk] = (g @ w).to(x.dtype)
             dw += (g.t() @ x_c).float()
         return dx, dw.to(weight.dtype), None, None, None, None
 
 
 def chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                                 ignore_index: int = -100, chunk: int | None = None) -> torch.Tensor:
+                                 ignore_index: int = -100) -> torch.Tensor:
     """x: (N, D) features, weight: (V, D) the head, targets: (N,) long -> () float32, the summed NLL in nats over the
-    targets other than ignore_index. chunk: tokens per chunk (None: MAX_CHUNK_ELEMENTS // V, at least 1)."""
-    chunk = chunk or max(1, MAX_CHUNK_ELEMENTS // weight.shape[0])
+    targets other than ignore_index, in chunks of MAX_CHUNK_ELEMENTS // V tokens (at least 1)."""
+    chunk = max(1, MAX_CHUNK_ELEMENTS // weight.shape[0])
     return _ChunkedLinearCrossEntropy.apply(x, weight, targets, ignore_index, chunk, _compute_dtype(x))

@@ -44,7 +44,7 @@ from ._env import triton_interpreter_on
 from .associative_scan import (
     _check_int32_offsets, _combine, _gate_args, _gate_grads, _gate_params, _gates, _row, _thread_columns,
 )
-from .dispatch import INTERPRETER_LOOKBACK_TILE, cdiv, lookback_config, lookback_rows, tile_fits_int32
+from .dispatch import INTERPRETER_LOOKBACK_TILE, cdiv, lookback_config, lookback_rows
 from .gate import Gate
 
 SENTINEL = tl.constexpr(-1)  # int32 bits 0xFFFFFFFF of an unpublished slot: a NaN no arithmetic produces

@@ -15,17 +15,23 @@ from lrnn_lm.lit_module import load_checkpoint
 from lrnn_lm.model import LinearRNNLM
 from lrnn_lm.train import train
 
-from .tiny_run import tiny_overrides, write_local_corpus
+from .tiny_run import tiny_overrides
 
 
-def test_export_then_import_gives_the_checkpoints_logits(tmp_path, capsys):
-    corpus = write_local_corpus(tmp_path / "corpus")
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, corpus):
+    """A 3-step run's last checkpoint, and the folder it exports to: (ckpt, folder)."""
+    root = tmp_path_factory.mktemp("export")
+    run = root / "run"
     train(load_config(None, tiny_overrides(run, corpus, trainer__max_steps=3, trainer__val_every=100,
                                            trainer__logger="none")))
-    ckpt = str(run / "checkpoints" / "last.ckpt")
-    out = tmp_path / "exported"
+    ckpt, out = str(run / "checkpoints" / "last.ckpt"), root / "exported"
     export_main(["--ckpt", ckpt, "--out", str(out)])
+    return ckpt, out
+
+
+def test_export_then_import_gives_the_checkpoints_logits(exported):
+    ckpt, out = exported
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
             "run_config.json"} <= {p.name for p in out.iterdir()}
 
@@ -42,14 +48,8 @@ def test_export_then_import_gives_the_checkpoints_logits(tmp_path, capsys):
     assert fast(text)["input_ids"] == tokenizer.encode(text).ids and fast.eos_token == "<|endoftext|>"
 
 
-def test_evaluate_and_generate_take_an_exported_folder(tmp_path, capsys):
-    corpus = write_local_corpus(tmp_path / "corpus")
-    run = tmp_path / "run"
-    train(load_config(None, tiny_overrides(run, corpus, trainer__max_steps=3, trainer__val_every=100,
-                                           trainer__logger="none")))
-    capsys.readouterr()
-    ckpt, out = str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "exported")
-    export_main(["--ckpt", ckpt, "--out", out])
+def test_evaluate_and_generate_take_an_exported_folder(exported, capsys):
+    ckpt, out = exported[0], str(exported[1])
     capsys.readouterr()
     scores = []
     for source in (ckpt, out):

@@ -10,18 +10,10 @@ from lrnn_lm.attention import KVCache
 from lrnn_lm.config import ModelConfig
 from lrnn_lm.model import LinearRNNLM, RecurrentState, optimizer_param_groups
 
-VOCAB, EOS, T = 64, 0, 24
+from .tiny_model import EOS, VOCAB, tiny_config, tiny_model
+
+T = 24
 EOS_POSITIONS = (0, 6, 13, 14)  # a document of one token (13), and one that opens the sequence
-
-
-def tiny_config(**overrides) -> ModelConfig:
-    fields = dict(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, eos_id=EOS) | overrides
-    return ModelConfig(**fields)
-
-
-def tiny_model(dtype: torch.dtype = torch.float32, seed: int = 0, **overrides) -> LinearRNNLM:
-    torch.manual_seed(seed)
-    return LinearRNNLM(tiny_config(**overrides)).to(dtype)
 
 
 def packed_tokens(batch_size: int = 2, seq_len: int = T, seed: int = 1) -> torch.Tensor:

@@ -4,17 +4,10 @@ restore, argument checks; on a GPU, the CUDA-graph decoder against the eager one
 import pytest
 import torch
 
-from lrnn_lm.config import ModelConfig
 from lrnn_lm.model import LinearRNNLM
 from lrnn_lm.sampling import prefill_each, sample
 
-VOCAB = 64
-
-
-def tiny_model(mixer: str = "lrnn") -> LinearRNNLM:
-    torch.manual_seed(0)
-    return LinearRNNLM(ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, mixer=mixer, eos_id=0))
-
+from .tiny_model import VOCAB, tiny_model
 
 def prompt(batch_size: int = 2, length: int = 5) -> torch.Tensor:
     return torch.randint(1, VOCAB, (batch_size, length), generator=torch.Generator().manual_seed(3))
@@ -22,7 +15,7 @@ def prompt(batch_size: int = 2, length: int = 5) -> torch.Tensor:
 
 @pytest.mark.parametrize("mixer", ["lrnn", "attention"])
 def test_shape_of_the_new_tokens(mixer):
-    out = sample(tiny_model(mixer), prompt(), max_new_tokens=7)
+    out = sample(tiny_model(mixer=mixer), prompt(), max_new_tokens=7)
     assert out.shape == (2, 7) and out.dtype == torch.long
     assert ((out >= 0) & (out < VOCAB)).all()
 
@@ -33,7 +26,7 @@ def test_zero_new_tokens():
 
 @pytest.mark.parametrize("mixer", ["lrnn", "attention"])
 def test_greedy_is_the_argmax_of_the_parallel_forward(mixer):
-    model = tiny_model(mixer)
+    model = tiny_model(mixer=mixer)
     new = sample(model, prompt(), max_new_tokens=8, temperature=0.0)
     assert torch.equal(sample(model, prompt(), max_new_tokens=8, temperature=0.0), new)
     out = torch.cat([prompt(), new], dim=1)
@@ -129,7 +122,7 @@ def test_each_row_stops_at_its_own_eos():
 def test_attention_needs_prompts_of_one_length():
     rows = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
     with pytest.raises(ValueError, match="prompts of different lengths need the recurrent mixer"):
-        sample(tiny_model("attention"), rows, max_new_tokens=2)
+        sample(tiny_model(mixer="attention"), rows, max_new_tokens=2)
 
 
 def test_generator_makes_sampling_reproducible():

@@ -90,6 +90,31 @@ def scan_bytes(B: int, T: int, D: int, dtype: torch.dtype, backward: bool) -> in
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def sync() -> None:
+    """Wait for DEVICE's queued work (nothing to wait for on the CPU)."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step, steps: int, warmup: int) -> dict:
+    """Wall-clock time of `step()`: warmup calls (compilation, autotuning, allocator growth), then `steps` timed
+    ones -> {"warmup_s", "step_s": the timed calls' mean, "peak_memory_gb": over the timed calls (None off CUDA)}."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    sync()
+    warmup_s = time.perf_counter() - t0
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    step_s = (time.perf_counter() - t0) / steps
+    peak = torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else None
+    return {"warmup_s": warmup_s, "step_s": step_s, "peak_memory_gb": peak}
+
+
 def scan_inputs(B: int, T: int, D: int, dtype: torch.dtype, device: str = DEVICE, seed: int = 0):
     """x ~ N(0, 1) and realistic gates a ~ U(0.5, 1) (never zeros: zeros can time faster than real data)."""
     g = torch.Generator(device=device).manual_seed(seed)

@@ -22,19 +22,11 @@ from pathlib import Path
 
 import torch
 
-from kernels.benchmarks.common import print_table, run_info, write_csv
+from kernels.benchmarks.common import DEVICE, print_table, run_info, sync, write_csv
 
 from ..config import ModelConfig, load_config
 from ..model import LinearRNNLM
 from ..sampling import sample
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _sync() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
 
 def _allocated() -> int:
     return torch.cuda.max_memory_allocated() if DEVICE == "cuda" else 0
@@ -43,10 +35,10 @@ def _allocated() -> int:
 def timed_sample(model, prompts, new_tokens: int, decoder: str) -> tuple[torch.Tensor, float]:
     """-> (tokens (B, new_tokens), seconds of the whole call)."""
     with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
-        _sync()
+        sync()
         t0 = time.perf_counter()
         out = sample(model, prompts, new_tokens, temperature=0.0, decoder=decoder)
-        _sync()
+        sync()
         return out, time.perf_counter() - t0
 
 

@@ -27,50 +27,33 @@ from pathlib import Path
 
 import torch
 
+from kernels.benchmarks.common import DEVICE, run_info, time_steps
+
 from ..config import load_config
 from ..model import LinearRNNLM
-from kernels.benchmarks.common import run_info
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def bare_step_tokens_per_s(cfg, steps: int, warmup: int) -> dict:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    model = LinearRNNLM(cfg.model).to(device).train()
-    if device == "cuda":
+    model = LinearRNNLM(cfg.model).to(DEVICE).train()
+    if DEVICE == "cuda":
         model.compile_blocks()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=DEVICE == "cuda")
     B, T = cfg.data.batch_size, cfg.data.seq_len
-    tokens = torch.randint(1, cfg.model.vocab_size, (B, T + 1), device=device)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    tokens = torch.randint(1, cfg.model.vocab_size, (B, T + 1), device=DEVICE)
 
     def step():
-        with torch.autocast(device, dtype=dtype, enabled=device == "cuda"):
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
             nll, n = model.nll(tokens[:, :-1], tokens[:, 1:])
         (nll / n).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    warmup_s = time.perf_counter() - t0
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    dt = (time.perf_counter() - t0) / steps
-    peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
-    return {"tokens_per_s": B * T / dt, "step_ms": dt * 1e3, "warmup_s": warmup_s, "peak_memory_gb": peak}
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+    t = time_steps(step, steps, warmup)
+    return {"tokens_per_s": B * T / t["step_s"], "step_ms": t["step_s"] * 1e3, "warmup_s": t["warmup_s"],
+            "peak_memory_gb": t["peak_memory_gb"]}
 
 
 def train_py_tokens_per_s(config: str, steps: int, extra: list[str]) -> dict:

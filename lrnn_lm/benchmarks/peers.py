@@ -23,17 +23,15 @@ import argparse
 import dataclasses
 import gc
 import json
-import time
 from pathlib import Path
 
 import torch
 
-from kernels.benchmarks.common import print_table, run_info, write_csv
+from kernels.benchmarks.common import DEVICE, print_table, run_info, time_steps, write_csv
 
 from ..config import ModelConfig, load_config
 from ..model import LinearRNNLM
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMOKE_MODEL = dict(vocab_size=256, d_model=32, n_layers=2, n_heads=4)
 
 
@@ -74,11 +72,6 @@ MODELS = {
 }
 
 
-def _sync() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
 def measure(name: str, context: int, tokens_per_step: int, steps: int, warmup: int, smoke: bool = False) -> dict:
     torch.manual_seed(0)
     if DEVICE != "cuda" and name == "fla HGRN":
@@ -98,20 +91,10 @@ def measure(name: str, context: int, tokens_per_step: int, steps: int, warmup: i
 
     row = dict(model=name, context=context, batch=batch, params=params)
     try:
-        t0 = time.perf_counter()
-        for _ in range(warmup):
-            step()
-        _sync()
-        row["warmup_s"] = time.perf_counter() - t0
-        if DEVICE == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync()
-        dt = (time.perf_counter() - t0) / steps
-        peak = torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else float("nan")
-        row.update(tokens_per_s=batch * context / dt, step_ms=dt * 1e3, peak_memory_gb=peak)
+        t = time_steps(step, steps, warmup)
+        peak = t["peak_memory_gb"] if t["peak_memory_gb"] is not None else float("nan")
+        row.update(warmup_s=t["warmup_s"], tokens_per_s=batch * context / t["step_s"], step_ms=t["step_s"] * 1e3,
+                   peak_memory_gb=peak)
     except torch.OutOfMemoryError:
         row.update(tokens_per_s=float("nan"), step_ms=float("nan"), peak_memory_gb=float("nan"), oom=True)
     del model, opt, tokens

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's GPU figures on one GPU, stage by stage (about 12 minutes for all of them):
+# The README's GPU figures on one GPU, stage by stage:
 #   bash lrnn_lm/benchmarks/run_all.sh OUT                      # every stage
 #   bash lrnn_lm/benchmarks/run_all.sh OUT tests train_small   # some, in this order
 # Stages: tests (the kernel suite at GPU sizes, the CUDA-graph decoder), train_small (the README's main job, as

@@ -24,6 +24,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from tokenizers import Tokenizer
 from torchmetrics import SumMetric
 
@@ -119,8 +120,9 @@ class LitLM(L.LightningModule):
                 "after it")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.trainer.training:
-            self.check_finite()  # nothing non-finite is ever written
+        # in fit, including validation's best.ckpt (trainer.training is False there): nothing non-finite is written
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            self.check_finite()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._accumulate(batch)

@@ -199,6 +199,26 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cor
     assert all(torch.isfinite(w).all() for w in ckpt["state_dict"].values())
 
 
+@pytest.mark.slow
+def test_a_validation_checkpoint_between_guard_checks_is_checked_too(tmp_path, corpus, monkeypatch, capsys):
+    """best.ckpt is written at validation, here after a bad step and before the next check every log_every steps:
+    it is checked first, so it is never written."""
+    nll = LitLM._nll
+
+    def nan_from_step_5(self, batch):
+        total, n_tokens = nll(self, batch)
+        return (total * float("nan") if self.training and self.global_step >= 4 else total), n_tokens
+
+    monkeypatch.setattr(LitLM, "_nll", nan_from_step_5)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_:  # checked at steps 3 and 6; validated (best.ckpt) at step 5
+        main(tiny_overrides(run, corpus, trainer__max_steps=20, trainer__checkpoint_every=100, trainer__log_every=3,
+                            trainer__val_every=5, trainer__logger="none"))
+    err = capsys.readouterr().err
+    assert not (run / "checkpoints" / "best.ckpt").exists(), list((run / "checkpoints").iterdir())
+    assert exit_.value.code == 1 and "optimizer steps 4-5" in err, err
+
+
 def test_gradient_accumulation_is_a_larger_batch_in_tokens_and_schedule(tmp_path, corpus):
     """accumulate_grad_batches=2 at batch 2 takes the same windows, steps and learning rates as batch 4: the same
     weights (dropout off) up to rounding, and tokens seen counted per optimizer step."""

@@ -131,7 +131,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
     trainer.limit_val_batches = 1.0
     evaluated = best.best_model_path if best.best_model_path and Path(best.best_model_path).is_file() else None
     validation = trainer.validate(module, datamodule=data, ckpt_path=evaluated, verbose=False, weights_only=True)[0]
-    test = trainer.test(module, datamodule=data, ckpt_path=evaluated, verbose=False, weights_only=True)[0]
+    test = trainer.test(module, datamodule=data, verbose=False)[0]  # the weights validate just loaded
     eval_s = time.perf_counter() - eval_started
     tokens_seen = trainer.global_step * tokens_per_step * trainer.world_size
     rates = speed.summary()

@@ -6,7 +6,7 @@ exit code 2. A run stopped by a signal exits with 128 + the signal's number (SIG
 shells and schedulers expect, after saying how to resume. A non-finite training loss exits with 1. With
 LRNN_LM_DEBUG=1 in the environment every error shows its traceback instead.
 
-These modules import nothing heavy, so that argument errors come before torch and Lightning load.
+These modules import nothing heavy, so that argument errors come before Lightning loads and a checkpoint is read.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 DEBUG_VARIABLE = "LRNN_LM_DEBUG"
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
                UnicodeDecodeError)
-"""Raised by this project's checks with a message that names the problem and the fix."""
+"""Raised by this project's checks with a message that names the problem and the fix (a TypeError is a caller's
+bug, and keeps its traceback)."""
 
 
 class RunInterrupted(Exception):

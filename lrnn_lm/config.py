@@ -8,7 +8,7 @@ read with `yaml.safe_load`, so loading a config never runs code from it.
 
 Types are checked by jsonargparse on the command line and by `__post_init__` everywhere (a section built in
 Python, a config read back from a checkpoint); `__post_init__` also checks ranges. Either way a bad value is a
-ValueError or TypeError that names the field, with what was expected against what was given.
+ValueError that names the field, with what was expected against what was given.
 """
 
 from __future__ import annotations
@@ -389,7 +389,7 @@ def normalize_args(args: list[str]) -> list[str]:
 def parse_config(args: list[str], prog: str = "train.py", description: str | None = None) -> Config:
     """Command-line arguments (`--config small.yaml --model.d_model 512 ...`) -> a validated Config.
 
-    Raises ValueError or TypeError naming the field, in one line; --help and --print_config print and exit."""
+    Raises ValueError naming the field, in one line; --help and --print_config print and exit."""
     from jsonargparse import ArgumentError
 
     parser = build_parser(prog, description)
@@ -399,7 +399,8 @@ def parse_config(args: list[str], prog: str = "train.py", description: str | Non
     except ArgumentError as e:
         message = _one_line(str(e))
         if message.startswith("Problems parsing config"):  # a YAML error, in whichever file was given
-            files = [a.partition("=")[2] or b for a, b in zip(args, args[1:] + [""]) if a.partition("=")[0] == "--config"]
+            files = [a.partition("=")[2] or b for a, b in zip(args, args[1:] + [""])
+                     if a.partition("=")[0] == "--config"]
             message = f"config {', '.join(files)}: {message.removeprefix('Problems parsing config: ')}; fix the YAML"
         raise ValueError(message) from None
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes

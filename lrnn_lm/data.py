@@ -88,13 +88,6 @@ class WindowCollator:
 
     def __call__(self, windows: list[np.ndarray]) -> dict[str, torch.Tensor]:
         lengths = {len(w) for w in windows}
-        if self.pad_to is None and len(lengths) == 1 and min(lengths) > 1:  # training: full windows, one copy
-            block = np.stack(windows).astype(np.int64, copy=False)  # (B, T + 1)
-            inputs, targets = block[:, :-1], block[:, 1:]
-            n_bytes = self.token_bytes[targets].sum()
-            return {"inputs": torch.from_numpy(np.ascontiguousarray(inputs)),
-                    "targets": torch.from_numpy(np.ascontiguousarray(targets)),
-                    "n_bytes": torch.tensor(n_bytes, dtype=torch.int64)}
         rows, T = self.pad_to or (len(windows), max(1, max(lengths) - 1))
         inputs = np.full((max(rows, len(windows)), T), self.eos_id, dtype=np.int64)
         targets = np.full((max(rows, len(windows)), T), IGNORE_INDEX, dtype=np.int64)

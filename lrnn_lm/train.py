@@ -87,7 +87,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
     logger = make_logger(t)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * t.accumulate_grad_batches
     speed = TrainingSpeed(t.log_every, tokens_per_step)
-    last = LastCheckpoint(ckpt_dir / "last.ckpt", t.checkpoint_every, t.max_steps)
+    last = LastCheckpoint(ckpt_dir / "last.ckpt", t.checkpoint_every, sync_every=t.log_every)
     best = RunDirModelCheckpoint(ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                                  auto_insert_metric_name=False, enable_version_counter=False)
     trainer = L.Trainer(
@@ -117,7 +117,6 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
             *callbacks,
         ],
     )
-    speed.world_size = trainer.world_size
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     except FloatingPointError as e:
@@ -251,8 +250,9 @@ data and its order, the optimizer and its schedule's rate, the seed)."""
 
 def check_same_run(saved: dict[str, Any], now: dict[str, Any], path: Path) -> None:
     """Refuse to resume from a checkpoint whose config differs from this run's in what the restored state depends
-    on (see FREE_ON_RESUME); saved, now: `Config.to_dict()`s."""
-    changed = [f"{section}.{name}: {saved.get(section, {}).get(name, '(absent)')!r} in the checkpoint, {value!r} now"
+    on (see FREE_ON_RESUME); saved, now: `Config.to_dict()`s. A field the checkpoint lacks (one added to the
+    config since) counts as unchanged."""
+    changed = [f"{section}.{name}: {saved[section][name]!r} in the checkpoint, {value!r} now"
                for section, fields in now.items() for name, value in fields.items()
                if name not in FREE_ON_RESUME.get(section, ()) and saved.get(section, {}).get(name, value) != value]
     if changed:
@@ -328,11 +328,11 @@ class LastCheckpoint(Callback):
     training batch, so it holds the mid-epoch data position even at the last step: a run extended with more
     steps continues the epoch where it stopped.
 
-    Under several processes the ranks agree on stopping every trainer.log_every steps (a collective sum), so
-    that all of them stop at the same step."""
+    Under several processes the ranks agree on stopping every `sync_every` steps (a collective sum, at the steps
+    where the non-finite guard synchronises anyway), so that all of them stop at the same step."""
 
-    def __init__(self, path: Path, every: int, max_steps: int):
-        self.path, self.every, self.max_steps = Path(path), every, max_steps
+    def __init__(self, path: Path, every: int, sync_every: int):
+        self.path, self.every, self.sync_every = Path(path), every, sync_every
         self.saved_step: int | None = None
         self.stopped_by: int | None = None
         self._signal: int | None = None
@@ -367,12 +367,12 @@ class LastCheckpoint(Callback):
         step = trainer.global_step
         stop = self._signal is not None
         if trainer.world_size > 1:
-            if step % module.cfg.trainer.log_every != 0 and step < self.max_steps:
+            if step % self.sync_every != 0 and step < trainer.max_steps:
                 stop = False  # decided together at the next check
             else:
                 flag = torch.tensor(float(stop), device=module.device)
                 stop = bool(trainer.strategy.reduce(flag, reduce_op="sum").item() > 0)
-        if stop or step % self.every == 0 or step >= self.max_steps:
+        if stop or step % self.every == 0 or step >= trainer.max_steps:
             trainer.save_checkpoint(self.path)
             self.saved_step = step
         if stop:
@@ -443,7 +443,7 @@ class TrainingSpeed(Callback):
     took than steady steps would have (compilation and warm-up), and the validation time during fit."""
 
     def __init__(self, every: int, tokens_per_step: int):
-        self.every, self.tokens_per_step, self.world_size = every, tokens_per_step, 1
+        self.every, self.tokens_per_step, self.world_size = every, tokens_per_step, 1  # world_size: at train start
         self.marks: list[tuple[int, float, float]] = []  # (optimizer step, time, validation time so far)
         self.validation_s, self._validation_started = 0.0, None
 
@@ -454,6 +454,7 @@ class TrainingSpeed(Callback):
         return time.perf_counter()
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.world_size = trainer.world_size
         self.marks = [(trainer.global_step, self._now(trainer), 0.0)]
 
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:

@@ -373,7 +373,7 @@ class LastCheckpoint(Callback):
                 flag = torch.tensor(float(stop), device=module.device)
                 stop = bool(trainer.strategy.reduce(flag, reduce_op="sum").item() > 0)
         if stop or step % self.every == 0 or step >= trainer.max_steps:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, to resume from
             self.saved_step = step
         if stop:
             self.stopped_by = self._signal or signal.SIGTERM  # another rank's signal

@@ -304,9 +304,10 @@ class LinearRNNLM(nn.Module, PyTorchModelHubMixin, library_name="lrnn-lm", tags=
         """x: (..., D) -> (..., V)."""
         return F.linear(self.norm(x), self.embedding.weight)
 
-    def _hidden(self, tokens: torch.Tensor, output_final_state: bool) -> tuple[torch.Tensor, list[LayerState] | None]:
+    def _hidden(self, tokens: torch.Tensor, output_final_state: bool, check_ids: bool = True
+                ) -> tuple[torch.Tensor, list[LayerState] | None]:
         """tokens: (B, T) -> (the last block's output (B, T, D), per-block states after T or None)."""
-        _check_tokens(tokens, "tokens", 2, self.cfg.vocab_size)
+        _check_tokens(tokens, "tokens", 2, self.cfg.vocab_size, check_ids)
         x = self.dropout(self.embedding(tokens))  # (B, T, D)
         states = []
         for block in self.blocks:
@@ -323,11 +324,14 @@ class LinearRNNLM(nn.Module, PyTorchModelHubMixin, library_name="lrnn-lm", tags=
         """tokens: (B, T) long -> logits (B, T, V); the logits at t predict token t + 1."""
         return self._run(tokens, output_final_state=False)[0]
 
-    def nll(self, tokens: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
+    def nll(self, tokens: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, *, check_ids: bool = True
             ) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens, targets: (B, T) long -> (summed NLL in nats, float32 (); the number of targets other than
-        ignore_index). The same value as cross-entropy over `forward`'s logits, without holding them (loss.py)."""
-        x = self.norm(self._hidden(tokens, output_final_state=False)[0])  # (B, T, D)
+        ignore_index). The same value as cross-entropy over `forward`'s logits, without holding them (loss.py).
+
+        check_ids=False skips the range check of the token ids, the one host sync of a training step: for callers
+        whose ids are known to lie in [0, vocab_size), e.g. batches of a tokenizer no larger than the vocabulary."""
+        x = self.norm(self._hidden(tokens, output_final_state=False, check_ids=check_ids)[0])  # (B, T, D)
         nll = chunked_linear_cross_entropy(x.flatten(0, 1), self.embedding.weight, targets.flatten(), ignore_index)
         return nll, (targets != ignore_index).sum()
 
@@ -376,8 +380,9 @@ class LinearRNNLM(nn.Module, PyTorchModelHubMixin, library_name="lrnn-lm", tags=
                 )
 
 
-def _check_tokens(tokens: torch.Tensor, name: str, ndim: int, vocab_size: int) -> None:
-    """Shape, dtype and range of token ids; the range check is one host sync, skipped under torch.compile."""
+def _check_tokens(tokens: torch.Tensor, name: str, ndim: int, vocab_size: int, check_ids: bool = True) -> None:
+    """Shape, dtype and (check_ids) range of token ids; the range check is one host sync, skipped under
+    torch.compile."""
     if not isinstance(tokens, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(tokens).__name__}")
     if tokens.dim() != ndim or tokens.numel() == 0:
@@ -385,7 +390,7 @@ def _check_tokens(tokens: torch.Tensor, name: str, ndim: int, vocab_size: int) -
         raise ValueError(f"{name}: expected a non-empty {ndim}-d tensor {shape}, got shape {tuple(tokens.shape)}")
     if tokens.dtype != torch.long:
         raise TypeError(f"{name}: expected dtype torch.int64 (long), got {tokens.dtype}")
-    if not torch.compiler.is_compiling() and bool(((tokens < 0) | (tokens >= vocab_size)).any()):
+    if check_ids and not torch.compiler.is_compiling() and bool(((tokens < 0) | (tokens >= vocab_size)).any()):
         raise ValueError(
             f"{name}: expected ids in [0, {vocab_size}), got min {tokens.min().item()}, max {tokens.max().item()}"
         )

@@ -224,6 +224,8 @@ BAD_CALLS = {
     "token id >= vocab": (lambda m: m(torch.full((2, 5), VOCAB)), ValueError, r"tokens: expected ids in \[0, 64\)"),
     "token id < 0": (lambda m: m(torch.full((2, 5), -1)), ValueError, r"tokens: expected ids in \[0, 64\)"),
     "prefill id >= vocab": (lambda m: m.prefill(torch.full((1, 3), 99)), ValueError, "tokens: expected ids"),
+    "nll id >= vocab": (lambda m: m.nll(torch.full((1, 3), VOCAB), torch.ones(1, 3, dtype=torch.long)), ValueError,
+                        "tokens: expected ids"),
     "step token 2-d": (lambda m: m.step(torch.ones(3, 1, dtype=torch.long), _state_of_batch_3(m)), ValueError,
                        "token: expected a non-empty 1-d"),
     "step token int32": (lambda m: m.step(torch.ones(3, dtype=torch.int32), _state_of_batch_3(m)), TypeError,
@@ -279,6 +281,29 @@ def test_nll_is_the_cross_entropy_of_the_logits_without_holding_them(chunk):
     torch.testing.assert_close(nll, ref.float(), rtol=1e-6, atol=1e-6)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)
+
+
+def test_nll_without_the_id_check_reads_nothing_back_and_gives_the_same_loss():
+    """check_ids=False (training's call) skips the range check, a host read of a device value (a sync on a GPU),
+    and nothing else. (The CPU's doubling scan reads back values of its own; a GPU's Triton scan reads none.)"""
+    model = tiny_model(dropout=0.0)
+    tokens = packed_tokens()
+    reads = {True: 0, False: 0}
+    losses = {}
+    original = torch.Tensor.__bool__
+
+    def counted(t):
+        reads[check] += 1
+        return original(t)
+
+    torch.Tensor.__bool__ = counted
+    try:
+        for check in (True, False):
+            losses[check] = model.nll(tokens[:, :-1], tokens[:, 1:], check_ids=check)
+    finally:
+        torch.Tensor.__bool__ = original
+    assert reads[True] == reads[False] + 1
+    torch.testing.assert_close(losses[False], losses[True])
 
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients():

@@ -2,12 +2,17 @@
 
 An eager decode step is a few hundred small kernels (every layer's norms, projections, gates and state update), each
 launched by Python: at batch 1 the host, not the GPU, sets the pace, as launching them takes far longer than reading
-the weights. Here the decode step is compiled (torch.compile fuses its elementwise work into a few kernels per
-layer), then captured with torch.cuda.graphs on static buffers: the token, every layer's state, the output tokens
-and a step counter all stay on the device. A replay runs a whole step and the sampling of the next token, writes it
-into the output at the counter and advances the counter; the host only replays, and reads the tokens at the end
-(or as they come, when streaming). Memory is constant in the number of tokens generated: the buffers and the
-graph's pool are allocated once.
+the weights. Here the decode step is compiled, then captured with torch.cuda.graphs on static buffers: the token,
+every layer's state, the output tokens and a step counter all stay on the device. A replay runs a whole step and
+the sampling of the next token, writes it into the output at the counter and advances the counter; the host only
+replays, and reads the tokens at the end (or as they come, when streaming). Memory is constant in the number of
+tokens generated: the buffers and the graph's pool are allocated once.
+
+Inside the graph, a replay is a chain of small dependent kernels whose count sets its time, so the compiled step
+is built to launch few of them: it writes each layer's new state into the state buffers itself (the writes fuse
+into the kernels that compute the state, instead of a copy kernel per tensor), and under autocast it takes the
+linear layers' weights already cast to the autocast dtype, once per call (autocast would cast every weight at every
+step: a kernel each, the same values).
 """
 
 from __future__ import annotations
@@ -16,32 +21,80 @@ from collections.abc import Callable
 
 import torch
 
+from torch import nn
+
 from .model import LayerState, LinearRNNLM
 
 EOS_CHECK_EVERY = 32
 """Replays between reads of the finished flags (one host sync each), to stop once every row has ended."""
 
 
-class CudaGraphDecoder:
-    """model.decode_step + token picking, captured once on static copies of `state` (the state after the prompts).
+class DecodeStep(nn.Module):
+    """`model.decode_step` as a module's forward, so that `torch.func.functional_call` can run it on other weights."""
 
-    compile: compile model.decode_step first (fewer, fused kernels); False captures the eager step."""
+    def __init__(self, model: LinearRNNLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, token: torch.Tensor, state: list[LayerState]) -> tuple[torch.Tensor, list[LayerState]]:
+        return self.model.decode_step(token, state)
+
+
+def autocast_weights(step: DecodeStep, device_type: str) -> dict[str, torch.Tensor]:
+    """{name: weight} of every nn.Linear of `step`, cast to the autocast dtype of `device_type`: what autocast casts
+    at each of their matmuls, cast once. Empty where autocast is off or the weights are in its dtype already."""
+    if not torch.is_autocast_enabled(device_type):
+        return {}
+    dtype = torch.get_autocast_dtype(device_type)
+    return {f"{name}.weight": m.weight.detach().to(dtype) for name, m in step.named_modules()
+            if isinstance(m, nn.Linear) and m.weight.dtype != dtype}
+
+
+def step_in_place(step: DecodeStep, weights: dict[str, torch.Tensor], token: torch.Tensor,
+                  state: list[LayerState]) -> torch.Tensor:
+    """token: (B,); state: the decoding state, overwritten with the state after the token -> logits (B, V).
+    weights: parameters of `step` to use in place of its own (`autocast_weights`)."""
+    logits, new_state = torch.func.functional_call(step, weights, (token, state))
+    for old, new in zip(state, new_state):
+        for a, b in zip(old, new):
+            a.copy_(b)
+    return logits
+
+
+_compiled_step_in_place = None
+
+
+def compiled_step_in_place() -> Callable:
+    """`step_in_place` under torch.compile, made once per process: compiled code is cached per model shape and reused
+    by every later call (a new torch.compile wrapper per call would cost milliseconds to set up)."""
+    global _compiled_step_in_place
+    if _compiled_step_in_place is None:
+        _compiled_step_in_place = torch.compile(step_in_place, dynamic=False)
+    return _compiled_step_in_place
+
+
+class CudaGraphDecoder:
+    """`step_in_place` + token picking, captured once on static copies of `state` (the state after the prompts).
+
+    compile: compile the step first (fewer, fused kernels); False captures the eager step."""
 
     def __init__(self, model: LinearRNNLM, state: list[LayerState], pick: Callable, eos_id: int | None,
                  compile: bool = True):
-        self.model, self.pick, self.eos_id = model, pick, eos_id
+        self.pick, self.eos_id = pick, eos_id
         self.state = [type(s)(*(t.clone() for t in s)) for s in state]
         batch = self.state[0][0].shape[0]
         device = self.state[0][0].device
         self.token = torch.zeros(batch, dtype=torch.long, device=device)
         self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
         self.index = torch.zeros(1, dtype=torch.long, device=device)
-        self.step = torch.compile(model.decode_step, dynamic=False) if compile else model.decode_step
+        self.decode_step = DecodeStep(model)
+        self.weights = autocast_weights(self.decode_step, device.type)
+        self.step = compiled_step_in_place() if compile else step_in_place
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def _body(self, token, state, finished, index, out) -> None:
         """One decode step on the given buffers: the next token from (token, state), written into out[:, index]."""
-        logits, new_state = self.step(token, state)
+        logits = self.step(self.decode_step, self.weights, token, state)
         nxt = self.pick(logits)  # (B,)
         if self.eos_id is not None:
             nxt = nxt.masked_fill(finished, self.eos_id)
@@ -49,9 +102,6 @@ class CudaGraphDecoder:
         out.index_copy_(1, index, nxt[:, None])
         index += 1
         token.copy_(nxt)
-        for old, new in zip(state, new_state):
-            for a, b in zip(old, new):
-                a.copy_(b)
 
     def _capture(self, out: torch.Tensor) -> None:
         """Compile and warm up on scratch copies of the buffers (a side stream, as graph capture asks), then capture

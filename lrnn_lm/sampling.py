@@ -49,7 +49,8 @@ def sample(
             once every row is finished. None: every row runs max_new_tokens.
         generator: the random source, on the model's device (None: the global one). Under the CUDA-graph decoder,
             the global CUDA generator is used; seed it with torch.cuda.manual_seed for a reproducible sample.
-        decoder: "eager", "graph" (CUDA only) or "auto" (graph on CUDA, eager elsewhere).
+        decoder: "eager", "graph" (CUDA, the recurrent mixer only) or "auto" (graph for the recurrent mixer on CUDA,
+            eager elsewhere).
         on_tokens: called with each new column of tokens, (B,), as it is generated (streaming); under the graph
             decoder this reads each token back as it comes, which costs a host sync per token.
 
@@ -62,7 +63,10 @@ def sample(
     _check_options(max_new_tokens, temperature, top_k, top_p, eos_id, decoder, model.cfg.vocab_size)
     device = rows[0].device
     if decoder == "auto":
-        decoder = "graph" if device.type == "cuda" else "eager"
+        decoder = "graph" if device.type == "cuda" and model.cfg.mixer == "lrnn" else "eager"
+    if decoder == "graph" and model.cfg.mixer != "lrnn":
+        raise ValueError(f"decoder: expected 'eager' or 'auto' for the {model.cfg.mixer!r} mixer (its KV cache grows "
+                         "with every token, which a CUDA graph's static buffers cannot hold), got 'graph'")
     if decoder == "graph" and device.type != "cuda":
         raise ValueError(f"decoder: expected 'eager' or 'auto' off CUDA, got 'graph' with the model on {device}")
     was_training = model.training

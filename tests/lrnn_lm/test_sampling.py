@@ -163,14 +163,49 @@ def test_training_flag_is_restored(training):
         (dict(eos_id=VOCAB), ValueError, "eos_id"),
         (dict(decoder="fast"), ValueError, "decoder"),
         (dict(decoder="graph"), ValueError, "decoder: expected 'eager' or 'auto' off CUDA"),
+        (dict(decoder="graph", mixer="attention"), ValueError, "for the 'attention' mixer"),
     ],
 )
 def test_bad_arguments_raise(kwargs, error, match):
+    kwargs = dict(kwargs)
+    model = tiny_model(mixer=kwargs.pop("mixer", "lrnn"))
     args = dict(prompts=prompt(), max_new_tokens=3) | kwargs
-    if "graph" in str(kwargs.get("decoder")) and torch.cuda.is_available():
+    if match.endswith("off CUDA") and torch.cuda.is_available():
         pytest.skip("the graph decoder runs on CUDA")
     with pytest.raises(error, match=match):
-        sample(tiny_model(), **args)
+        sample(model, **args)
+
+
+def test_the_graph_decoders_step_writes_the_state_in_place_with_weights_cast_once():
+    """step_in_place, compiled (as the CUDA-graph decoder captures it) and eager: the logits of model.decode_step, the
+    new state written into the state's own tensors; under autocast, the weights cast once give the very logits of
+    autocast's per-matmul casts. One compilation serves every call, whatever the DecodeStep wrapper."""
+    from torch._dynamo.utils import counters
+
+    from lrnn_lm.decoding import DecodeStep, autocast_weights, compiled_step_in_place, step_in_place
+
+    model = tiny_model().eval()
+    tokens = prompt()
+    graphs_before = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        _, state = model.prefill(tokens)
+        token = tokens[:, -1]
+        logits, expected = model.decode_step(token, state)
+        for step in (step_in_place, compiled_step_in_place(), compiled_step_in_place()):
+            buffers = [type(s)(*(t.clone() for t in s)) for s in state]
+            got = step(DecodeStep(model), {}, token, buffers)
+            torch.testing.assert_close(got, logits, rtol=1e-5, atol=1e-5)
+            for new, written in zip(expected, buffers):
+                for a, b in zip(new, written):
+                    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        assert counters["stats"]["unique_graphs"] == graphs_before + 1
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, _ = model.decode_step(token, state)
+            weights = autocast_weights(DecodeStep(model), "cpu")
+            assert weights and all(w.dtype == torch.bfloat16 for w in weights.values())
+            buffers = [type(s)(*(t.clone() for t in s)) for s in state]
+            assert torch.equal(step_in_place(DecodeStep(model), weights, token, buffers), logits)
+        assert autocast_weights(DecodeStep(model), "cpu") == {}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -9,6 +9,11 @@ log-sum-exp (N floats), and recomputes the chunk's logits in the backward to for
 weight gradient: one extra head matmul in exchange for never holding more than one chunk's logits (the approach of
 Liger's and fla's fused linear cross-entropy, in plain PyTorch). The matmuls run in the autocast dtype when
 autocast is on, the softmax in float32.
+
+Between the matmuls, each chunk's work is elementwise over (n, V): the log-sum-exp and the picked logit forward,
+softmax − onehot backward. Eagerly that is a float32 copy of the logits and half a dozen passes over it, which at a
+32k vocabulary cost about as much as the head's matmuls; on CUDA the two steps are compiled (`chunk_forward`,
+`chunk_backward`), so each reads the chunk's logits once and writes its result once.
 """
 
 from __future__ import annotations
@@ -24,6 +29,37 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
+def chunk_forward(logits: torch.Tensor, y: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits: (n, V) any float dtype; y: (n,) targets (>= 0); keep: (n,) bool -> (lse (n,) float32, the chunk's
+    summed NLL over kept targets, () float32)."""
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(1, y[:, None])[:, 0]
+    return lse, ((lse - picked) * keep).sum()
+
+
+def chunk_backward(logits: torch.Tensor, lse: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """logits: (n, V); lse: (n,) float32; y: (n,) targets (>= 0); scale: (n, 1) float32, the incoming gradient where
+    the target is kept, else 0 -> d nll / d logits = (softmax − onehot(y)) · scale, (n, V) in logits' dtype."""
+    probs = (logits.float() - lse[:, None]).exp_()  # (n, V) float32: eagerly, the chunk's one float32 buffer
+    probs.scatter_add_(1, y[:, None], torch.full_like(lse[:, None], -1.0))
+    return probs.mul_(scale).to(logits.dtype)
+
+
+_compiled: dict[str, object] = {}
+
+
+def _chunk_step(name: str, device: torch.device):
+    """chunk_forward / chunk_backward, compiled on CUDA (once per process; a chunk of another length, such as a
+    shorter last one, recompiles once with the length dynamic), eager elsewhere."""
+    fn = {"forward": chunk_forward, "backward": chunk_backward}[name]
+    if device.type != "cuda":
+        return fn
+    if name not in _compiled:
+        _compiled[name] = torch.compile(fn)
+    return _compiled[name]
+
+
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, targets, ignore_index: int, chunk: int, dtype: torch.dtype):
@@ -31,13 +67,11 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         lse = torch.empty(N, dtype=torch.float32, device=x.device)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         w = weight.to(dtype)
+        step = _chunk_step("forward", x.device)
         for i in range(0, N, chunk):
-            logits = (x[i : i + chunk].to(dtype) @ w.t()).float()  # (n, V)
             y = targets[i : i + chunk]
-            keep = y != ignore_index
-            lse[i : i + chunk] = torch.logsumexp(logits, dim=-1)
-            picked = logits.gather(1, y.clamp_min(0)[:, None])[:, 0]
-            total = total + ((lse[i : i + chunk] - picked) * keep).sum()
+            lse[i : i + chunk], nll = step(x[i : i + chunk].to(dtype) @ w.t(), y.clamp_min(0), y != ignore_index)
+            total = total + nll
         ctx.save_for_backward(x, weight, targets, lse)
         ctx.ignore_index, ctx.chunk, ctx.dtype = ignore_index, chunk, dtype
         return total
@@ -49,14 +83,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         w = weight.to(dtype)
         dx = torch.empty_like(x)
         dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        step = _chunk_step("backward", x.device)
         for i in range(0, x.shape[0], chunk):
             x_c = x[i : i + chunk].to(dtype)
             y = targets[i : i + chunk]
-            keep = (y != ctx.ignore_index)[:, None]
-            # softmax (n, V), in place in the logits' float32 buffer: one chunk-sized float32 array, not three
-            probs = (x_c @ w.t()).float().sub_(lse[i : i + chunk, None]).exp_()
-            probs.scatter_add_(1, y.clamp_min(0)[:, None], -keep.to(probs.dtype))
-            g = probs.mul_(keep.to(probs.dtype) * grad_total).to(dtype)  # d nll / d logits
+            scale = ((y != ctx.ignore_index) * grad_total.float())[:, None]  # (n, 1)
+            g = step(x_c @ w.t(), lse[i : i + chunk], y.clamp_min(0), scale)  # d nll / d logits, (n, V) in dtype
             dx[i : i + chunk] = (g @ w).to(x.dtype)
             dw += (g.t() @ x_c).float()
         return dx, dw.to(weight.dtype), None, None, None, None

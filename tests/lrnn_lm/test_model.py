@@ -259,14 +259,17 @@ def test_bad_model_config_raises(overrides, match):
         tiny_config(**overrides)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the compiled chunk steps run on CUDA"))])
 @pytest.mark.parametrize("chunk", [None, 7])
-def test_nll_is_the_cross_entropy_of_the_logits_without_holding_them(chunk):
+def test_nll_is_the_cross_entropy_of_the_logits_without_holding_them(chunk, device):
     """model.nll (the chunked linear cross-entropy of loss.py) gives the summed cross-entropy of forward's logits and
-    the same gradients, in float64, with ignored targets, whether the tokens fit one chunk or need several."""
+    the same gradients, in float64, with ignored targets, whether the tokens fit one chunk or need several (a last
+    shorter one included), eagerly on the CPU and through the compiled chunk steps on CUDA."""
     import lrnn_lm.loss as loss_module
 
-    model = tiny_model(torch.float64)
-    tokens = packed_tokens()
+    model = tiny_model(torch.float64, scan="reference").to(device)
+    tokens = packed_tokens().to(device)
     targets = torch.roll(tokens, -1, dims=1)
     targets[1, -5:] = -100  # padding
     ref = torch.nn.functional.cross_entropy(model(tokens).flatten(0, 1), targets.flatten(), ignore_index=-100,

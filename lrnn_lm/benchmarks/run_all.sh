@@ -2,10 +2,10 @@
 # The README's GPU figures on one GPU, stage by stage:
 #   bash lrnn_lm/benchmarks/run_all.sh OUT                      # every stage
 #   bash lrnn_lm/benchmarks/run_all.sh OUT tests train_small   # some, in this order
-# Stages: tests (the kernel suite at GPU sizes, the CUDA-graph decoder, the compiled loss), train_small (the README's main job, as
-# written, from an empty data and compile cache), loop_small (train.py against its bare step), train_small_graphs
-# (both again with trainer.compile_mode reduce-overhead, in runs/small_graphs), peers (110M: fla HGRN,
-# the attention baseline), generation (eager vs CUDA graph), tune (writes this GPU's tiles.json entry), efficiency,
+# Stages: tests (the kernel suite at GPU sizes, the CUDA-graph decoder, the compiled loss), train_small (the
+# README's main job, as written, from an empty data and compile cache), loop_small (train.py against its bare step),
+# train_small_graphs (both again with trainer.compile_mode reduce-overhead, in runs/small_graphs), peers (110M: fla
+# HGRN, the attention baseline), generation (eager vs CUDA graph), tune (writes this GPU's tiles.json entry), efficiency,
 # precision. Each writes OUT/<stage>/ (its log and results) under a time limit; a failed stage does not stop the next.
 # With PACK=DIR set, each stage's folder is also packed into DIR/<stage>.tgz as soon as it ends.
 set -uo pipefail

@@ -319,3 +319,22 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     torch.testing.assert_close(results[0][0], results[1][0])
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b)
+
+
+def test_the_chunk_steps_compile_to_their_eager_values():
+    """The cross-entropy's chunk steps as CUDA runs them, compiled (here by Inductor's CPU backend): the eager values,
+    for two chunk lengths (the second compiles the length as dynamic) and bf16 logits."""
+    from lrnn_lm.loss import chunk_backward, chunk_forward
+
+    torch._dynamo.reset()
+    forward, backward = torch.compile(chunk_forward), torch.compile(chunk_backward)
+    g = torch.Generator().manual_seed(0)
+    for n in (12, 5):
+        logits = torch.randn(n, VOCAB, generator=g).to(torch.bfloat16)
+        y = torch.randint(0, VOCAB, (n,), generator=g)
+        keep = torch.rand(n, generator=g) > 0.3
+        scale = (keep * 0.7)[:, None]
+        for got, want in zip(forward(logits, y, keep), chunk_forward(logits, y, keep)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        lse = chunk_forward(logits, y, keep)[0]
+        torch.testing.assert_close(backward(logits, lse, y, scale), chunk_backward(logits, lse, y, scale))

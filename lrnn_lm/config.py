@@ -230,10 +230,6 @@ class TrainerConfig:
     precision ('bf16-mixed', 32, '16-mixed', ...)."""
     compile: bool | Literal["auto"] = "auto"
     """torch.compile the model ('auto': on CUDA only)."""
-    compile_mode: Literal["default", "reduce-overhead"] = "default"
-    """torch.compile's mode for the blocks. 'reduce-overhead' replays each block's kernels from CUDA graphs, which
-    cuts the host's launch work where a small model leaves the GPU waiting on it; it holds the graphs' memory pools,
-    and its replays draw dropout from the graph-safe generator."""
     logger: Literal["wandb", "csv", "none"] = "wandb"
     """wandb runs offline unless WANDB_API_KEY is set or wandb_mode says 'online'."""
     wandb_project: str = "lrnn-lm"
@@ -271,8 +267,6 @@ class TrainerConfig:
                "'auto', 'offline', 'online' or 'disabled'", self.wandb_mode)
         _check(self.compile in (True, False, "auto") and not _is_int(self.compile), "trainer.compile",
                "true, false or 'auto'", self.compile)
-        _check(self.compile_mode in ("default", "reduce-overhead"), "trainer.compile_mode",
-               "'default' or 'reduce-overhead'", self.compile_mode)
         _check(self.resume in (True, False, "auto") and not _is_int(self.resume), "trainer.resume",
                "true, false or 'auto'", self.resume)
         _check_bool(self.overwrite, "trainer.overwrite")

@@ -83,7 +83,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
     module = LitLM(cfg.to_dict())
     compiled = t.compile is True or (t.compile == "auto" and _on_gpu(t))
     if compiled:
-        module.model.compile_blocks(mode=t.compile_mode)  # in place: the state_dict keys stay the plain model's
+        module.model.compile_blocks()  # in place: the state_dict keys stay those of the plain model
     logger = make_logger(t)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * t.accumulate_grad_batches
     speed = TrainingSpeed(t.log_every, tokens_per_step)
@@ -240,8 +240,8 @@ FREE_ON_RESUME = {
     "model": {"scan", "activation_checkpointing"},
     "data": {"num_workers", "cache_dir"},
     "trainer": {"max_steps", "val_every", "limit_val_batches", "checkpoint_every", "accelerator", "devices",
-                "num_nodes", "strategy", "precision", "compile", "compile_mode", "logger", "wandb_project", "wandb_mode",
-                "log_every", "run_dir", "resume", "overwrite"},
+                "num_nodes", "strategy", "precision", "compile", "logger", "wandb_project", "wandb_mode", "log_every",
+                "run_dir", "resume", "overwrite"},
 }
 """What may change when a run resumes: how long and how often, where it runs and logs, which scan computes the
 same function. Everything else is restored from the checkpoint or decides what it means (the model's shape, the

@@ -3,10 +3,10 @@
     python -m lrnn_lm.benchmarks.loop --config small.yaml [--steps 300] [--out DIR] [--section.field value ...]
     python -m lrnn_lm.benchmarks.loop --config small.yaml --train-summary runs/small/summary.json   # a finished run
 
-1. Bare step: the preset's model (its ModelConfig, dropout included), compiled as train.py compiles it (in its
-   trainer.compile_mode), in a plain loop: bf16 autocast forward and loss (`model.nll`, the training loss),
-   backward, fused AdamW, zero_grad(set_to_none=True), on random tokens of the preset's batch. Tokens per second
-   of the steps after a warm-up (compilation), timed with a synchronize at both ends; peak memory.
+1. Bare step: the preset's model (its ModelConfig, dropout included), compiled as train.py compiles it, in a plain
+   loop: bf16 autocast forward and loss (`model.nll`, the training loss), backward, fused AdamW,
+   zero_grad(set_to_none=True), on random tokens of the preset's batch. Tokens per second of the steps after a
+   warm-up (compilation), timed with a synchronize at both ends; peak memory.
 2. train.py: the same preset run by `python train.py` in a fresh process (its own data, Lightning loop, callbacks,
    checkpointing at its own interval, validation off), for --steps optimizer steps; its summary's steady-state
    tokens per second (the median of its log_every-step windows after the first).
@@ -39,7 +39,7 @@ def bare_step_tokens_per_s(cfg, steps: int, warmup: int) -> dict:
     torch.manual_seed(0)
     model = LinearRNNLM(cfg.model).to(DEVICE).train()
     if DEVICE == "cuda":
-        model.compile_blocks(mode=cfg.trainer.compile_mode)
+        model.compile_blocks()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=DEVICE == "cuda")
     B, T = cfg.data.batch_size, cfg.data.seq_len
     tokens = torch.randint(1, cfg.model.vocab_size, (B, T + 1), device=DEVICE)

@@ -46,7 +46,6 @@ def test_preset_loads_and_builds(path):
         (["--optim.lr", ".inf"], ValueError, "optim.lr"),
         (["--model.scan", "cuda"], ValueError, "model.scan"),
         (["--trainer.compile", "maybe"], ValueError, "trainer.compile"),
-        (["--trainer.compile_mode", "max-autotune"], ValueError, "trainer.compile_mode"),
     ],
 )
 def test_bad_values_name_the_field(overrides, error, names):

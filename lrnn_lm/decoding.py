@@ -6,21 +6,23 @@ the weights. Here the decode step is compiled, then captured with torch.cuda.gra
 every layer's state, the output tokens and a step counter all stay on the device. A replay runs a whole step and
 the sampling of the next token, writes it into the output at the counter and advances the counter; the host only
 replays, and reads the tokens at the end (or as they come, when streaming). Memory is constant in the number of
-tokens generated: the buffers and the graph's pool are allocated once.
+tokens generated: the buffers, the graph's pool and, under autocast, a copy of the linear layers' weights in the
+autocast dtype are allocated once per call.
 
 Inside the graph, a replay is a chain of small dependent kernels whose count sets its time, so the compiled step
 is built to launch few of them: it writes each layer's new state into the state buffers itself (the writes fuse
 into the kernels that compute the state, instead of a copy kernel per tensor), and under autocast it takes the
-linear layers' weights already cast to the autocast dtype, once per call (autocast would cast every weight at every
-step: a kernel each, the same values).
+linear layers' weights already cast to the autocast dtype, once per call (autocast would cast each of them at every
+step: a kernel each, the same values). The tied LM head is still cast at each step, as the embedding lookup needs
+the weight in its own dtype.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
-
 from torch import nn
 
 from .model import LayerState, LinearRNNLM
@@ -42,12 +44,13 @@ class DecodeStep(nn.Module):
 
 def autocast_weights(step: DecodeStep, device_type: str) -> dict[str, torch.Tensor]:
     """{name: weight} of every nn.Linear of `step`, cast to the autocast dtype of `device_type`: what autocast casts
-    at each of their matmuls, cast once. Empty where autocast is off or the weights are in its dtype already."""
+    at each of their matmuls, cast once. Empty where autocast is off; float64 weights, which autocast leaves as they
+    are, and weights in its dtype already are left out."""
     if not torch.is_autocast_enabled(device_type):
         return {}
     dtype = torch.get_autocast_dtype(device_type)
     return {f"{name}.weight": m.weight.detach().to(dtype) for name, m in step.named_modules()
-            if isinstance(m, nn.Linear) and m.weight.dtype != dtype}
+            if isinstance(m, nn.Linear) and m.weight.dtype not in (dtype, torch.float64)}
 
 
 def step_in_place(step: DecodeStep, weights: dict[str, torch.Tensor], token: torch.Tensor,
@@ -61,16 +64,11 @@ def step_in_place(step: DecodeStep, weights: dict[str, torch.Tensor], token: tor
     return logits
 
 
-_compiled_step_in_place = None
-
-
+@functools.cache
 def compiled_step_in_place() -> Callable:
     """`step_in_place` under torch.compile, made once per process: compiled code is cached per model shape and reused
     by every later call (a new torch.compile wrapper per call would cost milliseconds to set up)."""
-    global _compiled_step_in_place
-    if _compiled_step_in_place is None:
-        _compiled_step_in_place = torch.compile(step_in_place, dynamic=False)
-    return _compiled_step_in_place
+    return torch.compile(step_in_place, dynamic=False)
 
 
 class CudaGraphDecoder:

@@ -12,11 +12,14 @@ autocast is on, the softmax in float32.
 
 Between the matmuls, each chunk's work is elementwise over (n, V): the log-sum-exp and the picked logit forward,
 softmax − onehot backward. Eagerly that is a float32 copy of the logits and half a dozen passes over it, which at a
-32k vocabulary cost about as much as the head's matmuls; on CUDA the two steps are compiled (`chunk_forward`,
-`chunk_backward`), so each reads the chunk's logits once and writes its result once.
+32k vocabulary cost about as much as the head's matmuls. Compiled (`compiled=True`, which `model.compile_blocks`
+turns on), each of the two steps is one kernel that reads the chunk's logits once and writes its result once.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 import torch
 
@@ -41,39 +44,33 @@ def chunk_forward(logits: torch.Tensor, y: torch.Tensor, keep: torch.Tensor) -> 
 def chunk_backward(logits: torch.Tensor, lse: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """logits: (n, V); lse: (n,) float32; y: (n,) targets (>= 0); scale: (n, 1) float32, the incoming gradient where
     the target is kept, else 0 -> d nll / d logits = (softmax − onehot(y)) · scale, (n, V) in logits' dtype."""
-    probs = (logits.float() - lse[:, None]).exp_()  # (n, V) float32: eagerly, the chunk's one float32 buffer
-    probs.scatter_add_(1, y[:, None], torch.full_like(lse[:, None], -1.0))
-    return probs.mul_(scale).to(logits.dtype)
+    probs = (logits.float() - lse[:, None]).exp_()  # (n, V) float32
+    # the one-hot as a comparison, not a scatter: compiled, the whole step is then one elementwise kernel
+    onehot = torch.arange(logits.shape[1], device=logits.device) == y[:, None]  # (n, V)
+    return probs.sub_(onehot.to(probs.dtype)).mul_(scale).to(logits.dtype)
 
 
-_compiled: dict[str, object] = {}
-
-
-def _chunk_step(name: str, device: torch.device):
-    """chunk_forward / chunk_backward, compiled on CUDA (once per process; a chunk of another length, such as a
-    shorter last one, recompiles once with the length dynamic), eager elsewhere."""
-    fn = {"forward": chunk_forward, "backward": chunk_backward}[name]
-    if device.type != "cuda":
-        return fn
-    if name not in _compiled:
-        _compiled[name] = torch.compile(fn)
-    return _compiled[name]
+@functools.cache
+def _compiled(step: Callable) -> Callable:
+    """A chunk step under torch.compile, made once per process (a chunk of another length, such as a shorter last one,
+    recompiles it once with the length dynamic)."""
+    return torch.compile(step)
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, targets, ignore_index: int, chunk: int, dtype: torch.dtype):
+    def forward(ctx, x, weight, targets, ignore_index: int, chunk: int, dtype: torch.dtype, compiled: bool):
         N = x.shape[0]
         lse = torch.empty(N, dtype=torch.float32, device=x.device)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         w = weight.to(dtype)
-        step = _chunk_step("forward", x.device)
+        step = _compiled(chunk_forward) if compiled else chunk_forward
         for i in range(0, N, chunk):
             y = targets[i : i + chunk]
             lse[i : i + chunk], nll = step(x[i : i + chunk].to(dtype) @ w.t(), y.clamp_min(0), y != ignore_index)
             total = total + nll
         ctx.save_for_backward(x, weight, targets, lse)
-        ctx.ignore_index, ctx.chunk, ctx.dtype = ignore_index, chunk, dtype
+        ctx.ignore_index, ctx.chunk, ctx.dtype, ctx.compiled = ignore_index, chunk, dtype, compiled
         return total
 
     @staticmethod
@@ -83,7 +80,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         w = weight.to(dtype)
         dx = torch.empty_like(x)
         dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        step = _chunk_step("backward", x.device)
+        step = _compiled(chunk_backward) if ctx.compiled else chunk_backward
         for i in range(0, x.shape[0], chunk):
             x_c = x[i : i + chunk].to(dtype)
             y = targets[i : i + chunk]
@@ -91,12 +88,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             g = step(x_c @ w.t(), lse[i : i + chunk], y.clamp_min(0), scale)  # d nll / d logits, (n, V) in dtype
             dx[i : i + chunk] = (g @ w).to(x.dtype)
             dw += (g.t() @ x_c).float()
-        return dx, dw.to(weight.dtype), None, None, None, None
+        return dx, dw.to(weight.dtype), None, None, None, None, None
 
 
 def chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                                 ignore_index: int = -100) -> torch.Tensor:
+                                 ignore_index: int = -100, compiled: bool = False) -> torch.Tensor:
     """x: (N, D) features, weight: (V, D) the head, targets: (N,) long -> () float32, the summed NLL in nats over the
-    targets other than ignore_index, in chunks of MAX_CHUNK_ELEMENTS // V tokens (at least 1)."""
+    targets other than ignore_index, in chunks of MAX_CHUNK_ELEMENTS // V tokens (at least 1). compiled: run each
+    chunk's elementwise steps compiled."""
     chunk = max(1, MAX_CHUNK_ELEMENTS // weight.shape[0])
-    return _ChunkedLinearCrossEntropy.apply(x, weight, targets, ignore_index, chunk, _compute_dtype(x))
+    return _ChunkedLinearCrossEntropy.apply(x, weight, targets, ignore_index, chunk, _compute_dtype(x), compiled)

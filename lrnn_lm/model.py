@@ -267,6 +267,7 @@ class LinearRNNLM(nn.Module, PyTorchModelHubMixin, library_name="lrnn-lm", tags=
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.loss_compiled = False  # `compile_blocks` compiles the loss's per-chunk steps too
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -294,11 +295,12 @@ class LinearRNNLM(nn.Module, PyTorchModelHubMixin, library_name="lrnn-lm", tags=
         return 6 * macs + attention
 
     def compile_blocks(self, **options) -> None:
-        """torch.compile each block in place (the state_dict keys stay the plain model's). Blocks share their code,
-        and the per-layer constants are buffers, so one compilation serves every block: a fraction of the time a
-        whole-model compile takes, and the same fused kernels."""
+        """torch.compile each block in place (the state_dict keys stay the plain model's), and the loss's per-chunk
+        steps (loss.py). Blocks share their code, and the per-layer constants are buffers, so one compilation serves
+        every block: a fraction of the time a whole-model compile takes, and the same fused kernels."""
         for block in self.blocks:
             block.compile(**options)
+        self.loss_compiled = True
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., D) -> (..., V)."""
@@ -332,7 +334,8 @@ class LinearRNNLM(nn.Module, PyTorchModelHubMixin, library_name="lrnn-lm", tags=
         check_ids=False skips the range check of the token ids, the one host sync of a training step: for callers
         whose ids are known to lie in [0, vocab_size), e.g. batches of a tokenizer no larger than the vocabulary."""
         x = self.norm(self._hidden(tokens, output_final_state=False, check_ids=check_ids)[0])  # (B, T, D)
-        nll = chunked_linear_cross_entropy(x.flatten(0, 1), self.embedding.weight, targets.flatten(), ignore_index)
+        nll = chunked_linear_cross_entropy(x.flatten(0, 1), self.embedding.weight, targets.flatten(), ignore_index,
+                                           compiled=self.loss_compiled)
         return nll, (targets != ignore_index).sum()
 
     def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[LayerState]]:

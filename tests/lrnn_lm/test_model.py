@@ -265,10 +265,11 @@ def test_bad_model_config_raises(overrides, match):
 def test_nll_is_the_cross_entropy_of_the_logits_without_holding_them(chunk, device):
     """model.nll (the chunked linear cross-entropy of loss.py) gives the summed cross-entropy of forward's logits and
     the same gradients, in float64, with ignored targets, whether the tokens fit one chunk or need several (a last
-    shorter one included), eagerly on the CPU and through the compiled chunk steps on CUDA."""
+    shorter one included), eagerly on the CPU and with the chunk steps compiled on CUDA."""
     import lrnn_lm.loss as loss_module
 
     model = tiny_model(torch.float64, scan="reference").to(device)
+    model.loss_compiled = device == "cuda"  # as compile_blocks leaves it
     tokens = packed_tokens().to(device)
     targets = torch.roll(tokens, -1, dims=1)
     targets[1, -5:] = -100  # padding

@@ -186,6 +186,7 @@ def test_the_graph_decoders_step_writes_the_state_in_place_with_weights_cast_onc
 
     model = tiny_model().eval()
     tokens = prompt()
+    torch._dynamo.reset()
     graphs_before = counters["stats"]["unique_graphs"]
     with torch.no_grad():
         _, state = model.prefill(tokens)
@@ -206,6 +207,8 @@ def test_the_graph_decoders_step_writes_the_state_in_place_with_weights_cast_onc
             buffers = [type(s)(*(t.clone() for t in s)) for s in state]
             assert torch.equal(step_in_place(DecodeStep(model), weights, token, buffers), logits)
         assert autocast_weights(DecodeStep(model), "cpu") == {}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert autocast_weights(DecodeStep(tiny_model(torch.float64)), "cpu") == {}  # autocast leaves float64 be
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

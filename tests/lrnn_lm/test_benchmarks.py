@@ -41,3 +41,17 @@ def test_loop_reads_a_finished_runs_summary(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "loop_tiny.json").read_text())
     assert report["train_py"]["tokens_per_s"] == 1000
     assert report["ratio"] == pytest.approx(1000 / report["bare_step"]["tokens_per_s"])
+
+
+def test_profile_reports_where_a_steps_time_goes(tmp_path, monkeypatch):
+    """The profile of the loop benchmark's bare step: per-step wall time, kernels and host operations, as JSON and
+    the profiler's table."""
+    from lrnn_lm.benchmarks import profile
+
+    run_main(profile, monkeypatch, "--config", "tiny.yaml", "--steps", "2", "--warmup", "1", "--out", str(tmp_path),
+             "--data.batch_size", "2", "--model.d_model", "32")
+    report = json.loads((tmp_path / "profile_tiny.json").read_text())
+    assert report["wall_ms"] > 0 and report["profiled_wall_ms"] > 0
+    assert {"name", "ms_per_step", "per_step"} <= set(report["top_host"][0])
+    assert any("aten::" in r["name"] for r in report["top_host"])
+    assert "Self CPU" in (tmp_path / "profile_tiny.txt").read_text()

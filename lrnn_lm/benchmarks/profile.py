@@ -1,0 +1,97 @@
+"""Where a training step's time goes: torch.profiler around the loop benchmark's bare step.
+
+    python -m lrnn_lm.benchmarks.profile --config small.yaml [--steps 20] [--out DIR] [--section.field value ...]
+
+The step is `loop.bare_step`'s (the preset's model compiled as train.py compiles it, bf16 autocast, fused AdamW,
+random tokens). After --warmup steps (compilation), --steps steps are timed without the profiler, then again under
+it. Prints the step's wall time, the GPU time its kernels take (the sum of their device times), how busy that keeps
+the GPU, kernels per step and the largest kernels and host-side operations: a step whose GPU time is far below its
+wall time waits on the host (launches, syncs), one near it on the GPU. The profiler slows the host, so its wall time
+is only for comparing host costs. Writes OUT/profile_<preset>.json and the profiler's table, OUT/profile_<preset>.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from kernels.benchmarks.common import DEVICE, run_info, sync
+
+from ..config import load_config
+from .loop import bare_step
+
+TOP = 15
+"""Kernels and host-side operations listed."""
+
+
+def _steps_wall_s(step, steps: int) -> float:
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return time.perf_counter() - t0
+
+
+def summarize(events, steps: int, wall_s: float, profiled_wall_s: float) -> dict:
+    """Per-step figures from a profile's key_averages() over `steps` steps."""
+    device = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and e.count
+              and not e.key.startswith("Optimizer.")]  # the optimizer's annotation spans the whole step: not a kernel
+    host = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    gpu_ms = sum(e.self_device_time_total for e in device) / 1e3 / steps
+
+    def per_step(us: float) -> float:
+        return round(us / 1e3 / steps, 4)
+
+    return {
+        "wall_ms": round(wall_s / steps * 1e3, 3),
+        "profiled_wall_ms": round(profiled_wall_s / steps * 1e3, 3),
+        "gpu_ms": round(gpu_ms, 3),
+        "gpu_busy": round(gpu_ms / (wall_s / steps * 1e3), 3),
+        "kernels_per_step": round(sum(e.count for e in device) / steps, 1),
+        "top_kernels": [{"name": e.key, "ms_per_step": per_step(e.self_device_time_total), "per_step": e.count / steps}
+                        for e in sorted(device, key=lambda e: -e.self_device_time_total)[:TOP]],
+        "top_host": [{"name": e.key, "ms_per_step": per_step(e.self_cpu_time_total), "per_step": e.count / steps}
+                     for e in sorted(host, key=lambda e: -e.self_cpu_time_total)[:TOP]],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", default="small.yaml")
+    p.add_argument("--steps", type=int, default=20, help="steps timed, and steps profiled")
+    p.add_argument("--warmup", type=int, default=15, help="steps before timing (compilation)")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args, extra = p.parse_known_args()
+    cfg = load_config(args.config, extra)
+    info = run_info() | {"config": args.config, "overrides": extra, "batch": [cfg.data.batch_size, cfg.data.seq_len]}
+    print(json.dumps(info), flush=True)
+    step, _ = bare_step(cfg)
+    for _ in range(args.warmup):
+        step()
+    wall = _steps_wall_s(step, args.steps)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    with profile(activities=activities) as prof:
+        profiled_wall = _steps_wall_s(step, args.steps)
+    events = prof.key_averages()
+    report = summarize(events, args.steps, wall, profiled_wall)
+    print(f"wall {report['wall_ms']:.2f} ms/step, GPU {report['gpu_ms']:.2f} ms/step (busy {report['gpu_busy']:.2f}), "
+          f"{report['kernels_per_step']:.0f} kernels/step")
+    for title, key in (("kernels", "top_kernels"), ("host", "top_host")):
+        print(f"-- {title}, ms per step")
+        for r in report[key]:
+            print(f"  {r['ms_per_step']:8.3f}  {r['per_step']:6.1f}x  {r['name'][:100]}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = Path(args.config).stem
+    (args.out / f"profile_{name}.json").write_text(json.dumps({"info": info} | report, indent=2) + "\n")
+    sort = "self_cuda_time_total" if DEVICE == "cuda" else "self_cpu_time_total"
+    (args.out / f"profile_{name}.txt").write_text(events.table(sort_by=sort, row_limit=60) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,16 +7,22 @@
 # profile (where the small and 110M bare steps spend their time), peers (110M: fla HGRN, the attention baseline),
 # generation (eager vs CUDA graph), tune (writes this GPU's tiles.json entry), efficiency, precision. Each writes
 # OUT/<stage>/ (its log and results) under a time limit; a failed stage does not stop the next.
-# With PACK=DIR set, each stage's folder is also packed into DIR/<stage>.tgz as soon as it ends.
+# With PACK=DIR set, each stage's folder is also packed into DIR/<stage>.tgz as soon as it ends. With BUDGET=SECONDS
+# set, a stage whose time limit would end past that many seconds from the start is skipped (list stages by priority).
 set -uo pipefail
 OUT=${1:?an output folder}
 shift
 STAGES=${*:-tests train_small loop_small profile peers generation tune efficiency precision}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline
+started=$(date +%s)
 stage() {
   local name=$1 limit=$2
   shift 2
+  if [ -n "${BUDGET:-}" ] && [ $(( $(date +%s) - started + limit )) -gt "$BUDGET" ]; then
+    echo "== $name skipped: its ${limit}s limit would pass BUDGET=${BUDGET}s"
+    return
+  fi
   mkdir -p "$OUT/$name"
   echo "== $name (limit ${limit}s) $(date +%T)"
   local t0=$(date +%s.%N)

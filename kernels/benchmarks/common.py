@@ -137,9 +137,10 @@ def run_info() -> dict:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
+    """rows -> CSV with every key any row has as a column (in order of first appearance; blank where a row lacks it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
 

@@ -88,8 +88,7 @@ def main() -> None:
     print_table(rows, ["batch", "decoder", "tokens_per_s", "decode_tokens_per_s", "ms_per_step",
                        "peak_mb_above_weights"])
     args.out.mkdir(parents=True, exist_ok=True)
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    write_csv(args.out / "generation.csv", [{k: r.get(k) for k in columns} for r in rows])
+    write_csv(args.out / "generation.csv", rows)
     (args.out / "generation.json").write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
 
 

@@ -10,11 +10,11 @@ tokens generated: the buffers, the graph's pool and, under autocast, a copy of t
 autocast dtype are allocated once per call.
 
 Inside the graph, a replay is a chain of small dependent kernels whose count sets its time, so the compiled step
-is built to launch few of them: it writes each layer's new state into the state buffers itself (the writes fuse
-into the kernels that compute the state, instead of a copy kernel per tensor), and under autocast it takes the
-linear layers' weights already cast to the autocast dtype, once per call (autocast would cast each of them at every
-step: a kernel each, the same values). The tied LM head is still cast at each step, as the embedding lookup needs
-the weight in its own dtype.
+is built to launch few of them: it writes each layer's new state into the state buffers itself (so the compiler
+can fuse the writes into the kernels that compute the state, instead of a copy kernel per tensor), and under
+autocast it takes the linear layers' weights already cast to the autocast dtype, once per call (autocast would cast
+each of them at every step: a kernel each, the same values). The tied LM head is still cast at each step, as the
+embedding lookup needs the weight in its own dtype.
 """
 
 from __future__ import annotations

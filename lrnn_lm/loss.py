@@ -13,7 +13,8 @@ autocast is on, the softmax in float32.
 Between the matmuls, each chunk's work is elementwise over (n, V): the log-sum-exp and the picked logit forward,
 softmax − onehot backward. Eagerly that is a float32 copy of the logits and half a dozen passes over it, which at a
 32k vocabulary cost about as much as the head's matmuls. Compiled (`compiled=True`, which `model.compile_blocks`
-turns on), each of the two steps is one kernel that reads the chunk's logits once and writes its result once.
+turns on), each of the two steps reads the chunk's logits once, in fused kernels, and writes only its result: the
+log-sum-exp and the summed NLL forward, the logits' gradient in their dtype backward.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ parallel scan, and their states (one row each) are stacked into one batch for de
 computed on its own. So each sequence continues from the state it would have alone.
 
 Decoding runs `model.step` once per token, either eagerly (any device) or replayed from a CUDA graph
-(decoding.py: on CUDA, the step compiled and captured once; one replay per token, no host work in between). A
+(decoding.py: on CUDA, for the recurrent mixer, whose state has a fixed size; the step compiled and captured once,
+one replay per token, no host work in between). A
 token is drawn as argmax(p / E) with E ~ Exp(1) per entry, which samples p exactly (the exponential-race form of
 the Gumbel-max trick) and runs inside a graph; temperature, top-k and top-p shape p first.
 """

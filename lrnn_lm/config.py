@@ -230,6 +230,9 @@ class TrainerConfig:
     precision ('bf16-mixed', 32, '16-mixed', ...)."""
     compile: bool | Literal["auto"] = "auto"
     """torch.compile the model ('auto': on CUDA only)."""
+    cuda_graphs: bool | Literal["auto"] = "auto"
+    """Replay each training step's forward and backward from CUDA graphs (lrnn_lm/graphed_loss.py). 'auto': where they
+    apply (CUDA, one device, accumulate_grad_batches 1); true where they do not is an error."""
     logger: Literal["wandb", "csv", "none"] = "wandb"
     """wandb runs offline unless WANDB_API_KEY is set or wandb_mode says 'online'."""
     wandb_project: str = "lrnn-lm"
@@ -267,6 +270,8 @@ class TrainerConfig:
                "'auto', 'offline', 'online' or 'disabled'", self.wandb_mode)
         _check(self.compile in (True, False, "auto") and not _is_int(self.compile), "trainer.compile",
                "true, false or 'auto'", self.compile)
+        _check(self.cuda_graphs in (True, False, "auto") and not _is_int(self.cuda_graphs), "trainer.cuda_graphs",
+               "true, false or 'auto'", self.cuda_graphs)
         _check(self.resume in (True, False, "auto") and not _is_int(self.resume), "trainer.resume",
                "true, false or 'auto'", self.resume)
         _check_bool(self.overwrite, "trainer.overwrite")

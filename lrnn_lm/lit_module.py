@@ -6,6 +6,9 @@ tokens, bytes} per evaluation, where loss is the mean NLL per predicted token in
 bpb = NLL / (ln 2 · bytes) over the UTF-8 bytes the targets stand for (exact, see data.py). Evaluation sums NLL,
 tokens and bytes over the whole split and across ranks before dividing.
 
+On CUDA a training step's forward and backward replay CUDA graphs captured at the first batch (graphed_loss.py;
+`trainer.cuda_graphs`): two launches a step where the model alone would launch hundreds of small kernels.
+
 No host sync in a training step. The step's metrics stay on the device; they are read, logged and checked
 every log_every steps. The non-finite guard counts, on the device, the optimizer steps whose loss or gradient
 norm is not finite; the count is read (and summed over ranks) every log_every steps and before every
@@ -30,6 +33,7 @@ from torchmetrics import SumMetric
 
 from .config import Config
 from .data import IGNORE_INDEX, LMDataModule
+from .graphed_loss import GraphedNLL
 from .model import LinearRNNLM, optimizer_param_groups
 
 LN2 = math.log(2)
@@ -57,6 +61,8 @@ class LitLM(L.LightningModule):
         self._step_finite: torch.Tensor | None = None  # () bool: this optimizer step's batches so far
         self._last_checked_step = 0
         self._metrics: dict[str, torch.Tensor] = {}  # the last optimizer step's, on the device
+        self.cuda_graphs = False  # train.py turns it on where graphs apply (graphed_loss.py)
+        self._graphed: GraphedNLL | None = None  # captured at the first training batch
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, T) -> logits (B, T, V)."""
@@ -67,8 +73,19 @@ class LitLM(L.LightningModule):
         batch): the data module refuses a tokenizer larger than model.vocab_size."""
         return self.model.nll(batch["inputs"], batch["targets"], ignore_index=IGNORE_INDEX, check_ids=False)
 
+    def _training_nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_nll`, replayed from CUDA graphs when `cuda_graphs` is on (for batches of the first batch's shape)."""
+        if not self.cuda_graphs:
+            return self._nll(batch)
+        tokens, targets = batch["inputs"], batch["targets"]
+        if self._graphed is None:
+            self._graphed = GraphedNLL(self.model, tokens, targets, IGNORE_INDEX)
+        if not self._graphed.fits(tokens, targets):
+            return self._nll(batch)
+        return self._graphed(tokens, targets), (targets != IGNORE_INDEX).sum()
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        nll, n_tokens = self._nll(batch)
+        nll, n_tokens = self._training_nll(batch)
         loss = nll / n_tokens
         finite = torch.isfinite(loss.detach())
         self._step_finite = finite if self._step_finite is None else self._step_finite & finite

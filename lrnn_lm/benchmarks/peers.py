@@ -4,9 +4,9 @@
 
 Models of about 110M parameters (d_model 768, 12 layers, a 32,000-token vocabulary, the LM head tied to the
 embedding: configs/medium.yaml's model), side by side in one run:
-- lrnn-lm: the linear RNN, its blocks compiled as train.py compiles them (the fused gated scan, the chunked
-  cross-entropy); also with activation checkpointing (--checkpointing);
-- lrnn-lm attention baseline: the same model with causal softmax attention (SDPA) as its mixer, compiled;
+- lrnn-lm: the linear RNN, its blocks compiled and its loss replayed from CUDA graphs as train.py runs them (the
+  fused gated scan, the chunked cross-entropy); also with activation checkpointing (--checkpointing; no graphs);
+- lrnn-lm attention baseline: the same model with causal softmax attention (SDPA) as its mixer, run the same way;
 - fla HGRN: flash-linear-attention's `HGRNForCausalLM` (chunk mode, its fused RMSNorm, SwiGLU and linear
   cross-entropy, no short convolution), run eagerly as its users run it. Installed with `pip install -e ".[peers]"`;
   skipped where it is not.
@@ -30,6 +30,7 @@ import torch
 from kernels.benchmarks.common import DEVICE, print_table, run_info, time_steps, write_csv
 
 from ..config import ModelConfig, load_config
+from ..graphed_loss import GraphedNLL, graphs_apply
 from ..model import LinearRNNLM
 
 SMOKE_MODEL = dict(vocab_size=256, d_model=32, n_layers=2, n_heads=4)
@@ -41,9 +42,17 @@ def lrnn_model(mixer: str = "lrnn", checkpointing: bool = False, smoke: bool = F
     model = LinearRNNLM(cfg).to(DEVICE)
     if DEVICE == "cuda":
         model.compile_blocks()
+    graphs = graphs_apply(torch.device(DEVICE), 1, 1, checkpointing) is None  # as train.py decides
+    graphed = None
 
     def loss(tokens):
-        nll, n = model.nll(tokens[:, :-1], tokens[:, 1:], check_ids=False)  # as training calls it
+        nonlocal graphed
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        if graphs and graphed is None:
+            graphed = GraphedNLL(model, inputs, targets, ignore_index=-100)
+        if graphed is not None:
+            return graphed(inputs, targets) / targets.numel()
+        nll, n = model.nll(inputs, targets, check_ids=False)  # as training calls it
         return nll / n
 
     return model, loss, cfg.vocab_size

@@ -91,6 +91,7 @@ def test_where_graphs_apply():
     assert "CUDA device" in graphs_apply(torch.device("cpu"), 1, 1)
     assert "single device" in graphs_apply(cuda0, 2, 1)
     assert "accumulate" in graphs_apply(cuda0, 1, 4)
+    assert "checkpointing" in graphs_apply(cuda0, 1, 1, activation_checkpointing=True)
 
 
 def test_trainer_cuda_graphs_setting():
@@ -99,6 +100,7 @@ def test_trainer_cuda_graphs_setting():
     assert resolve_cuda_graphs(TrainerConfig(), torch.device("cpu"), 1) is False  # 'auto': only where they apply
     assert resolve_cuda_graphs(TrainerConfig(cuda_graphs=False), cuda0, 1) is False
     assert resolve_cuda_graphs(TrainerConfig(accumulate_grad_batches=2), cuda0, 1) is False
+    assert resolve_cuda_graphs(TrainerConfig(), cuda0, 1, activation_checkpointing=True) is False
     with pytest.raises(ValueError, match="trainer.cuda_graphs.*accumulate_grad_batches 2"):
         resolve_cuda_graphs(TrainerConfig(cuda_graphs=True, accumulate_grad_batches=2), cuda0, 1)
     with pytest.raises(ValueError, match="trainer.cuda_graphs"):

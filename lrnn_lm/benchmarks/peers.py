@@ -4,8 +4,9 @@
 
 Models of about 110M parameters (d_model 768, 12 layers, a 32,000-token vocabulary, the LM head tied to the
 embedding: configs/medium.yaml's model), side by side in one run:
-- lrnn-lm: the linear RNN, its blocks compiled and its loss replayed from CUDA graphs as train.py runs them (the
-  fused gated scan, the chunked cross-entropy); also with activation checkpointing (--checkpointing; no graphs);
+- lrnn-lm: the linear RNN, its blocks compiled as train.py compiles them (the fused gated scan, the chunked
+  cross-entropy), its loss replayed from CUDA graphs with --cuda-graphs (train.py's --trainer.cuda_graphs); also
+  with activation checkpointing (no graphs);
 - lrnn-lm attention baseline: the same model with causal softmax attention (SDPA) as its mixer, run the same way;
 - fla HGRN: flash-linear-attention's `HGRNForCausalLM` (chunk mode, its fused RMSNorm, SwiGLU and linear
   cross-entropy, no short convolution), run eagerly as its users run it. Installed with `pip install -e ".[peers]"`;
@@ -29,20 +30,22 @@ import torch
 
 from kernels.benchmarks.common import DEVICE, print_table, run_info, time_steps, write_csv
 
-from ..config import ModelConfig, load_config
-from ..graphed_loss import GraphedNLL, graphs_apply
+from ..config import ModelConfig, TrainerConfig, load_config
+from ..graphed_loss import GraphedNLL
 from ..model import LinearRNNLM
+from ..train import resolve_cuda_graphs
 
 SMOKE_MODEL = dict(vocab_size=256, d_model=32, n_layers=2, n_heads=4)
 
 
-def lrnn_model(mixer: str = "lrnn", checkpointing: bool = False, smoke: bool = False):
+def lrnn_model(mixer: str = "lrnn", checkpointing: bool = False, smoke: bool = False,
+               cuda_graphs: bool | str = False):
     base = ModelConfig(**SMOKE_MODEL) if smoke else dataclasses.replace(load_config("medium.yaml").model, n_heads=12)
     cfg = dataclasses.replace(base, mixer=mixer, dropout=0.0, activation_checkpointing=checkpointing)
     model = LinearRNNLM(cfg).to(DEVICE)
     if DEVICE == "cuda":
         model.compile_blocks()
-    graphs = graphs_apply(torch.device(DEVICE), 1, 1, checkpointing) is None  # as train.py decides
+    graphs = resolve_cuda_graphs(TrainerConfig(cuda_graphs=cuda_graphs), torch.device(DEVICE), 1, checkpointing)
     graphed = None
 
     def loss(tokens):
@@ -73,19 +76,20 @@ def fla_hgrn_model():
     return model, loss, cfg.vocab_size
 
 
-MODELS = {
-    "lrnn-lm": lambda smoke: lrnn_model(smoke=smoke),
-    "lrnn-lm, activation checkpointing": lambda smoke: lrnn_model(checkpointing=True, smoke=smoke),
-    "lrnn-lm attention baseline": lambda smoke: lrnn_model("attention", smoke=smoke),
-    "fla HGRN": lambda smoke: fla_hgrn_model(),
+MODELS = {  # name -> (smoke, cuda_graphs) -> (model, loss(tokens), vocabulary size)
+    "lrnn-lm": lambda smoke, graphs: lrnn_model(smoke=smoke, cuda_graphs=graphs),
+    "lrnn-lm, activation checkpointing": lambda smoke, graphs: lrnn_model(checkpointing=True, smoke=smoke),
+    "lrnn-lm attention baseline": lambda smoke, graphs: lrnn_model("attention", smoke=smoke, cuda_graphs=graphs),
+    "fla HGRN": lambda smoke, graphs: fla_hgrn_model(),
 }
 
 
-def measure(name: str, context: int, tokens_per_step: int, steps: int, warmup: int, smoke: bool = False) -> dict:
+def measure(name: str, context: int, tokens_per_step: int, steps: int, warmup: int, smoke: bool = False,
+            cuda_graphs: bool | str = False) -> dict:
     torch.manual_seed(0)
     if DEVICE != "cuda" and name == "fla HGRN":
         raise ImportError("fla's kernels need CUDA")
-    model, loss_fn, vocab = MODELS[name](smoke)
+    model, loss_fn, vocab = MODELS[name](smoke, cuda_graphs)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=DEVICE == "cuda")
     batch = max(1, tokens_per_step // context)
@@ -124,12 +128,15 @@ def main() -> None:
     p.add_argument("--checkpointing-contexts", type=int, nargs="*", default=[2048],
                    help="contexts at which the activation-checkpointing variant runs")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--cuda-graphs", default="false", choices=["false", "auto", "true"],
+                   help="lrnn-lm's loss replayed from CUDA graphs, as train.py's --trainer.cuda_graphs")
     p.add_argument("--smoke", action="store_true", help="a tiny model at context 32 (runs on a CPU)")
     args = p.parse_args()
+    graphs = {"false": False, "auto": "auto", "true": True}[args.cuda_graphs]
     if args.smoke:
         args.contexts, args.tokens_per_step, args.steps, args.warmup = [32], 64, 2, 1
         args.checkpointing_contexts = [32]
-    info = run_info() | {"tokens_per_step": args.tokens_per_step, "steps": args.steps}
+    info = run_info() | {"tokens_per_step": args.tokens_per_step, "steps": args.steps, "cuda_graphs": args.cuda_graphs}
     try:
         from importlib.metadata import version
 
@@ -145,7 +152,7 @@ def main() -> None:
     rows = []
     for context, name in runs:
         try:
-            row = measure(name, context, args.tokens_per_step, args.steps, args.warmup, args.smoke)
+            row = measure(name, context, args.tokens_per_step, args.steps, args.warmup, args.smoke, graphs)
         except ImportError as e:
             print(f"{name}: skipped ({e})", flush=True)
             continue

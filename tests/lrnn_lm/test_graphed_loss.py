@@ -96,11 +96,12 @@ def test_where_graphs_apply():
 
 def test_trainer_cuda_graphs_setting():
     cuda0 = torch.device("cuda", 0)
-    assert resolve_cuda_graphs(TrainerConfig(), cuda0, 1) is True
-    assert resolve_cuda_graphs(TrainerConfig(), torch.device("cpu"), 1) is False  # 'auto': only where they apply
+    auto = dict(cuda_graphs="auto")
+    assert resolve_cuda_graphs(TrainerConfig(**auto), cuda0, 1) is True
+    assert resolve_cuda_graphs(TrainerConfig(**auto), torch.device("cpu"), 1) is False  # only where they apply
     assert resolve_cuda_graphs(TrainerConfig(cuda_graphs=False), cuda0, 1) is False
-    assert resolve_cuda_graphs(TrainerConfig(accumulate_grad_batches=2), cuda0, 1) is False
-    assert resolve_cuda_graphs(TrainerConfig(), cuda0, 1, activation_checkpointing=True) is False
+    assert resolve_cuda_graphs(TrainerConfig(**auto, accumulate_grad_batches=2), cuda0, 1) is False
+    assert resolve_cuda_graphs(TrainerConfig(**auto), cuda0, 1, activation_checkpointing=True) is False
     with pytest.raises(ValueError, match="trainer.cuda_graphs.*accumulate_grad_batches 2"):
         resolve_cuda_graphs(TrainerConfig(cuda_graphs=True, accumulate_grad_batches=2), cuda0, 1)
     with pytest.raises(ValueError, match="trainer.cuda_graphs"):

@@ -7,11 +7,11 @@ each step then costs the host two graph launches and a copy of the batch into th
 the model's depth. The optimizer, gradient clipping and the non-finite guard stay outside the graphs, as do
 evaluation and any batch of another shape, which run the model as it is.
 
-Where it applies (`graphs_apply` says why not): CUDA, a single device, no gradient accumulation and no activation
-checkpointing. The backward
-graph writes each gradient into a static buffer that autograd hands to the parameter as its .grad without a copy;
-a second micro-batch's replay would overwrite the first's gradient before the two are summed. Under DDP the
-reducer's hooks would see the gradients outside the graph, which is untested here.
+Where it applies (`graphs_apply` says why not): CUDA, a single-device strategy, no gradient accumulation, no
+activation checkpointing and no loader workers. The backward graph writes each gradient into a static buffer that
+autograd hands to the parameter as its .grad without a copy; a second micro-batch's replay would overwrite the
+first's gradient before the two are summed, and so would zero_grad(set_to_none=False) (lit_module.py sets None).
+Under DDP the reducer's hooks would see the gradients outside the graph, which is untested here.
 
 Autocast is entered again around the capture with its weight-cast cache off, as make_graphed_callables requires
 (the casts are captured into the graph). The CUDA RNG state is put back after the capture's warm-up iterations,
@@ -41,50 +41,63 @@ class _SummedNLL(nn.Module):
         return self.model.nll(tokens, targets, self.ignore_index, check_ids=False)[0]
 
 
-def graphs_apply(device: torch.device, world_size: int, accumulate_grad_batches: int,
-                 activation_checkpointing: bool = False) -> str | None:
-    """None where GraphedNLL can serve training, else the reason it cannot."""
+def graphs_apply(device: torch.device, *, single_device: bool = True, accumulate_grad_batches: int = 1,
+                 activation_checkpointing: bool = False, loader_workers: int = 0) -> str | None:
+    """None where GraphedNLL can serve training, else the reason it cannot. single_device: a single-device strategy
+    (DDP wraps even one process's model in gradient hooks); loader_workers: the training DataLoader's workers."""
     if device.type != "cuda":
         return f"CUDA graphs need a CUDA device, got {device.type}"
-    if world_size != 1:
-        return f"CUDA graphs are used on a single device, got {world_size} processes"
+    if not single_device:
+        return "CUDA graphs are used with a single-device strategy only, got a distributed one"
     if accumulate_grad_batches != 1:
         return f"CUDA graphs cannot accumulate gradients, got accumulate_grad_batches {accumulate_grad_batches}"
     if activation_checkpointing:
         return "CUDA graphs are not used with activation checkpointing (its recomputation saves the RNG state)"
+    if loader_workers > 0:
+        # with workers, the loader's pin-memory thread makes CUDA calls, which invalidate a capture in progress
+        return f"CUDA graphs are captured with data.num_workers 0 only, got {loader_workers}"
     return None
 
 
 class GraphedNLL:
     """`model.nll(tokens, targets, ignore_index)[0]` for training, from CUDA graphs captured on the first batch.
 
-    Call it with (B, T) batches of the capture's shape (`fits`); the result is an autograd output whose backward
-    replays the backward graph. The model must stay in training mode and its parameters in place (an optimizer's
-    in-place update is what the graph reads); the captured graphs are this object's, not the model's, so a model
-    used elsewhere runs as it always does.
+    Call it with (B, T) batches that `fits`; the result is an autograd output whose backward replays the backward
+    graph. The model's parameters must stay in place (the optimizer's in-place update is what the graphs read);
+    the graphs are this object's, not the model's, so the model called directly runs as it always does.
+    `release` frees them.
     """
 
     def __init__(self, model: LinearRNNLM, tokens: torch.Tensor, targets: torch.Tensor, ignore_index: int,
                  warmup_iters: int = 3):
         if not model.training:
             raise ValueError("model: expected training mode for the capture (dropout is part of the graph), got eval")
+        self.model = model
         self.shape = tuple(tokens.shape)
         device = tokens.device
         rng = torch.cuda.get_rng_state(device)
-        with _autocast_without_cache(device):
-            self._graphed = torch.cuda.make_graphed_callables(
-                _SummedNLL(model, ignore_index), (tokens.clone(), targets.clone()), num_warmup_iters=warmup_iters,
-                allow_unused_input=True)
-        torch.cuda.set_rng_state(rng, device)
+        try:
+            with _autocast_without_cache(device):
+                self._loss = torch.cuda.make_graphed_callables(
+                    _SummedNLL(model, ignore_index), (tokens.clone(), targets.clone()), num_warmup_iters=warmup_iters,
+                    allow_unused_input=True)
+        finally:
+            torch.cuda.set_rng_state(rng, device)
 
     def fits(self, tokens: torch.Tensor, targets: torch.Tensor) -> bool:
-        """Whether a batch has the captured shape (a batch of another shape must run the model itself)."""
-        return tuple(tokens.shape) == self.shape and tuple(targets.shape) == self.shape
+        """Whether a batch can replay the graphs: the captured shape, the model still in training mode."""
+        return self.model.training and tuple(tokens.shape) == self.shape and tuple(targets.shape) == self.shape
 
     def __call__(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """tokens, targets: (B, T) long, of the captured shape -> the summed NLL, () float32. The value lives in the
         graph's output buffer: read it (or copy it) before the next call."""
-        return self._graphed(tokens, targets)
+        return self._loss(tokens, targets)
+
+    def release(self) -> None:
+        """Free the graphs and their memory pool now. make_graphed_callables leaves the wrapped module's forward
+        holding the module itself (a reference cycle that only the garbage collector would break)."""
+        self._loss.__dict__.pop("forward", None)
+        self._loss = None
 
 
 def _autocast_without_cache(device: torch.device) -> contextlib.AbstractContextManager:

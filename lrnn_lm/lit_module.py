@@ -6,8 +6,8 @@ tokens, bytes} per evaluation, where loss is the mean NLL per predicted token in
 bpb = NLL / (ln 2 · bytes) over the UTF-8 bytes the targets stand for (exact, see data.py). Evaluation sums NLL,
 tokens and bytes over the whole split and across ranks before dividing.
 
-On CUDA a training step's forward and backward replay CUDA graphs captured at the first batch (graphed_loss.py;
-`trainer.cuda_graphs`): two launches a step where the model alone would launch hundreds of small kernels.
+With `trainer.cuda_graphs` on, a training step's forward and backward replay CUDA graphs captured at the first
+batch (graphed_loss.py): two launches a step where the model alone launches hundreds of small kernels.
 
 No host sync in a training step. The step's metrics stay on the device; they are read, logged and checked
 every log_every steps. The non-finite guard counts, on the device, the optimizer steps whose loss or gradient
@@ -91,6 +91,17 @@ class LitLM(L.LightningModule):
         self._step_finite = finite if self._step_finite is None else self._step_finite & finite
         self._metrics = {"loss": loss.detach(), "bpb": nll.detach() / (LN2 * batch["n_bytes"])}
         return loss
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        # None, never zeros: with CUDA graphs each .grad is the backward graph's own buffer, which autograd would add
+        # the next replay's gradient to (itself), doubling it
+        optimizer.zero_grad(set_to_none=True)
+
+    def on_train_end(self) -> None:
+        if self._graphed is not None:  # its memory pool holds a step's activations: free it for evaluation
+            self._graphed.release()
+            self._graphed = None
+            torch.cuda.empty_cache()  # a released graph pool's blocks go back to the device here
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         params = [p for p in self.parameters() if p.grad is not None]

@@ -50,6 +50,7 @@ from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 
 from .cli import RunInterrupted
@@ -118,8 +119,8 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
             *callbacks,
         ],
     )
-    module.cuda_graphs = resolve_cuda_graphs(t, trainer.strategy.root_device, trainer.world_size,
-                                             cfg.model.activation_checkpointing)
+    module.cuda_graphs = resolve_cuda_graphs(cfg, trainer.strategy.root_device,
+                                             isinstance(trainer.strategy, SingleDeviceStrategy))
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     except FloatingPointError as e:
@@ -244,8 +245,8 @@ FREE_ON_RESUME = {
     "model": {"scan", "activation_checkpointing"},
     "data": {"num_workers", "cache_dir"},
     "trainer": {"max_steps", "val_every", "limit_val_batches", "checkpoint_every", "accelerator", "devices",
-                "num_nodes", "strategy", "precision", "compile", "cuda_graphs", "logger", "wandb_project", "wandb_mode", "log_every",
-                "run_dir", "resume", "overwrite"},
+                "num_nodes", "strategy", "precision", "compile", "cuda_graphs", "logger", "wandb_project", "wandb_mode",
+                "log_every", "run_dir", "resume", "overwrite"},
 }
 """What may change when a run resumes: how long and how often, where it runs and logs, which scan computes the
 same function. Everything else is restored from the checkpoint or decides what it means (the model's shape, the
@@ -555,13 +556,15 @@ def peak_bf16_flops(device: torch.device) -> float | None:
     return peak
 
 
-def resolve_cuda_graphs(t: TrainerConfig, device: torch.device, world_size: int,
-                        activation_checkpointing: bool = False) -> bool:
+def resolve_cuda_graphs(cfg: Config, device: torch.device, single_device: bool = True) -> bool:
     """trainer.cuda_graphs: 'auto' = where graphs apply (graphed_loss.graphs_apply); true where they do not raises."""
-    if t.cuda_graphs is False:
+    if cfg.trainer.cuda_graphs is False:
         return False
-    why_not = graphs_apply(device, world_size, t.accumulate_grad_batches, activation_checkpointing)
-    if why_not is not None and t.cuda_graphs is True:
+    why_not = graphs_apply(device, single_device=single_device,
+                           accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+                           activation_checkpointing=cfg.model.activation_checkpointing,
+                           loader_workers=cfg.data.num_workers)
+    if why_not is not None and cfg.trainer.cuda_graphs is True:
         raise ValueError(f"trainer.cuda_graphs: expected a setup where graphs apply, got true: {why_not}")
     return why_not is None
 

@@ -98,7 +98,9 @@ def sync() -> None:
 
 def time_steps(step, steps: int, warmup: int) -> dict:
     """Wall-clock time of `step()`: warmup calls (compilation, autotuning, allocator growth), then `steps` timed
-    ones -> {"warmup_s", "step_s": the timed calls' mean, "peak_memory_gb": over the timed calls (None off CUDA)}."""
+    ones -> {"warmup_s", "step_s": the timed calls' mean, "peak_memory_gb": allocated, "peak_reserved_gb": held by
+    the caching allocator, both over the timed calls (None off CUDA)}. A CUDA graph's private pool is reserved, not
+    allocated, between its replays: for a step replayed from graphs, the reserved figure is the one to compare."""
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
@@ -112,7 +114,8 @@ def time_steps(step, steps: int, warmup: int) -> dict:
     sync()
     step_s = (time.perf_counter() - t0) / steps
     peak = torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else None
-    return {"warmup_s": warmup_s, "step_s": step_s, "peak_memory_gb": peak}
+    reserved = torch.cuda.max_memory_reserved() / 1e9 if DEVICE == "cuda" else None
+    return {"warmup_s": warmup_s, "step_s": step_s, "peak_memory_gb": peak, "peak_reserved_gb": reserved}
 
 
 def scan_inputs(B: int, T: int, D: int, dtype: torch.dtype, device: str = DEVICE, seed: int = 0):

@@ -19,6 +19,7 @@ summary.json of a finished run of the preset instead of running one.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def bare_step(cfg, cuda_graphs: bool | None = None):
     if DEVICE == "cuda":
         model.compile_blocks()
     if cuda_graphs is None:
-        cuda_graphs = resolve_cuda_graphs(cfg.trainer, torch.device(DEVICE), 1, cfg.model.activation_checkpointing)
+        cuda_graphs = resolve_cuda_graphs(cfg, torch.device(DEVICE))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=DEVICE == "cuda")
     B, T = cfg.data.batch_size, cfg.data.seq_len
     tokens = torch.randint(1, cfg.model.vocab_size, (B, T + 1), device=DEVICE)
@@ -74,7 +75,7 @@ def bare_step_tokens_per_s(cfg, steps: int, warmup: int, cuda_graphs: bool | Non
     step, tokens_per_step = bare_step(cfg, cuda_graphs)
     t = time_steps(step, steps, warmup)
     return {"tokens_per_s": tokens_per_step / t["step_s"], "step_ms": t["step_s"] * 1e3, "warmup_s": t["warmup_s"],
-            "peak_memory_gb": t["peak_memory_gb"]}
+            "peak_memory_gb": t["peak_memory_gb"], "peak_reserved_gb": t["peak_reserved_gb"]}
 
 
 def train_py_tokens_per_s(config: str, steps: int, extra: list[str]) -> dict:
@@ -103,12 +104,13 @@ def main() -> None:
     info = run_info() | {"lightning": __import__("lightning").__version__, "config": args.config, "overrides": extra,
                          "batch": [cfg.data.batch_size, cfg.data.seq_len]}
     print(json.dumps(info), flush=True)
-    graphs = resolve_cuda_graphs(cfg.trainer, torch.device(DEVICE), 1, cfg.model.activation_checkpointing)
+    graphs = resolve_cuda_graphs(cfg, torch.device(DEVICE))
     bare = bare_step_tokens_per_s(cfg, args.steps, args.warmup, graphs)
     print(f"bare step{' (CUDA graphs, as train.py)' if graphs else ''}: {bare['tokens_per_s']:,.0f} tokens/s "
           f"({bare['step_ms']:.1f} ms a step)", flush=True)
     bare_without = None
     if graphs:  # the step as the model alone runs it, for scale
+        gc.collect()  # the graphed step's model, optimizer and graphs (a reference cycle) go first
         torch.cuda.empty_cache()
         bare_without = bare_step_tokens_per_s(cfg, args.steps, args.warmup, cuda_graphs=False)
         print(f"bare step without CUDA graphs: {bare_without['tokens_per_s']:,.0f} tokens/s "

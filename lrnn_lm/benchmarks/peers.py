@@ -15,7 +15,7 @@ embedding: configs/medium.yaml's model), side by side in one run:
 One step: bf16 autocast forward and loss, backward, fused AdamW, zero_grad(set_to_none=True), on random tokens,
 tokens_per_step // context sequences of `context` tokens. Tokens/s over --steps steps after --warmup (compilation,
 autotuning); peak memory: torch.cuda.max_memory_allocated over those steps (weights, gradients and AdamW state
-included). Writes OUT/peers.{csv,json,png}. --smoke: a tiny model and context on the CPU (the benchmark's plumbing).
+included), and max_memory_reserved (which a CUDA graph's pool counts, between replays, where allocated does not). Writes OUT/peers.{csv,json,png}. --smoke: a tiny model and context on the CPU (the benchmark's plumbing).
 """
 
 from __future__ import annotations
@@ -24,28 +24,38 @@ import argparse
 import dataclasses
 import gc
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from kernels.benchmarks.common import DEVICE, print_table, run_info, time_steps, write_csv
 
-from ..config import ModelConfig, TrainerConfig, load_config
-from ..graphed_loss import GraphedNLL
+from ..config import ModelConfig, load_config
+from ..graphed_loss import GraphedNLL, graphs_apply
 from ..model import LinearRNNLM
-from ..train import resolve_cuda_graphs
 
 SMOKE_MODEL = dict(vocab_size=256, d_model=32, n_layers=2, n_heads=4)
 
 
+class Peer(NamedTuple):
+    model: torch.nn.Module
+    loss: Callable[[torch.Tensor], torch.Tensor]
+    """tokens (B, T + 1) -> the mean NLL of predicting tokens[:, 1:]"""
+    vocab_size: int
+    cuda_graphs: bool = False
+    """whether `loss` replays CUDA graphs (graphed_loss.py)"""
+
+
 def lrnn_model(mixer: str = "lrnn", checkpointing: bool = False, smoke: bool = False,
-               cuda_graphs: bool | str = False):
+               cuda_graphs: bool = False) -> Peer:
     base = ModelConfig(**SMOKE_MODEL) if smoke else dataclasses.replace(load_config("medium.yaml").model, n_heads=12)
     cfg = dataclasses.replace(base, mixer=mixer, dropout=0.0, activation_checkpointing=checkpointing)
     model = LinearRNNLM(cfg).to(DEVICE)
     if DEVICE == "cuda":
         model.compile_blocks()
-    graphs = resolve_cuda_graphs(TrainerConfig(cuda_graphs=cuda_graphs), torch.device(DEVICE), 1, checkpointing)
+    graphs = cuda_graphs and graphs_apply(torch.device(DEVICE), activation_checkpointing=checkpointing) is None
     graphed = None
 
     def loss(tokens):
@@ -58,10 +68,10 @@ def lrnn_model(mixer: str = "lrnn", checkpointing: bool = False, smoke: bool = F
         nll, n = model.nll(inputs, targets, check_ids=False)  # as training calls it
         return nll / n
 
-    return model, loss, cfg.vocab_size
+    return Peer(model, loss, cfg.vocab_size, graphs)
 
 
-def fla_hgrn_model():
+def fla_hgrn_model() -> Peer:
     from fla.models import HGRNConfig, HGRNForCausalLM  # imported from fla.models: its failures then show
 
     cfg = HGRNConfig(attn_mode="chunk", hidden_size=768, num_hidden_layers=12, vocab_size=32000, expand_ratio=1,
@@ -73,10 +83,10 @@ def fla_hgrn_model():
     def loss(tokens):
         return model(input_ids=tokens[:, :-1], labels=tokens[:, :-1]).loss  # fla shifts the labels itself
 
-    return model, loss, cfg.vocab_size
+    return Peer(model, loss, cfg.vocab_size)
 
 
-MODELS = {  # name -> (smoke, cuda_graphs) -> (model, loss(tokens), vocabulary size)
+MODELS: dict[str, Callable[[bool, bool], Peer]] = {  # name -> (smoke, cuda_graphs) -> Peer
     "lrnn-lm": lambda smoke, graphs: lrnn_model(smoke=smoke, cuda_graphs=graphs),
     "lrnn-lm, activation checkpointing": lambda smoke, graphs: lrnn_model(checkpointing=True, smoke=smoke),
     "lrnn-lm attention baseline": lambda smoke, graphs: lrnn_model("attention", smoke=smoke, cuda_graphs=graphs),
@@ -85,11 +95,11 @@ MODELS = {  # name -> (smoke, cuda_graphs) -> (model, loss(tokens), vocabulary s
 
 
 def measure(name: str, context: int, tokens_per_step: int, steps: int, warmup: int, smoke: bool = False,
-            cuda_graphs: bool | str = False) -> dict:
+            cuda_graphs: bool = False) -> dict:
     torch.manual_seed(0)
     if DEVICE != "cuda" and name == "fla HGRN":
         raise ImportError("fla's kernels need CUDA")
-    model, loss_fn, vocab = MODELS[name](smoke, cuda_graphs)
+    model, loss_fn, vocab, graphs = MODELS[name](smoke, cuda_graphs)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=DEVICE == "cuda")
     batch = max(1, tokens_per_step // context)
@@ -105,12 +115,12 @@ def measure(name: str, context: int, tokens_per_step: int, steps: int, warmup: i
     row = dict(model=name, context=context, batch=batch, params=params)
     try:
         t = time_steps(step, steps, warmup)
-        peak = t["peak_memory_gb"] if t["peak_memory_gb"] is not None else float("nan")
+        peak, reserved = (t[k] if t[k] is not None else float("nan") for k in ("peak_memory_gb", "peak_reserved_gb"))
         row.update(warmup_s=t["warmup_s"], tokens_per_s=batch * context / t["step_s"], step_ms=t["step_s"] * 1e3,
-                   peak_memory_gb=peak)
+                   peak_memory_gb=peak, peak_reserved_gb=reserved, cuda_graphs=graphs)
     except torch.OutOfMemoryError:
         row.update(tokens_per_s=float("nan"), step_ms=float("nan"), peak_memory_gb=float("nan"), oom=True)
-    del model, opt, tokens
+    del model, opt, tokens, step, loss_fn  # the step's closures hold the model (and any graphs) too
     gc.collect()
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
@@ -128,11 +138,10 @@ def main() -> None:
     p.add_argument("--checkpointing-contexts", type=int, nargs="*", default=[2048],
                    help="contexts at which the activation-checkpointing variant runs")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    p.add_argument("--cuda-graphs", default="false", choices=["false", "auto", "true"],
-                   help="lrnn-lm's loss replayed from CUDA graphs, as train.py's --trainer.cuda_graphs")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay lrnn-lm's loss from CUDA graphs where they apply (train.py's --trainer.cuda_graphs)")
     p.add_argument("--smoke", action="store_true", help="a tiny model at context 32 (runs on a CPU)")
     args = p.parse_args()
-    graphs = {"false": False, "auto": "auto", "true": True}[args.cuda_graphs]
     if args.smoke:
         args.contexts, args.tokens_per_step, args.steps, args.warmup = [32], 64, 2, 1
         args.checkpointing_contexts = [32]
@@ -152,7 +161,7 @@ def main() -> None:
     rows = []
     for context, name in runs:
         try:
-            row = measure(name, context, args.tokens_per_step, args.steps, args.warmup, args.smoke, graphs)
+            row = measure(name, context, args.tokens_per_step, args.steps, args.warmup, args.smoke, args.cuda_graphs)
         except ImportError as e:
             print(f"{name}: skipped ({e})", flush=True)
             continue
@@ -160,7 +169,8 @@ def main() -> None:
         print(row, flush=True)
         write_csv(args.out / "peers.csv", rows)  # after every row: what a run cut short measured stays written
         (args.out / "peers.json").write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
-    print_table(rows, ["model", "context", "batch", "params", "tokens_per_s", "step_ms", "peak_memory_gb"])
+    print_table(rows, ["model", "context", "batch", "params", "tokens_per_s", "step_ms", "peak_memory_gb",
+                       "peak_reserved_gb"])
     plot(rows, info, args.out / "peers.png")
 
 

@@ -1,16 +1,19 @@
 """GraphedNLL: the training loss and its gradients replayed from CUDA graphs equal the model's own, step after step
-of an optimizer (on a GPU); where graphs apply, and the errors where they do not (on the CPU)."""
+of an optimizer, on every scan path and with a loss of several chunks; train.py with graphs trains as without them
+(on a GPU). Where graphs apply, and the errors where they do not (on the CPU)."""
 
 import copy
 
 import pytest
 import torch
 
-from lrnn_lm.config import TrainerConfig
+import lrnn_lm.loss
+from lrnn_lm.config import Config, DataConfig, ModelConfig, TrainerConfig, load_config
 from lrnn_lm.graphed_loss import GraphedNLL, graphs_apply
-from lrnn_lm.train import resolve_cuda_graphs
+from lrnn_lm.train import resolve_cuda_graphs, train
 
 from .tiny_model import VOCAB, tiny_model
+from .tiny_run import Recorder, tiny_overrides
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
@@ -27,19 +30,22 @@ def batch(B: int = 3, T: int = 300, seed: int = 0, device: str = "cuda") -> tupl
 @cuda
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_graphed_steps_match_the_models_own(autocast, compiled):
-    """Four optimizer steps on fresh batches: loss, every gradient and the updated weights agree with the same steps
-    run without graphs."""
+@pytest.mark.parametrize("shape", [(3, 300), (1, 4096)], ids=["one-chunk", "look-back"])
+def test_graphed_steps_match_the_models_own(autocast, compiled, shape, monkeypatch):
+    """Three optimizer steps on fresh batches: loss, every gradient and the updated weights agree with the same steps
+    run without graphs. (3, 300) takes the scan's one-chunk path, (1, 4096) its look-back; the loss runs in chunks
+    of 128 tokens, the last one shorter."""
+    monkeypatch.setattr(lrnn_lm.loss, "MAX_CHUNK_ELEMENTS", 128 * VOCAB)
     plain = tiny_model(dropout=0.0, d_model=64, conv_size=4).cuda().train()
     graphed_model = copy.deepcopy(plain)
     if compiled:
         plain.compile_blocks()
         graphed_model.compile_blocks()
-    opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, fused=True) for m in (plain, graphed_model)]
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True) for m in (plain, graphed_model)]
     graphed = None
-    tol = dict(rtol=2e-2, atol=2e-4) if autocast else dict(rtol=1e-4, atol=1e-6)
-    for step in range(4):
-        inputs, targets = batch(seed=step)
+    tol = dict(rtol=2e-2, atol=1e-4) if autocast else dict(rtol=1e-4, atol=1e-6)
+    for step in range(3):
+        inputs, targets = batch(*shape, seed=step)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             expected = plain.nll(inputs, targets, check_ids=False)[0]
             if graphed is None:
@@ -55,7 +61,8 @@ def test_graphed_steps_match_the_models_own(autocast, compiled):
             opt.step()
             opt.zero_grad(set_to_none=True)
     for (name, p), q in zip(plain.named_parameters(), graphed_model.parameters()):
-        torch.testing.assert_close(q, p, **tol, msg=lambda m: f"{name} after 4 steps: {m}")
+        torch.testing.assert_close(q, p, **tol, msg=lambda m: f"{name} after 3 steps: {m}")
+    graphed.release()
 
 
 @cuda
@@ -73,11 +80,35 @@ def test_dropout_masks_advance_and_the_rng_is_put_back():
 
 
 @cuda
-def test_a_batch_of_another_shape_does_not_fit():
+def test_what_fits():
     model = tiny_model(d_model=64).cuda().train()
     graphed = GraphedNLL(model, *batch(), ignore_index=-100)
     assert graphed.fits(*batch(seed=1))
-    assert not graphed.fits(*batch(T=299))
+    assert not graphed.fits(*batch(T=299))  # another shape
+    model.eval()
+    assert not graphed.fits(*batch(seed=1))  # dropout is captured: evaluation runs the model itself
+
+
+@cuda
+def test_train_py_with_graphs_trains_as_without(tmp_path, corpus):
+    """The tiny run on the GPU, compiled, with and without graphs: the graphs are replayed, and the per-batch losses
+    agree (same seed, no dropout; bf16 autocast)."""
+
+    class SawGraphs(Recorder):
+        replayed = 0
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+            self.replayed += module._graphed is not None
+
+    runs = {}
+    for graphs in (False, True):
+        cfg = load_config(None, tiny_overrides(tmp_path / f"graphs-{graphs}", corpus, trainer__accelerator="gpu",
+                                               trainer__max_steps=12, trainer__cuda_graphs=graphs))
+        runs[graphs] = SawGraphs()
+        train(cfg, callbacks=[runs[graphs]])
+    assert runs[True].replayed == 12 and runs[False].replayed == 0
+    torch.testing.assert_close(torch.tensor(runs[True].losses), torch.tensor(runs[False].losses), rtol=2e-2, atol=0)
 
 
 def test_the_capture_needs_training_mode():
@@ -87,22 +118,30 @@ def test_the_capture_needs_training_mode():
 
 def test_where_graphs_apply():
     cuda0 = torch.device("cuda", 0)
-    assert graphs_apply(cuda0, world_size=1, accumulate_grad_batches=1) is None
-    assert "CUDA device" in graphs_apply(torch.device("cpu"), 1, 1)
-    assert "single device" in graphs_apply(cuda0, 2, 1)
-    assert "accumulate" in graphs_apply(cuda0, 1, 4)
-    assert "checkpointing" in graphs_apply(cuda0, 1, 1, activation_checkpointing=True)
+    assert graphs_apply(cuda0) is None
+    assert "CUDA device" in graphs_apply(torch.device("cpu"))
+    assert "single-device" in graphs_apply(cuda0, single_device=False)
+    assert "accumulate" in graphs_apply(cuda0, accumulate_grad_batches=4)
+    assert "checkpointing" in graphs_apply(cuda0, activation_checkpointing=True)
+    assert "num_workers" in graphs_apply(cuda0, loader_workers=2)
 
 
 def test_trainer_cuda_graphs_setting():
     cuda0 = torch.device("cuda", 0)
-    auto = dict(cuda_graphs="auto")
-    assert resolve_cuda_graphs(TrainerConfig(**auto), cuda0, 1) is True
-    assert resolve_cuda_graphs(TrainerConfig(**auto), torch.device("cpu"), 1) is False  # only where they apply
-    assert resolve_cuda_graphs(TrainerConfig(cuda_graphs=False), cuda0, 1) is False
-    assert resolve_cuda_graphs(TrainerConfig(**auto, accumulate_grad_batches=2), cuda0, 1) is False
-    assert resolve_cuda_graphs(TrainerConfig(**auto), cuda0, 1, activation_checkpointing=True) is False
+
+    def config(cuda_graphs="auto", accumulate=1, checkpointing=False, workers=0) -> Config:
+        return Config(model=ModelConfig(activation_checkpointing=checkpointing), data=DataConfig(num_workers=workers),
+                      trainer=TrainerConfig(cuda_graphs=cuda_graphs, accumulate_grad_batches=accumulate))
+
+    assert TrainerConfig().cuda_graphs is False
+    assert resolve_cuda_graphs(config(), cuda0) is True
+    assert resolve_cuda_graphs(config(), torch.device("cpu")) is False  # 'auto': only where they apply
+    assert resolve_cuda_graphs(config(), cuda0, single_device=False) is False
+    assert resolve_cuda_graphs(config(cuda_graphs=False), cuda0) is False
+    assert resolve_cuda_graphs(config(accumulate=2), cuda0) is False
+    assert resolve_cuda_graphs(config(checkpointing=True), cuda0) is False
+    assert resolve_cuda_graphs(config(workers=2), cuda0) is False
     with pytest.raises(ValueError, match="trainer.cuda_graphs.*accumulate_grad_batches 2"):
-        resolve_cuda_graphs(TrainerConfig(cuda_graphs=True, accumulate_grad_batches=2), cuda0, 1)
+        resolve_cuda_graphs(config(cuda_graphs=True, accumulate=2), cuda0)
     with pytest.raises(ValueError, match="trainer.cuda_graphs"):
         TrainerConfig(cuda_graphs="maybe")

@@ -10,6 +10,7 @@
 # precision. Each writes OUT/<stage>/ (its log and results) under a time limit; a failed stage does not stop the next.
 # With PACK=DIR set, each stage's folder is also packed into DIR/<stage>.tgz as soon as it ends. With BUDGET=SECONDS
 # set, a stage whose time limit would end past that many seconds from the start is skipped (list stages by priority).
+# TRAIN_ARGS: extra train.py arguments for train_small (e.g. "--trainer.cuda_graphs auto").
 set -uo pipefail
 OUT=${1:?an output folder}
 shift
@@ -38,7 +39,7 @@ for s in $STAGES; do
   case $s in
     tests) stage tests 150 python3 -m pytest tests/kernels tests/lrnn_lm/test_sampling.py tests/lrnn_lm/test_model.py tests/lrnn_lm/test_graphed_loss.py -n 16 -q \
       -p no:cacheprovider ;;
-    train_small) stage train_small 110 bash -c 't0=$(date +%s.%N); python3 train.py --config small.yaml; rc=$?;
+    train_small) stage train_small 110 bash -c 't0=$(date +%s.%N); python3 train.py --config small.yaml ${TRAIN_ARGS:-}; rc=$?;
       echo "wall_s $(python3 -c "print(round($(date +%s.%N) - $t0, 1))")"; cp runs/small/summary.json "$STAGE_OUT/"; exit $rc' ;;
     loop_small) stage loop_small 90 python3 -m lrnn_lm.benchmarks.loop --config small.yaml \
       --train-summary runs/small/summary.json --steps 100 --out "$OUT/loop_small" ;;

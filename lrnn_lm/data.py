@@ -202,7 +202,7 @@ class LMDataModule(L.LightningDataModule):
     def _loader_options(self) -> dict:
         """A loader's own generator: without one, each new iterator draws its workers' base seed from torch's
         global state, which a resumed run would then draw at another step than an uninterrupted one (the
-        dropout masks after it would differ, see train.RNGState)."""
+        dropout masks after it would differ, see callbacks.RNGState)."""
         workers = self.data.num_workers
         return {"collate_fn": self.collate, "num_workers": workers, "persistent_workers": workers > 0,
                 "pin_memory": torch.cuda.is_available(), "generator": torch.Generator().manual_seed(self.seed)}

@@ -5,16 +5,16 @@ the config, fits (from run_dir/checkpoints/last.ckpt with --trainer.resume), eva
 val/loss) on the whole validation and test splits, prints a summary and writes it to run_dir/summary.json.
 
 What a run guarantees:
-- One run per run_dir. A lock file (run_dir/.lock, held while the process lives) refuses a second run, naming
-  the one that holds it. Without --trainer.resume, a run_dir that already holds checkpoints is refused, unless
-  --trainer.overwrite deletes them.
+- One run per run_dir (run_dir.py). A lock file (run_dir/.lock, held while the process lives) refuses a second
+  run, naming the one that holds it. Without --trainer.resume, a run_dir that already holds checkpoints is
+  refused, unless --trainer.overwrite deletes them.
 - Checkpoints are written atomically on any filesystem: to a temporary file in the same folder, flushed to disk
   and renamed over the old one (`AtomicCheckpointIO`), so a kill at any moment leaves the previous last.ckpt or
   the new one, whole. Temporaries left by a kill are deleted at the next start. summary.json is written the same
   way.
-- last.ckpt is written every trainer.checkpoint_every optimizer steps, at the last step, and when SIGTERM or
-  SIGINT (Ctrl-C) stops the run at the next step boundary; the process then says how to resume and exits with
-  128 + the signal's number (143, 130). A second Ctrl-C stops at once. Lightning's SLURM auto-requeue
+- last.ckpt is written (callbacks.py) every trainer.checkpoint_every optimizer steps, at the last step, and when
+  SIGTERM or SIGINT (Ctrl-C) stops the run at the next step boundary; the process then says how to resume and
+  exits with 128 + the signal's number (143, 130). A second Ctrl-C stops at once. Lightning's SLURM auto-requeue
   (SIGUSR1) is left to Lightning.
 - --trainer.resume restores the model, optimizer, scheduler, step, data position (mid-epoch included, also after
   a finished run: more steps continue the same epoch) and torch's random state, so a resumed run ends with the
@@ -31,14 +31,10 @@ weights_only=True.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
-import statistics
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,29 +43,27 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import SingleDeviceStrategy
-from lightning.pytorch.trainer.states import TrainerFn
 
+from .callbacks import LastCheckpoint, RNGState, RunDirModelCheckpoint, TrainingSpeed
 from .cli import RunInterrupted
 from .config import Config, TrainerConfig
 from .data import LMDataModule
 from .graphed_loss import graphs_apply
-from .lit_module import LitLM, read_checkpoint
-
-TMP_PREFIX = ".tmp-"
-"""Temporary files of atomic writes start with this; any found at a start were left by a kill, and are deleted."""
+from .lit_module import LitLM
+from .run_dir import AtomicCheckpointIO, RunDirLock, is_launching_process, last_good_message, prepare_run_dir, \
+    write_atomically
 
 
 def train(cfg: Config, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Fit, evaluate and summarise one run; `callbacks` are added to the Trainer's (tests use them to observe)."""
     t = cfg.trainer
     run_dir, ckpt_dir = Path(t.run_dir), Path(t.run_dir) / "checkpoints"
-    lock = RunDirLock(run_dir) if _is_launching_process() else None
+    lock = RunDirLock(run_dir) if is_launching_process() else None
     try:
-        resume_from = _prepare_run_dir(cfg, ckpt_dir, check=lock is not None)
+        resume_from = prepare_run_dir(cfg, ckpt_dir, check=lock is not None)
         return _train(cfg, run_dir, ckpt_dir, resume_from, callbacks)
     finally:
         if lock is not None:
@@ -124,7 +118,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     except FloatingPointError as e:
-        raise FloatingPointError(f"{e}. {_last_good(ckpt_dir)}") from None
+        raise FloatingPointError(f"{e}. {last_good_message(ckpt_dir)}") from None
     if last.stopped_by is not None:
         raise RunInterrupted(last.stopped_by, _resume_message(last, trainer))
 
@@ -168,113 +162,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
     return summary
 
 
-# --------------------------------------------------------------------------------------------------
-# The run directory: one run at a time, no accidental overwrite, no stale temporaries.
-# --------------------------------------------------------------------------------------------------
-
-
-def _is_launching_process() -> bool:
-    """Whether this is the process that owns the run: global rank 0 (before Lightning or torchrun start other ranks,
-    this is the only process)."""
-    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
-        if os.environ.get(variable, "0") not in ("", "0"):
-            return False
-    return True
-
-
-class RunDirLock:
-    """An exclusive lock on run_dir/.lock (fcntl.flock), held until release() or the process's end (a killed process
-    holds nothing). The file says who holds it, so a refused run can name the other process."""
-
-    def __init__(self, run_dir: Path):
-        import fcntl
-
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = run_dir / ".lock"
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            raise ValueError(f"trainer.run_dir={str(run_dir)!r}: in use by {holder}; wait for that run to end, or "
-                             "choose another run_dir") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        self.file.flush()
-
-    def release(self) -> None:
-        if not self.file.closed:
-            self.file.close()
-
-
-def _prepare_run_dir(cfg: Config, ckpt_dir: Path, check: bool) -> str | None:
-    """-> the checkpoint to resume from, or None. With `check` (the launching process): refuses what the module
-    docstring says, deletes checkpoints under --trainer.overwrite and temporaries left by a kill."""
-    t = cfg.trainer
-    last = ckpt_dir / "last.ckpt"
-    if check:
-        clean_interrupted_writes(ckpt_dir)
-    existing = sorted(p.name for p in ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
-    if t.resume is True and not last.is_file():
-        raise FileNotFoundError(f"trainer.resume: no checkpoint at {last}; run without --trainer.resume to start")
-    if t.resume is True or (t.resume == "auto" and last.is_file()):
-        check_same_run(read_checkpoint(str(last), mmap=True)["hyper_parameters"]["config"], cfg.to_dict(), last)
-        return str(last)
-    if check and existing:
-        if not t.overwrite:
-            raise ValueError(f"trainer.run_dir={t.run_dir!r}: holds checkpoints ({', '.join(existing)}) of an earlier "
-                             "run; add --trainer.resume to continue it, --trainer.overwrite to start afresh, or choose "
-                             "another run_dir")
-        for name in existing:
-            (ckpt_dir / name).unlink()
-        (Path(t.run_dir) / "summary.json").unlink(missing_ok=True)
-    return None
-
-
-def clean_interrupted_writes(folder: Path) -> None:
-    """Delete the temporary files that kills during atomic writes left in `folder`."""
-    if folder.is_dir():
-        for stale in folder.glob(f"{TMP_PREFIX}*"):
-            stale.unlink(missing_ok=True)
-
-
-FREE_ON_RESUME = {
-    "model": {"scan", "activation_checkpointing"},
-    "data": {"num_workers", "cache_dir"},
-    "trainer": {"max_steps", "val_every", "limit_val_batches", "checkpoint_every", "accelerator", "devices",
-                "num_nodes", "strategy", "precision", "compile", "cuda_graphs", "logger", "wandb_project", "wandb_mode",
-                "log_every", "run_dir", "resume", "overwrite"},
-}
-"""What may change when a run resumes: how long and how often, where it runs and logs, which scan computes the
-same function. Everything else is restored from the checkpoint or decides what it means (the model's shape, the
-data and its order, the optimizer and its schedule's rate, the seed)."""
-
-
-def check_same_run(saved: dict[str, Any], now: dict[str, Any], path: Path) -> None:
-    """Refuse to resume from a checkpoint whose config differs from this run's in what the restored state depends
-    on (see FREE_ON_RESUME); saved, now: `Config.to_dict()`s. A field the checkpoint lacks (one added to the
-    config since) counts as unchanged."""
-    changed = [f"{section}.{name}: {saved[section][name]!r} in the checkpoint, {value!r} now"
-               for section, fields in now.items() for name, value in fields.items()
-               if name not in FREE_ON_RESUME.get(section, ()) and saved.get(section, {}).get(name, value) != value]
-    if changed:
-        raise ValueError(f"trainer.resume: {path} was written with other settings for what it restores: "
-                         + "; ".join(changed) + "; resume with the checkpoint's settings, or start a new run_dir")
-
-
-def _last_good(ckpt_dir: Path) -> str:
-    last = ckpt_dir / "last.ckpt"
-    if not last.is_file():
-        return "No checkpoint was written yet"
-    step = read_checkpoint(str(last), mmap=True).get("global_step")
-    return f"The last good checkpoint is {last} (step {step}); resume from it with --trainer.resume, e.g. with a " \
-           "lower --optim.lr (then also in a new run_dir: the learning rate is restored from the checkpoint)"
-
-
-def _resume_message(last: "LastCheckpoint", trainer: L.Trainer) -> str:
+def _resume_message(last: LastCheckpoint, trainer: L.Trainer) -> str:
     name = signal.Signals(last.stopped_by).name
     command = " ".join([Path(sys.argv[0]).name if sys.argv[0].endswith("train.py") else sys.argv[0], *sys.argv[1:]])
     if last.saved_step is None:
@@ -282,220 +170,6 @@ def _resume_message(last: "LastCheckpoint", trainer: L.Trainer) -> str:
     resume = "" if "--trainer.resume" in sys.argv else " --trainer.resume"
     return (f"{name}: stopped at step {trainer.global_step} and saved {last.path} (step {last.saved_step}). "
             f"Resume with: python {command}{resume}")
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path):
-    """A binary file to write `path` through, so that a reader sees the old file or the new one, never part of one,
-    on any filesystem: a temporary file in the same folder, flushed to disk and renamed over `path` on success (on
-    an error the temporary is removed and `path` left as it was), then the folder flushed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes | str) -> None:
-    with atomic_file(path) as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch.save checkpoints, written through `atomic_file`: Lightning's own writer stages the file in
-    $TMPDIR and moves it, which becomes a copy over the old checkpoint when $TMPDIR is another filesystem (a kill
-    during that copy leaves a truncated last.ckpt)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        with atomic_file(Path(path)) as f:
-            torch.save(checkpoint, f)
-
-
-class LastCheckpoint(Callback):
-    """Writes last.ckpt every `every` optimizer steps, at the last step, and at the step boundary after SIGTERM or
-    SIGINT, then stops the run (`stopped_by`: the signal's number). The checkpoint is written from the end of a
-    training batch, so it holds the mid-epoch data position even at the last step: a run extended with more
-    steps continues the epoch where it stopped.
-
-    Under several processes the ranks agree on stopping every `sync_every` steps (a collective sum, at the steps
-    where the non-finite guard synchronises anyway), so that all of them stop at the same step."""
-
-    def __init__(self, path: Path, every: int, sync_every: int):
-        self.path, self.every, self.sync_every = Path(path), every, sync_every
-        self.saved_step: int | None = None
-        self.stopped_by: int | None = None
-        self._signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._on_signal)
-        self._trainer = trainer
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        if self._signal is None:
-            launcher = self._trainer.strategy.launcher
-            if launcher is not None and hasattr(launcher, "procs") and launcher.procs:
-                launcher.kill(signum)  # the ranks this process started
-            print(f"\n{signal.Signals(signum).name}: stopping after this step (last.ckpt will be saved)",
-                  file=sys.stderr, flush=True)
-        self._signal = signum
-
-    def _restore_handlers(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
-
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        if trainer.fit_loop._should_accumulate():
-            return
-        step = trainer.global_step
-        stop = self._signal is not None
-        if trainer.world_size > 1:
-            if step % self.sync_every != 0 and step < trainer.max_steps:
-                stop = False  # decided together at the next check
-            else:
-                flag = torch.tensor(float(stop), device=module.device)
-                stop = bool(trainer.strategy.reduce(flag, reduce_op="sum").item() > 0)
-        if stop or step % self.every == 0 or step >= trainer.max_steps:
-            trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, to resume from
-            self.saved_step = step
-        if stop:
-            self.stopped_by = self._signal or signal.SIGTERM  # another rank's signal
-            trainer.should_stop = True
-
-    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._restore_handlers()
-
-    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
-        self._restore_handlers()
-
-
-class RunDirModelCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose restored file paths are re-rooted in this run's own folder: Lightning restores them as
-    the absolute paths of the run that wrote the checkpoint, so a copied run_dir would evaluate (and could replace)
-    the original's best.ckpt, and a moved one would fail to find it."""
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        here = str(self.dirpath)
-
-        def rebase(p):
-            return os.path.join(here, os.path.basename(p)) if p else p
-
-        state = dict(state_dict, dirpath=here, best_model_path=rebase(state_dict.get("best_model_path")),
-                     kth_best_model_path=rebase(state_dict.get("kth_best_model_path")),
-                     last_model_path=rebase(state_dict.get("last_model_path")),
-                     best_k_models={rebase(k): v for k, v in (state_dict.get("best_k_models") or {}).items()})
-        if state["best_model_path"] and not os.path.isfile(state["best_model_path"]):
-            state.update(best_model_path="", best_model_score=None, best_k_models={}, kth_best_model_path="")
-        super().load_state_dict(state)
-
-
-class RNGState(Callback):
-    """Keeps torch's random state (dropout's masks) in every checkpoint and restores it when fit resumes, so that
-    a resumed run draws the masks the uninterrupted one would have. Lightning's checkpoints do not hold it, and
-    `train` seeds every run from the start. The CUDA state is the strategy's device's, each rank's own (in DDP every
-    rank is seeded alike, so rank 0's state, the one written, is every rank's). The data order has its own
-    (resumable_loader.py)."""
-
-    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
-        # the strategy's device, not the module's: after fit Lightning moves the module to the CPU
-        device = trainer.strategy.root_device
-        checkpoint["rng_states"] = {"cpu": torch.get_rng_state(),
-                                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-    def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
-        states = checkpoint.get("rng_states")
-        if states is None or trainer.state.fn != TrainerFn.FITTING:  # evaluation draws nothing
-            return
-        torch.set_rng_state(states["cpu"])
-        device = trainer.strategy.root_device
-        if states["cuda"] is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(states["cuda"], device)
-
-
-# --------------------------------------------------------------------------------------------------
-# Speed: measured without a host sync per step
-# --------------------------------------------------------------------------------------------------
-
-
-class TrainingSpeed(Callback):
-    """Training tokens per second over windows of `every` optimizer steps, validation time excluded.
-
-    The GPU is synchronised only at window ends (the steps whose metrics lit_module.py reads anyway) and around
-    validation, so measuring does not slow the steps it measures. `summary()`: the steady-state rate (the median
-    window after the first, which holds compilation and warm-up), the first window's time, how much longer it
-    took than steady steps would have (compilation and warm-up), and the validation time during fit."""
-
-    def __init__(self, every: int, tokens_per_step: int):
-        self.every, self.tokens_per_step, self.world_size = every, tokens_per_step, 1  # world_size: at train start
-        self.marks: list[tuple[int, float, float]] = []  # (optimizer step, time, validation time so far)
-        self.validation_s, self._validation_started = 0.0, None
-
-    @staticmethod
-    def _now(trainer: L.Trainer) -> float:
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize(trainer.strategy.root_device)
-        return time.perf_counter()
-
-    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.world_size = trainer.world_size
-        self.marks = [(trainer.global_step, self._now(trainer), 0.0)]
-
-    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.state.fn == TrainerFn.FITTING:
-            self._validation_started = self._now(trainer)
-
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if self._validation_started is not None:
-            self.validation_s += self._now(trainer) - self._validation_started
-            self._validation_started = None
-
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
-        step = trainer.global_step
-        if trainer.fit_loop._should_accumulate() or (step % self.every != 0 and step < trainer.max_steps):
-            return
-        self.marks.append((step, self._now(trainer), self.validation_s))
-        rate = self._rate(self.marks[-2], self.marks[-1])
-        if rate is not None:
-            module.log("train/tokens_per_s", rate, batch_size=1)
-
-    def _rate(self, a, b) -> float | None:
-        steps, seconds = b[0] - a[0], (b[1] - a[1]) - (b[2] - a[2])
-        return steps * self.tokens_per_step * self.world_size / seconds if steps > 0 and seconds > 0 else None
-
-    def summary(self) -> dict[str, float | None]:
-        windows = list(zip(self.marks, self.marks[1:]))
-        rates = [r for a, b in windows[1:] if (r := self._rate(a, b)) is not None]
-        steady = statistics.median(rates) if rates else (self._rate(*windows[0]) if windows else None)
-        out = {"tokens_per_s": round(steady) if steady else None, "first_window_s": None,
-               "compile_and_warmup_s": None, "validation_s": round(self.validation_s, 1)}
-        if windows and steady:
-            (s0, t0, v0), (s1, t1, v1) = windows[0]
-            first = (t1 - t0) - (v1 - v0)
-            steady_s = (s1 - s0) * self.tokens_per_step * self.world_size / steady
-            out.update(first_window_s=round(first, 1), compile_and_warmup_s=round(max(0.0, first - steady_s), 1))
-        return out
 
 
 # --------------------------------------------------------------------------------------------------

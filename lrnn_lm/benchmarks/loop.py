@@ -6,8 +6,9 @@
 1. Bare step: the preset's model (its ModelConfig, dropout included), compiled as train.py compiles it, in a plain
    loop: bf16 autocast forward and loss (`model.nll`, the training loss), backward, fused AdamW,
    zero_grad(set_to_none=True), on random tokens of the preset's batch. Where train.py replays CUDA graphs
-   (graphed_loss.py), so does the bare step, and the step without them is timed as well. Tokens per second of the steps after a
-   warm-up (compilation), timed with a synchronize at both ends; peak memory.
+   (graphed_loss.py), so does the bare step, and the step without them is timed as well. Tokens per second of the
+   steps after a warm-up (compilation), timed with a synchronize at both ends; peak memory (allocated and
+   reserved).
 2. train.py: the same preset run by `python train.py` in a fresh process (its own data, Lightning loop, callbacks,
    checkpointing at its own interval, validation off), for --steps optimizer steps; its summary's steady-state
    tokens per second (the median of its log_every-step windows after the first).

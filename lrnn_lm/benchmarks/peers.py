@@ -15,7 +15,8 @@ embedding: configs/medium.yaml's model), side by side in one run:
 One step: bf16 autocast forward and loss, backward, fused AdamW, zero_grad(set_to_none=True), on random tokens,
 tokens_per_step // context sequences of `context` tokens. Tokens/s over --steps steps after --warmup (compilation,
 autotuning); peak memory: torch.cuda.max_memory_allocated over those steps (weights, gradients and AdamW state
-included), and max_memory_reserved (which a CUDA graph's pool counts, between replays, where allocated does not). Writes OUT/peers.{csv,json,png}. --smoke: a tiny model and context on the CPU (the benchmark's plumbing).
+included), and max_memory_reserved (which counts a CUDA graph's pool between replays, where allocated does not).
+Writes OUT/peers.{csv,json,png}. --smoke: a tiny model and context on the CPU (the benchmark's plumbing).
 """
 
 from __future__ import annotations

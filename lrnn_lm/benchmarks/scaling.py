@@ -8,7 +8,7 @@ enough that host time between steps does not decide the figure.
 
 Each run is a plain `train.py` subprocess (so DDP launches exactly as a user's run does) with the CSV logger, in a
 fresh run_dir (--trainer.overwrite). Tokens/s is the run's summary figure: the median of the 20-step windows after
-the first, validation excluded (train.TrainingSpeed). Validation is off during fit so that only training steps are
+the first, validation excluded (callbacks.TrainingSpeed). Validation is off during fit so that only training steps are
 timed; each run still evaluates the final weights (not timed here). Scaling efficiency at N GPUs = tokens/s per GPU
 at N / tokens/s per GPU at 1.
 """
@@ -53,7 +53,7 @@ def run(config: str, gpus: int, steps: int, run_dir: Path, extra: list[str]) -> 
 
 def measure(gpus: int, steps: int, run_dir: Path) -> dict:
     """The figures of one finished run in run_dir: its summary's steady-state tokens/s (the median of the
-    log_every-step windows after the first, validation excluded: train.TrainingSpeed) and the windows it had."""
+    log_every-step windows after the first, validation excluded: callbacks.TrainingSpeed) and the windows it had."""
     # this run's log: CSVLogger adds version_N each time a run dir is reused
     metrics = max(run_dir.glob("csv/version_*/metrics.csv"), key=lambda m: int(m.parent.name.split("_")[1]))
     with open(metrics) as f:

@@ -43,7 +43,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) ->
 
 WRITER = """
 import sys, torch
-from lrnn_lm.train import AtomicCheckpointIO
+from lrnn_lm.run_dir import AtomicCheckpointIO
 io, path = AtomicCheckpointIO(), sys.argv[1]
 state = {"w": torch.randn(4_000_000), "step": 0}
 for step in range(10**9):
@@ -70,7 +70,7 @@ def test_a_kill_at_any_point_of_a_checkpoint_write_leaves_a_loadable_checkpoint(
         proc.stdout.close()
         state = torch.load(path, weights_only=True)
         assert state["w"].numel() == 4_000_000
-    from lrnn_lm.train import clean_interrupted_writes
+    from lrnn_lm.run_dir import clean_interrupted_writes
 
     assert len(list(path.parent.iterdir())) > 1  # the kills left partial temporaries
     clean_interrupted_writes(path.parent)  # what the next run does first

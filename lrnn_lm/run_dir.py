@@ -1,0 +1,167 @@
+"""A run's folder: one run at a time in it, files written so that a kill never leaves half of one, and the checks
+that start or resume a run there.
+
+- `RunDirLock` holds run_dir/.lock while the process lives; a second run is refused, naming the holder.
+- `prepare_run_dir` refuses a run_dir that holds another run's checkpoints (unless resuming or overwriting),
+  deletes the temporaries a kill left, and refuses to resume from a checkpoint whose settings differ in what it
+  restores (`FREE_ON_RESUME` lists what may change).
+- `atomic_file` / `AtomicCheckpointIO`: a temporary file in the same folder, flushed to disk and renamed over the
+  old one, so that a reader sees the old file or the new one, whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from .config import Config
+from .lit_module import read_checkpoint
+
+TMP_PREFIX = ".tmp-"
+"""Temporary files of atomic writes start with this; any found at a start were left by a kill, and are deleted."""
+
+
+def is_launching_process() -> bool:
+    """Whether this is the process that owns the run: global rank 0 (before Lightning or torchrun start other ranks,
+    this is the only process)."""
+    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
+        if os.environ.get(variable, "0") not in ("", "0"):
+            return False
+    return True
+
+
+class RunDirLock:
+    """An exclusive lock on run_dir/.lock (fcntl.flock), held until release() or the process's end (a killed process
+    holds nothing). The file says who holds it, so a refused run can name the other process."""
+
+    def __init__(self, run_dir: Path):
+        import fcntl
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / ".lock"
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise ValueError(f"trainer.run_dir={str(run_dir)!r}: in use by {holder}; wait for that run to end, or "
+                             "choose another run_dir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+
+
+def prepare_run_dir(cfg: Config, ckpt_dir: Path, check: bool) -> str | None:
+    """-> the checkpoint to resume from, or None. With `check` (the launching process): refuses what the module
+    docstring says, deletes checkpoints under --trainer.overwrite and temporaries left by a kill."""
+    t = cfg.trainer
+    last = ckpt_dir / "last.ckpt"
+    if check:
+        clean_interrupted_writes(ckpt_dir)
+    existing = sorted(p.name for p in ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    if t.resume is True and not last.is_file():
+        raise FileNotFoundError(f"trainer.resume: no checkpoint at {last}; run without --trainer.resume to start")
+    if t.resume is True or (t.resume == "auto" and last.is_file()):
+        check_same_run(read_checkpoint(str(last), mmap=True)["hyper_parameters"]["config"], cfg.to_dict(), last)
+        return str(last)
+    if check and existing:
+        if not t.overwrite:
+            raise ValueError(f"trainer.run_dir={t.run_dir!r}: holds checkpoints ({', '.join(existing)}) of an earlier "
+                             "run; add --trainer.resume to continue it, --trainer.overwrite to start afresh, or choose "
+                             "another run_dir")
+        for name in existing:
+            (ckpt_dir / name).unlink()
+        (Path(t.run_dir) / "summary.json").unlink(missing_ok=True)
+    return None
+
+
+def clean_interrupted_writes(folder: Path) -> None:
+    """Delete the temporary files that kills during atomic writes left in `folder`."""
+    if folder.is_dir():
+        for stale in folder.glob(f"{TMP_PREFIX}*"):
+            stale.unlink(missing_ok=True)
+
+
+FREE_ON_RESUME = {
+    "model": {"scan", "activation_checkpointing"},
+    "data": {"num_workers", "cache_dir"},
+    "trainer": {"max_steps", "val_every", "limit_val_batches", "checkpoint_every", "accelerator", "devices",
+                "num_nodes", "strategy", "precision", "compile", "cuda_graphs", "logger", "wandb_project", "wandb_mode",
+                "log_every", "run_dir", "resume", "overwrite"},
+}
+"""What may change when a run resumes: how long and how often, where it runs and logs, which scan computes the
+same function. Everything else is restored from the checkpoint or decides what it means (the model's shape, the
+data and its order, the optimizer and its schedule's rate, the seed)."""
+
+
+def check_same_run(saved: dict[str, Any], now: dict[str, Any], path: Path) -> None:
+    """Refuse to resume from a checkpoint whose config differs from this run's in what the restored state depends
+    on (see FREE_ON_RESUME); saved, now: `Config.to_dict()`s. A field the checkpoint lacks (one added to the
+    config since) counts as unchanged."""
+    changed = [f"{section}.{name}: {saved[section][name]!r} in the checkpoint, {value!r} now"
+               for section, fields in now.items() for name, value in fields.items()
+               if name not in FREE_ON_RESUME.get(section, ()) and saved.get(section, {}).get(name, value) != value]
+    if changed:
+        raise ValueError(f"trainer.resume: {path} was written with other settings for what it restores: "
+                         + "; ".join(changed) + "; resume with the checkpoint's settings, or start a new run_dir")
+
+
+def last_good_message(ckpt_dir: Path) -> str:
+    last = ckpt_dir / "last.ckpt"
+    if not last.is_file():
+        return "No checkpoint was written yet"
+    step = read_checkpoint(str(last), mmap=True).get("global_step")
+    return f"The last good checkpoint is {last} (step {step}); resume from it with --trainer.resume, e.g. with a " \
+           "lower --optim.lr (then also in a new run_dir: the learning rate is restored from the checkpoint)"
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """A binary file to write `path` through, so that a reader sees the old file or the new one, never part of one,
+    on any filesystem: a temporary file in the same folder, flushed to disk and renamed over `path` on success (on
+    an error the temporary is removed and `path` left as it was), then the folder flushed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes | str) -> None:
+    with atomic_file(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch.save checkpoints, written through `atomic_file`: Lightning's own writer stages the file in
+    $TMPDIR and moves it, which becomes a copy over the old checkpoint when $TMPDIR is another filesystem (a kill
+    during that copy leaves a truncated last.ckpt)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        with atomic_file(Path(path)) as f:
+            torch.save(checkpoint, f)

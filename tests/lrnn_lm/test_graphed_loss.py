@@ -43,7 +43,9 @@ def test_graphed_steps_match_the_models_own(autocast, compiled, shape, monkeypat
         graphed_model.compile_blocks()
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True) for m in (plain, graphed_model)]
     graphed = None
-    tol = dict(rtol=2e-2, atol=1e-4) if autocast else dict(rtol=1e-4, atol=1e-6)
+    # Relative to each tensor's norm: the look-back scan and the embedding's backward sum in an order that varies
+    # from run to run, so single elements near zero may differ by far more than their own size.
+    rel = 2e-2 if autocast else 1e-5
     for step in range(3):
         inputs, targets = batch(*shape, seed=step)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
@@ -51,18 +53,24 @@ def test_graphed_steps_match_the_models_own(autocast, compiled, shape, monkeypat
             if graphed is None:
                 graphed = GraphedNLL(graphed_model, inputs, targets, ignore_index=-100)
             got = graphed(inputs, targets)
-        torch.testing.assert_close(got, expected, **tol)
+        assert_close_in_norm(got, expected, rel, "loss")
         expected.backward()
         got.backward()
         for (name, p), q in zip(plain.named_parameters(), graphed_model.parameters()):
             assert q.grad is not None and torch.isfinite(q.grad).all(), name
-            torch.testing.assert_close(q.grad, p.grad, **tol, msg=lambda m: f"{name} at step {step}: {m}")
+            assert_close_in_norm(q.grad, p.grad, rel, f"{name}'s gradient at step {step}")
         for opt in opts:
             opt.step()
             opt.zero_grad(set_to_none=True)
     for (name, p), q in zip(plain.named_parameters(), graphed_model.parameters()):
-        torch.testing.assert_close(q, p, **tol, msg=lambda m: f"{name} after 3 steps: {m}")
+        assert_close_in_norm(q, p, rel, f"{name} after 3 steps")
     graphed.release()
+
+
+def assert_close_in_norm(got: torch.Tensor, expected: torch.Tensor, rel: float, what: str) -> None:
+    error = (got.double() - expected.double()).norm().item()
+    scale = expected.double().norm().item()
+    assert error <= rel * scale + 1e-12, f"{what}: |got - expected| = {error:.3g}, |expected| = {scale:.3g}"
 
 
 @cuda

@@ -53,10 +53,12 @@ def test_forward_backward_reaches_every_parameter(mixer):
 
 @pytest.mark.parametrize("impl", ["auto", "triton", "sequential"])
 def test_scan_impls_agree_on_loss_and_gradients(impl):
-    tokens = packed_tokens(seq_len=40)  # T past several tiles of the interpreted Triton scans (BLOCK_T = 16)
+    """On CUDA where there is a GPU (the Triton scans run compiled), else on the CPU (interpreted)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokens = packed_tokens(seq_len=40).to(device)  # T past several tiles of the interpreted Triton scans (BLOCK_T = 16)
     results = {}
     for scan in ("reference", impl):
-        model = tiny_model(scan=scan)
+        model = tiny_model(scan=scan).to(device)
         logits = model(tokens)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
         loss.backward()

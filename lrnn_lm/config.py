@@ -230,10 +230,10 @@ class TrainerConfig:
     precision ('bf16-mixed', 32, '16-mixed', ...)."""
     compile: bool | Literal["auto"] = "auto"
     """torch.compile the model ('auto': on CUDA only)."""
-    cuda_graphs: bool | Literal["auto"] = False
+    cuda_graphs: bool | Literal["auto"] = "auto"
     """Replay each training step's forward and backward from CUDA graphs (lrnn_lm/graphed_loss.py). 'auto': where they
-    apply (CUDA, one device, accumulate_grad_batches 1, no activation checkpointing); true where they do not is an
-    error. Off by default until its GPU tests (tests/lrnn_lm/test_graphed_loss.py) have run on a GPU."""
+    apply (CUDA, a single-device strategy, accumulate_grad_batches 1, no activation checkpointing, data.num_workers
+    0); true where they do not is an error; false runs the model alone (to debug, or to compare)."""
     logger: Literal["wandb", "csv", "none"] = "wandb"
     """wandb runs offline unless WANDB_API_KEY is set or wandb_mode says 'online'."""
     wandb_project: str = "lrnn-lm"

@@ -6,7 +6,7 @@ tokens, bytes} per evaluation, where loss is the mean NLL per predicted token in
 bpb = NLL / (ln 2 · bytes) over the UTF-8 bytes the targets stand for (exact, see data.py). Evaluation sums NLL,
 tokens and bytes over the whole split and across ranks before dividing.
 
-With `trainer.cuda_graphs` on, a training step's forward and backward replay CUDA graphs captured at the first
+On CUDA (`trainer.cuda_graphs`), a training step's forward and backward replay CUDA graphs captured at the first
 batch (graphed_loss.py): two launches a step where the model alone launches hundreds of small kernels.
 
 No host sync in a training step. The step's metrics stay on the device; they are read, logged and checked
@@ -61,7 +61,7 @@ class LitLM(L.LightningModule):
         self._step_finite: torch.Tensor | None = None  # () bool: this optimizer step's batches so far
         self._last_checked_step = 0
         self._metrics: dict[str, torch.Tensor] = {}  # the last optimizer step's, on the device
-        self.cuda_graphs = False  # train.py turns it on where graphs apply (graphed_loss.py)
+        self.cuda_graphs = False  # train.py sets it from trainer.cuda_graphs (graphed_loss.py)
         self._graphed: GraphedNLL | None = None  # captured at the first training batch
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

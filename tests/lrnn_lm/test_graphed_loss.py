@@ -141,7 +141,7 @@ def test_trainer_cuda_graphs_setting():
         return Config(model=ModelConfig(activation_checkpointing=checkpointing), data=DataConfig(num_workers=workers),
                       trainer=TrainerConfig(cuda_graphs=cuda_graphs, accumulate_grad_batches=accumulate))
 
-    assert TrainerConfig().cuda_graphs is False
+    assert TrainerConfig().cuda_graphs == "auto"
     assert resolve_cuda_graphs(config(), cuda0) is True
     assert resolve_cuda_graphs(config(), torch.device("cpu")) is False  # 'auto': only where they apply
     assert resolve_cuda_graphs(config(), cuda0, single_device=False) is False

@@ -37,7 +37,7 @@ stage() {
 python3 -c "import torch, triton, lightning; print('torch', torch.__version__, 'triton', triton.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"
 for s in $STAGES; do
   case $s in
-    tests) stage tests 150 python3 -m pytest tests/kernels tests/lrnn_lm/test_sampling.py tests/lrnn_lm/test_model.py tests/lrnn_lm/test_graphed_loss.py -n 8 -q \
+    tests) stage tests 240 python3 -m pytest tests/kernels tests/lrnn_lm/test_sampling.py tests/lrnn_lm/test_model.py tests/lrnn_lm/test_graphed_loss.py -n 8 -q -rf \
       -p no:cacheprovider ;;
     train_small) stage train_small 110 bash -c 't0=$(date +%s.%N); python3 train.py --config small.yaml ${TRAIN_ARGS:-}; rc=$?;
       echo "wall_s $(python3 -c "print(round($(date +%s.%N) - $t0, 1))")"; cp runs/small/summary.json "$STAGE_OUT/"; exit $rc' ;;

@@ -71,6 +71,13 @@ def compiled_step_in_place() -> Callable:
     return torch.compile(step_in_place, dynamic=False)
 
 
+@functools.cache
+def _warmup_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device for every capture's warm-up: cuBLAS keeps a workspace (32 MB on Hopper) for each
+    stream it has run on, so a new stream per call would leave one more behind at every call."""
+    return torch.cuda.Stream(device)
+
+
 class CudaGraphDecoder:
     """`step_in_place` + token picking, captured once on static copies of `state` (the state after the prompts).
 
@@ -106,7 +113,7 @@ class CudaGraphDecoder:
         the step on the real ones."""
         scratch = ([type(s)(*(t.clone() for t in s)) for s in self.state], self.token.clone(), self.finished.clone(),
                    torch.zeros_like(self.index), torch.zeros_like(out))
-        side = torch.cuda.Stream()
+        side = _warmup_stream(self.token.device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             state, token, finished, index, scratch_out = scratch

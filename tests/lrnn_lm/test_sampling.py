@@ -236,3 +236,19 @@ def test_graph_decoder_gives_the_eager_tokens_under_greedy_decoding(compile_step
         eager = sample(model, rows, 96, temperature=0.0, eos_id=eos, decoder="eager")
         graph = sample(model, rows, 96, temperature=0.0, eos_id=eos, decoder="graph")
     assert torch.equal(graph, eager) and (eager[0, 41:] == eos).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graph_decoding_memory_does_not_grow_from_call_to_call():
+    """Each call captures its own graph; once a call has run, more calls (and more tokens) hold no more memory."""
+    torch.manual_seed(0)
+    model = tiny_model(d_model=64).cuda().eval()
+    p = prompt().cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        sample(model, p, 64, temperature=0.0, decoder="graph")  # compilation, caches, the warm-up stream
+        torch.cuda.synchronize()
+        after_first = torch.cuda.memory_allocated()
+        for new_tokens in (64, 256, 64):
+            sample(model, p, new_tokens, temperature=0.0, decoder="graph")
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() <= after_first

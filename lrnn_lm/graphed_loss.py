@@ -4,7 +4,8 @@ A compiled training step of a small model launches hundreds of kernels (small.ya
 shorter than the host's time to launch them, so the GPU idles for half the step (docs/training-speed.md).
 `GraphedNLL` captures `model.nll` and its backward with `torch.cuda.make_graphed_callables` on the first batch:
 each step then costs the host two graph launches and a copy of the batch into the graph's input buffers, whatever
-the model's depth. The optimizer, gradient clipping and the non-finite guard stay outside the graphs, as do
+the model's depth. `TrainingNLL` is what a training step calls: it captures at the first batch where graphs are
+on, replays for batches of that shape, and runs the model as it is otherwise. The optimizer, gradient clipping and the non-finite guard stay outside the graphs, as do
 evaluation and any batch of another shape, which run the model as it is.
 
 Where it applies (`graphs_apply` says why not): CUDA, a single-device strategy, no gradient accumulation, no
@@ -98,6 +99,35 @@ class GraphedNLL:
         holding the module itself (a reference cycle that only the garbage collector would break)."""
         self._loss.__dict__.pop("forward", None)
         self._loss = None
+
+
+class TrainingNLL:
+    """`model.nll` as a training step computes it: (summed NLL in nats, predicted tokens), from CUDA graphs captured at
+    the first batch where `cuda_graphs` is on, else from the model. The ids are not range-checked (a host sync per
+    batch): the caller vouches for them, as the data module does by refusing a tokenizer larger than the vocabulary.
+    """
+
+    def __init__(self, model: LinearRNNLM, ignore_index: int, cuda_graphs: bool = False):
+        self.model = model
+        self.ignore_index = ignore_index
+        self.cuda_graphs = cuda_graphs
+        self.graphed: GraphedNLL | None = None  # captured at the first call with cuda_graphs on
+
+    def __call__(self, tokens: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens, targets: (B, T) long -> (summed NLL, () float32; predicted tokens, () long). A batch of another
+        shape than the captured one, or the model in eval mode, runs the model as it is."""
+        if self.cuda_graphs and self.graphed is None:
+            self.graphed = GraphedNLL(self.model, tokens, targets, self.ignore_index)
+        if self.graphed is not None and self.graphed.fits(tokens, targets):
+            return self.graphed(tokens, targets), (targets != self.ignore_index).sum()
+        return self.model.nll(tokens, targets, self.ignore_index, check_ids=False)
+
+    def release(self) -> None:
+        """Free the graphs and their memory pool (a later call with cuda_graphs on captures again)."""
+        if self.graphed is not None:
+            self.graphed.release()
+            self.graphed = None
+            torch.cuda.empty_cache()  # a released graph pool's blocks go back to the device here
 
 
 def _autocast_without_cache(device: torch.device) -> contextlib.AbstractContextManager:

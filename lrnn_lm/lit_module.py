@@ -33,7 +33,7 @@ from torchmetrics import SumMetric
 
 from .config import Config
 from .data import IGNORE_INDEX, LMDataModule
-from .graphed_loss import GraphedNLL
+from .graphed_loss import TrainingNLL
 from .model import LinearRNNLM, optimizer_param_groups
 
 LN2 = math.log(2)
@@ -61,8 +61,8 @@ class LitLM(L.LightningModule):
         self._step_finite: torch.Tensor | None = None  # () bool: this optimizer step's batches so far
         self._last_checked_step = 0
         self._metrics: dict[str, torch.Tensor] = {}  # the last optimizer step's, on the device
-        self.cuda_graphs = False  # train.py sets it from trainer.cuda_graphs (graphed_loss.py)
-        self._graphed: GraphedNLL | None = None  # captured at the first training batch
+        # the training loss, from CUDA graphs where train.py turns them on (trainer.cuda_graphs, graphed_loss.py)
+        self.training_nll = TrainingNLL(self.model, IGNORE_INDEX)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, T) -> logits (B, T, V)."""
@@ -74,15 +74,8 @@ class LitLM(L.LightningModule):
         return self.model.nll(batch["inputs"], batch["targets"], ignore_index=IGNORE_INDEX, check_ids=False)
 
     def _training_nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """`_nll`, replayed from CUDA graphs when `cuda_graphs` is on (for batches of the first batch's shape)."""
-        if not self.cuda_graphs:
-            return self._nll(batch)
-        tokens, targets = batch["inputs"], batch["targets"]
-        if self._graphed is None:
-            self._graphed = GraphedNLL(self.model, tokens, targets, IGNORE_INDEX)
-        if not self._graphed.fits(tokens, targets):
-            return self._nll(batch)
-        return self._graphed(tokens, targets), (targets != IGNORE_INDEX).sum()
+        """`_nll` for a training batch: replayed from CUDA graphs where they are on."""
+        return self.training_nll(batch["inputs"], batch["targets"])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         nll, n_tokens = self._training_nll(batch)
@@ -98,10 +91,7 @@ class LitLM(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
 
     def on_train_end(self) -> None:
-        if self._graphed is not None:  # its memory pool holds a step's activations: free it for evaluation
-            self._graphed.release()
-            self._graphed = None
-            torch.cuda.empty_cache()  # a released graph pool's blocks go back to the device here
+        self.training_nll.release()  # the graphs' memory pool holds a step's activations: free it for evaluation
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         params = [p for p in self.parameters() if p.grad is not None]

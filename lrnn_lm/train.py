@@ -113,8 +113,8 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
             *callbacks,
         ],
     )
-    module.cuda_graphs = resolve_cuda_graphs(cfg, trainer.strategy.root_device,
-                                             isinstance(trainer.strategy, SingleDeviceStrategy))
+    graphs = resolve_cuda_graphs(cfg, trainer.strategy.root_device, isinstance(trainer.strategy, SingleDeviceStrategy))
+    module.training_nll.cuda_graphs = graphs
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     except FloatingPointError as e:
@@ -141,8 +141,8 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
         "wall_time_s": round(time.perf_counter() - started, 1),
         "tokens_per_s": rates["tokens_per_s"],
         "first_window_s": rates["first_window_s"],
-        "compile_and_warmup_s": rates["compile_and_warmup_s"] if compiled or module.cuda_graphs else None,
-        "cuda_graphs": module.cuda_graphs,
+        "compile_and_warmup_s": rates["compile_and_warmup_s"] if compiled or graphs else None,
+        "cuda_graphs": graphs,
         "validation_during_training_s": rates["validation_s"],
         "final_evaluation_s": round(eval_s, 1),
         "flops_per_token": flops_per_token,

@@ -33,7 +33,7 @@ import torch
 from kernels.benchmarks.common import DEVICE, run_info, time_steps
 
 from ..config import load_config
-from ..graphed_loss import GraphedNLL
+from ..graphed_loss import TrainingNLL
 from ..model import LinearRNNLM
 from ..train import resolve_cuda_graphs
 
@@ -54,17 +54,11 @@ def bare_step(cfg, cuda_graphs: bool | None = None):
     B, T = cfg.data.batch_size, cfg.data.seq_len
     tokens = torch.randint(1, cfg.model.vocab_size, (B, T + 1), device=DEVICE)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    graphed = None
+    training_nll = TrainingNLL(model, ignore_index=-100, cuda_graphs=cuda_graphs)  # as training computes the loss
 
     def step():
-        nonlocal graphed
         with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
-            if cuda_graphs and graphed is None:
-                graphed = GraphedNLL(model, inputs, targets, ignore_index=-100)
-            if graphed is not None:
-                nll, n = graphed(inputs, targets), targets.numel()
-            else:
-                nll, n = model.nll(inputs, targets, check_ids=False)  # as training calls it
+            nll, n = training_nll(inputs, targets)
         (nll / n).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -34,7 +34,7 @@ import torch
 from kernels.benchmarks.common import DEVICE, print_table, run_info, time_steps, write_csv
 
 from ..config import ModelConfig, load_config
-from ..graphed_loss import GraphedNLL, graphs_apply
+from ..graphed_loss import TrainingNLL, graphs_apply
 from ..model import LinearRNNLM
 
 SMOKE_MODEL = dict(vocab_size=256, d_model=32, n_layers=2, n_heads=4)
@@ -57,16 +57,10 @@ def lrnn_model(mixer: str = "lrnn", checkpointing: bool = False, smoke: bool = F
     if DEVICE == "cuda":
         model.compile_blocks()
     graphs = cuda_graphs and graphs_apply(torch.device(DEVICE), activation_checkpointing=checkpointing) is None
-    graphed = None
+    training_nll = TrainingNLL(model, ignore_index=-100, cuda_graphs=graphs)
 
     def loss(tokens):
-        nonlocal graphed
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        if graphs and graphed is None:
-            graphed = GraphedNLL(model, inputs, targets, ignore_index=-100)
-        if graphed is not None:
-            return graphed(inputs, targets) / targets.numel()
-        nll, n = model.nll(inputs, targets, check_ids=False)  # as training calls it
+        nll, n = training_nll(tokens[:, :-1], tokens[:, 1:])
         return nll / n
 
     return Peer(model, loss, cfg.vocab_size, graphs)

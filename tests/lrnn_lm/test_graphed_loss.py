@@ -9,7 +9,7 @@ import torch
 
 import lrnn_lm.loss
 from lrnn_lm.config import Config, DataConfig, ModelConfig, TrainerConfig, load_config
-from lrnn_lm.graphed_loss import GraphedNLL, graphs_apply
+from lrnn_lm.graphed_loss import GraphedNLL, TrainingNLL, graphs_apply
 from lrnn_lm.train import resolve_cuda_graphs, train
 
 from .tiny_model import VOCAB, tiny_model
@@ -87,6 +87,30 @@ def test_dropout_masks_advance_and_the_rng_is_put_back():
     assert not torch.equal(torch.cuda.get_rng_state(), before)
 
 
+def test_training_nll_without_graphs_is_the_models_own():
+    model = tiny_model(d_model=64).train()
+    inputs, targets = batch(device="cpu")
+    nll, n = TrainingNLL(model, ignore_index=-100)(inputs, targets)
+    expected, expected_n = model.nll(inputs, targets, -100)
+    assert torch.equal(nll, expected) and int(n) == int(expected_n) == targets.numel() - 5 * targets.shape[0]
+
+
+@cuda
+def test_training_nll_captures_once_and_runs_other_batches_as_the_model():
+    model = tiny_model(d_model=64).cuda().train()
+    training_nll = TrainingNLL(model, ignore_index=-100, cuda_graphs=True)
+    inputs, targets = batch()
+    training_nll(inputs, targets)
+    graphed = training_nll.graphed
+    assert graphed is not None
+    nll, n = training_nll(*batch(seed=1))
+    assert training_nll.graphed is graphed and int(n) == int((batch(seed=1)[1] != -100).sum())
+    short = batch(T=299)
+    torch.testing.assert_close(training_nll(*short)[0], model.nll(*short, -100)[0])  # another shape: the model's
+    training_nll.release()
+    assert training_nll.graphed is None
+
+
 @cuda
 def test_what_fits():
     model = tiny_model(d_model=64).cuda().train()
@@ -107,7 +131,7 @@ def test_train_py_with_graphs_trains_as_without(tmp_path, corpus):
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
-            self.replayed += module._graphed is not None
+            self.replayed += module.training_nll.graphed is not None
 
     runs = {}
     for graphs in (False, True):

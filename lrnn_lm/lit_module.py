@@ -90,6 +90,9 @@ class LitLM(L.LightningModule):
         # the next replay's gradient to (itself), doubling it
         optimizer.zero_grad(set_to_none=True)
 
+    def on_train_start(self) -> None:
+        self._last_checked_step = self.global_step  # a resumed run's first check covers the steps since the resume
+
     def on_train_end(self) -> None:
         self.training_nll.release()  # the graphs' memory pool holds a step's activations: free it for evaluation
 

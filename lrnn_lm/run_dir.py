@@ -72,6 +72,7 @@ def prepare_run_dir(cfg: Config, ckpt_dir: Path, check: bool) -> str | None:
     last = ckpt_dir / "last.ckpt"
     if check:
         clean_interrupted_writes(ckpt_dir)
+        clean_interrupted_writes(Path(t.run_dir))  # summary.json's
     existing = sorted(p.name for p in ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
     if t.resume is True and not last.is_file():
         raise FileNotFoundError(f"trainer.resume: no checkpoint at {last}; run without --trainer.resume to start")

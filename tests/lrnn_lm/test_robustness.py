@@ -19,6 +19,7 @@ import torch
 
 from lrnn_lm.cli import RunInterrupted
 from lrnn_lm.config import load_config
+from lrnn_lm.run_dir import TMP_PREFIX
 from lrnn_lm.train import train
 
 from .tiny_run import ROOT, SCRIPT_ENV, Recorder, run_script, tiny_overrides
@@ -108,6 +109,17 @@ def test_a_finished_run_dir_is_not_overwritten_unless_asked(tmp_path, corpus):
     summary = train(config(run, corpus, trainer__max_steps=2, trainer__overwrite=True))
     assert summary["steps"] == 2 and summary["evaluated"] == "final weights"  # the old best.ckpt is gone
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+def test_temporaries_a_kill_left_are_deleted_at_the_next_start(tmp_path, corpus):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    left = [run / f"{TMP_PREFIX}123-summary.json", run / "checkpoints" / f"{TMP_PREFIX}123-last.ckpt"]
+    for path in left:
+        path.write_bytes(b"half a file")
+    train(config(run, corpus, trainer__max_steps=2))
+    assert not any(path.exists() for path in left)
+    assert not list(run.rglob(f"{TMP_PREFIX}*"))
 
 
 # --- 3. a copied or moved run directory ----------------------------------------------------------------------

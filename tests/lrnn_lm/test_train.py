@@ -205,6 +205,17 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cor
 
 
 @pytest.mark.slow
+def test_after_a_resume_the_non_finite_error_names_the_steps_since_the_resume(tmp_path, corpus, monkeypatch, capsys):
+    run = tmp_path / "run"
+    overrides = dict(trainer__checkpoint_every=4, trainer__log_every=3, trainer__val_every=100, trainer__logger="none")
+    main(tiny_overrides(run, corpus, trainer__max_steps=4, **overrides))
+    nan_loss_from_step(monkeypatch, 4)
+    with pytest.raises(SystemExit):  # resumed at step 4; checked at step 6
+        main(tiny_overrides(run, corpus, trainer__max_steps=20, trainer__resume=True, **overrides))
+    assert "optimizer steps 5-6" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_a_validation_checkpoint_between_guard_checks_is_checked_too(tmp_path, corpus, monkeypatch, capsys):
     """best.ckpt is written at validation, here after a bad step and before the next check every log_every steps:
     it is checked first, so it is never written."""

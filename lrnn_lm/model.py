@@ -333,7 +333,16 @@ class LinearRNNLM(nn.Module, PyTorchModelHubMixin, library_name="lrnn-lm", tags=
 
         check_ids=False skips the range check of the token ids, the one host sync of a training step: for callers
         whose ids are known to lie in [0, vocab_size), e.g. batches of a tokenizer no larger than the vocabulary."""
-        x = self.norm(self._hidden(tokens, output_final_state=False, check_ids=check_ids)[0])  # (B, T, D)
+        V = self.cfg.vocab_size
+        _check_tokens(tokens, "tokens", 2, V, check_ids=False)
+        _check_targets(targets, tuple(tokens.shape), ignore_index)
+        if check_ids and not torch.compiler.is_compiling():
+            bad_targets = ((targets < 0) & (targets != ignore_index)) | (targets >= V)
+            if bool(((tokens < 0) | (tokens >= V)).any() | bad_targets.any()):  # one read for both
+                _check_tokens(tokens, "tokens", 2, V)  # raises if the tokens are the ones out of range
+                raise ValueError(f"targets: expected ids in [0, {V}) or ignore_index {ignore_index}, got min "
+                                 f"{targets.min().item()}, max {targets.max().item()}")
+        x = self.norm(self._hidden(tokens, output_final_state=False, check_ids=False)[0])  # (B, T, D)
         nll = chunked_linear_cross_entropy(x.flatten(0, 1), self.embedding.weight, targets.flatten(), ignore_index,
                                            compiled=self.loss_compiled)
         return nll, (targets != ignore_index).sum()
@@ -397,6 +406,18 @@ def _check_tokens(tokens: torch.Tensor, name: str, ndim: int, vocab_size: int, c
         raise ValueError(
             f"{name}: expected ids in [0, {vocab_size}), got min {tokens.min().item()}, max {tokens.max().item()}"
         )
+
+
+def _check_targets(targets: torch.Tensor, shape: tuple[int, ...], ignore_index: int) -> None:
+    """Type, shape and dtype of `nll`'s targets (their range is checked with the tokens', in one host read)."""
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets: expected a torch.Tensor, got {type(targets).__name__}")
+    if tuple(targets.shape) != shape:
+        raise ValueError(f"targets: expected the tokens' shape {shape}, got {tuple(targets.shape)}")
+    if targets.dtype != torch.long:
+        raise TypeError(f"targets: expected dtype torch.int64 (long), got {targets.dtype}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
 
 
 def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

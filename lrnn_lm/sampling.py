@@ -61,6 +61,9 @@ def sample(
     The recurrent model spends O(1) time and memory per generated token; attention's KV cache grows.
     """
     rows = _check_prompts(prompts)
+    model_device = model.embedding.weight.device
+    if rows[0].device != model_device:
+        raise ValueError(f"prompts: expected the model's device {model_device}, got {rows[0].device}")
     _check_options(max_new_tokens, temperature, top_k, top_p, eos_id, decoder, model.cfg.vocab_size)
     device = rows[0].device
     if decoder == "auto":
@@ -176,16 +179,21 @@ def _check_prompts(prompts) -> list[torch.Tensor]:
     return rows
 
 
+def _is_number(value) -> bool:
+    """An int or float, not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_options(max_new_tokens, temperature, top_k, top_p, eos_id, decoder, vocab_size) -> None:
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an integer >= 0, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+    if not _is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature: expected a finite number >= 0, got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise ValueError(f"top_k: expected None or an integer >= 1, got {top_k!r}")
-    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+    if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
         raise ValueError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
-    if eos_id is not None and (not isinstance(eos_id, int) or not 0 <= eos_id < vocab_size):
+    if eos_id is not None and (not isinstance(eos_id, int) or isinstance(eos_id, bool) or not 0 <= eos_id < vocab_size):
         raise ValueError(f"eos_id: expected None or a token id in [0, {vocab_size}), got {eos_id!r}")
     if decoder not in ("auto", "eager", "graph"):
         raise ValueError(f"decoder: expected 'auto', 'eager' or 'graph', got {decoder!r}")

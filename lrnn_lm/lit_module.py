@@ -23,6 +23,7 @@ total norm is the norm the guard and the log use: it is computed once.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -31,6 +32,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from tokenizers import Tokenizer
 from torchmetrics import SumMetric
 
+from .callbacks import mid_accumulation
 from .config import Config
 from .data import IGNORE_INDEX, LMDataModule
 from .graphed_loss import TrainingNLL
@@ -118,10 +120,11 @@ class LitLM(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         t = self.cfg.trainer
-        if self.trainer.fit_loop._should_accumulate() or self.global_step % t.log_every != 0:
+        if mid_accumulation(self.trainer) or self.global_step % t.log_every != 0:
             return
         self.check_finite()
-        values = torch.stack([self._metrics[k].float() for k in ("loss", "bpb", "grad_norm")]).tolist()  # one sync
+        # one read; the guard's check just waited for the device, so it waits for nothing
+        values = torch.stack([self._metrics[k].float() for k in ("loss", "bpb", "grad_norm")]).tolist()
         loss, bpb, grad_norm = values
         self.log_dict({"train/loss": loss, "train/ppl": math.exp(min(loss, 80.0)), "train/bpb": bpb,
                        "train/grad_norm": grad_norm}, prog_bar=False, batch_size=1)
@@ -198,8 +201,6 @@ def load_checkpoint(path: str) -> tuple[LitLM, Tokenizer]:
 def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
     """torch.load(weights_only=True) of a training checkpoint, with a clear error naming the file when it is missing,
     empty, truncated or not one of ours. mmap: map the tensors rather than read them (to read its config only)."""
-    from pathlib import Path
-
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")

@@ -167,7 +167,8 @@ def _resume_message(last: LastCheckpoint, trainer: L.Trainer) -> str:
     command = " ".join([Path(sys.argv[0]).name if sys.argv[0].endswith("train.py") else sys.argv[0], *sys.argv[1:]])
     if last.saved_step is None:
         return f"{name}: stopped before the first optimizer step; nothing to resume from"
-    resume = "" if "--trainer.resume" in sys.argv else " --trainer.resume"
+    given = any(arg == "--trainer.resume" or arg.startswith("--trainer.resume=") for arg in sys.argv)
+    resume = "" if given else " --trainer.resume"
     return (f"{name}: stopped at step {trainer.global_step} and saved {last.path} (step {last.saved_step}). "
             f"Resume with: python {command}{resume}")
 

@@ -110,7 +110,8 @@ def main() -> None:
         bare_without = bare_step_tokens_per_s(cfg, args.steps, args.warmup, cuda_graphs=False)
         print(f"bare step without CUDA graphs: {bare_without['tokens_per_s']:,.0f} tokens/s "
               f"({bare_without['step_ms']:.1f} ms a step)", flush=True)
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     if args.train_summary:
         summary = json.loads(args.train_summary.read_text())
         loop = {"tokens_per_s": summary["tokens_per_s"], "wall_s": summary["wall_time_s"], "summary": summary,

@@ -21,6 +21,7 @@ missing rather than tokenizing on every rank.
 from __future__ import annotations
 
 import hashlib
+import time
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -126,14 +127,19 @@ class LMDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.streams: dict[str, np.ndarray] = {}
         self.stats: dict[str, dict[str, int]] = {}
+        self.preparation_s = 0.0  # seconds spent in prepare_data and setup: the tokenizer, the token caches
 
     def prepare_data(self) -> None:
+        started = time.perf_counter()
         self._tokenize(build=True)
+        self.preparation_s += time.perf_counter() - started
 
     def setup(self, stage: str | None = None) -> None:
         if not self.streams:
+            started = time.perf_counter()
             self.tokenizer, self.streams, self.stats = self._tokenize(build=False)
             self.collate = WindowCollator(self.eos_id, token_byte_lengths(self.tokenizer))
+            self.preparation_s += time.perf_counter() - started
 
     def _tokenize(self, build: bool) -> tuple[Tokenizer, dict[str, np.ndarray], dict[str, dict[str, int]]]:
         corpus = load_corpus(self.data)  # checks the source, column and splits before anything heavy

@@ -57,21 +57,23 @@ from .run_dir import AtomicCheckpointIO, RunDirLock, is_launching_process, last_
     write_atomically
 
 
-def train(cfg: Config, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Fit, evaluate and summarise one run; `callbacks` are added to the Trainer's (tests use them to observe)."""
+def train(cfg: Config, callbacks: Sequence[Callback] = (), launched_at: float | None = None) -> dict[str, Any]:
+    """Fit, evaluate and summarise one run; `callbacks` are added to the Trainer's (tests use them to observe).
+    launched_at: the time.perf_counter() at which the process began its work (the command line's), for the
+    summary's startup_s."""
     t = cfg.trainer
     run_dir, ckpt_dir = Path(t.run_dir), Path(t.run_dir) / "checkpoints"
     lock = RunDirLock(run_dir) if is_launching_process() else None
     try:
         resume_from = prepare_run_dir(cfg, ckpt_dir, check=lock is not None)
-        return _train(cfg, run_dir, ckpt_dir, resume_from, callbacks)
+        return _train(cfg, run_dir, ckpt_dir, resume_from, callbacks, launched_at)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
-           callbacks: Sequence[Callback]) -> dict[str, Any]:
+           callbacks: Sequence[Callback], launched_at: float | None) -> dict[str, Any]:
     t = cfg.trainer
     started = time.perf_counter()
     L.seed_everything(t.seed, workers=True, verbose=False)
@@ -139,6 +141,8 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
         "steps": trainer.global_step,
         "tokens_seen": tokens_seen,
         "wall_time_s": round(time.perf_counter() - started, 1),
+        "startup_s": round(started - launched_at, 1) if launched_at is not None else None,
+        "data_preparation_s": round(data.preparation_s, 1),
         "tokens_per_s": rates["tokens_per_s"],
         "first_window_s": rates["first_window_s"],
         "compile_and_warmup_s": rates["compile_and_warmup_s"] if compiled or graphs else None,
@@ -187,7 +191,9 @@ def format_summary(s: dict[str, Any], run_dir: Path) -> str:
     rate = f"{s['tokens_per_s']:,} tokens/s steady" if s["tokens_per_s"] else "tokens/s not measured"
     lines = [f"{s['params'] / 1e6:.2f}M params | {s['steps']} steps, {s['tokens_seen']:,} tokens | "
              f"wall {s['wall_time_s']:.1f} s | {rate}" + (f" (MFU {s['mfu']:.1%})" if s.get("mfu") else "")]
-    timing = [f"first {s['first_window_s']} s window" if s["first_window_s"] is not None else None,
+    timing = [f"startup {s['startup_s']} s" if s.get("startup_s") is not None else None,
+              f"data {s['data_preparation_s']} s" if s.get("data_preparation_s") is not None else None,
+              f"first {s['first_window_s']} s window" if s["first_window_s"] is not None else None,
               f"compile + warm-up ~{s['compile_and_warmup_s']} s" if s["compile_and_warmup_s"] is not None else None,
               f"validation {s['validation_during_training_s']} s", f"final evaluation {s['final_evaluation_s']} s"]
     lines.append(" | ".join(x for x in timing if x))

@@ -58,6 +58,7 @@ def test_train_then_evaluate_then_generate(tmp_path, corpus, capsys):
     # the speed as it was: steady state apart from warm-up, validation and the final evaluation; FLOPs and how counted
     assert summary["tokens_per_s"] > 0 and summary["first_window_s"] >= 0 and summary["final_evaluation_s"] > 0
     assert summary["validation_during_training_s"] >= 0 and summary["compile_and_warmup_s"] is None  # not compiled
+    assert summary["startup_s"] > 0 and summary["data_preparation_s"] > 0  # imports and parsing; tokenizer, caches
     assert summary["flops_per_token"] > 0 and "PaLM" in summary["flops_method"] and summary["mfu"] is None  # CPU
     assert all(math.isfinite(summary[s][k]) for s in ("validation", "test") for k in ("loss", "ppl", "bpb"))
     assert "bits/byte" in trained.stdout

@@ -114,7 +114,8 @@ def measure(name: str, context: int, tokens_per_step: int, steps: int, warmup: i
         row.update(warmup_s=t["warmup_s"], tokens_per_s=batch * context / t["step_s"], step_ms=t["step_s"] * 1e3,
                    peak_memory_gb=peak, peak_reserved_gb=reserved, cuda_graphs=graphs)
     except torch.OutOfMemoryError:
-        row.update(tokens_per_s=float("nan"), step_ms=float("nan"), peak_memory_gb=float("nan"), oom=True)
+        row.update(tokens_per_s=float("nan"), step_ms=float("nan"), peak_memory_gb=float("nan"),
+                   peak_reserved_gb=float("nan"), cuda_graphs=graphs, oom=True)
     del model, opt, tokens, step, loss_fn  # the step's closures hold the model (and any graphs) too
     gc.collect()
     if DEVICE == "cuda":
@@ -180,10 +181,11 @@ def plot(rows, info, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        for ax, key, scale in ((axes[0], "tokens_per_s", 1e3), (axes[1], "peak_memory_gb", 1)):
+        # reserved, not allocated: a CUDA graph's pool is only reserved between replays
+        for ax, key, scale in ((axes[0], "tokens_per_s", 1e3), (axes[1], "peak_reserved_gb", 1)):
             vals = [next((r[key] / scale for r in rows if r["model"] == name and r["context"] == c), 0) for c in contexts]
             ax.bar([j + (i - (len(names) - 1) / 2) * width for j in range(len(contexts))], vals, width, label=name)
-    for ax, label in ((axes[0], "training tokens/s (thousands)"), (axes[1], "peak memory (GB)")):
+    for ax, label in ((axes[0], "training tokens/s (thousands)"), (axes[1], "peak memory reserved (GB)")):
         ax.set_xticks(range(len(contexts)), [f"context {c}" for c in contexts])
         ax.set(ylabel=label)
         ax.grid(True, axis="y", alpha=0.3)

@@ -4,6 +4,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from lrnn_lm.benchmarks import generation, peers
 
@@ -21,6 +22,20 @@ def test_peers_smoke_times_every_model_it_can_run(tmp_path, monkeypatch):
     assert {"lrnn-lm", "lrnn-lm, activation checkpointing", "lrnn-lm attention baseline"} <= names
     assert all(r["tokens_per_s"] > 0 for r in report["rows"])
     assert (tmp_path / "peers.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "peers.csv").exists()
+
+
+def test_peers_reports_a_model_that_runs_out_of_memory_and_still_writes_its_table(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+
+    def out_of_memory(tokens):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setitem(peers.MODELS, "lrnn-lm attention baseline",
+                        lambda smoke, graphs: peers.lrnn_model("attention", smoke=smoke)._replace(loss=out_of_memory))
+    run_main(peers, monkeypatch, "--smoke", "--models", "lrnn-lm", "lrnn-lm attention baseline", "--out", str(tmp_path))
+    rows = {r["model"]: r for r in json.loads((tmp_path / "peers.json").read_text())["rows"]}
+    assert rows["lrnn-lm attention baseline"]["oom"] and rows["lrnn-lm"]["tokens_per_s"] > 0
+    assert (tmp_path / "peers.png").exists()
 
 
 def test_generation_smoke_reports_each_batch(tmp_path, monkeypatch):

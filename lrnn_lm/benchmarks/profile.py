@@ -1,6 +1,7 @@
-"""Where a training step's time goes: torch.profiler around the loop benchmark's bare step.
+"""Where a training step's time goes: torch.profiler around the loop benchmark's bare step, or around train.py's.
 
     python -m lrnn_lm.benchmarks.profile --config small.yaml [--steps 20] [--out DIR] [--section.field value ...]
+    python -m lrnn_lm.benchmarks.profile --config small.yaml --train-py [...]
 
 The step is `loop.bare_step`'s (the preset's model compiled as train.py compiles it, bf16 autocast, fused AdamW,
 random tokens). After --warmup steps (compilation), --steps steps are timed without the profiler, then again under
@@ -8,15 +9,22 @@ it. Prints the step's wall time, the GPU time its kernels take (the sum of their
 the GPU, kernels per step and the largest kernels and host-side operations: a step whose GPU time is far below its
 wall time waits on the host (launches, syncs), one near it on the GPU. The profiler slows the host, so its wall time
 is only for comparing host costs. Writes OUT/profile_<preset>.json and the profiler's table, OUT/profile_<preset>.txt.
+
+--train-py profiles `lrnn_lm.train.train` itself (Lightning's loop, callbacks, clipping, the guard) on the preset's
+data, validation and logging off, the same way: after --warmup optimizer steps, --steps are timed, then --steps more
+are profiled (files OUT/profile_<preset>_train_py.*). Both modes also count, per step, the host calls that wait for
+the GPU or for a copy (`host_waits`): one of them in every step keeps the GPU idle while the host prepares the next.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -24,6 +32,10 @@ from kernels.benchmarks.common import DEVICE, run_info, sync
 
 from ..config import load_config
 from .loop import bare_step
+
+HOST_WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
+              "cudaHostAlloc", "cudaFreeHost", "cudaFree", "aten::_local_scalar_dense")
+"""Host calls that block until the GPU (or a copy) is done: `.item()`/`.tolist()` appear as _local_scalar_dense."""
 
 TOP = 15
 """Kernels and host-side operations listed."""
@@ -58,7 +70,50 @@ def summarize(events, steps: int, wall_s: float, profiled_wall_s: float) -> dict
                         for e in sorted(device, key=lambda e: -e.self_device_time_total)[:TOP]],
         "top_host": [{"name": e.key, "ms_per_step": per_step(e.self_cpu_time_total), "per_step": e.count / steps}
                      for e in sorted(host, key=lambda e: -e.self_cpu_time_total)[:TOP]],
+        "host_waits": {e.key: e.count / steps for e in host if e.key in HOST_WAITS},
     }
+
+
+class ProfileSteps(L.Callback):
+    """Times optimizer steps [warmup, warmup + steps), then profiles the next `steps`."""
+
+    def __init__(self, warmup: int, steps: int, activities):
+        self.warmup, self.steps, self.activities = warmup, steps, activities
+        self.t0 = self.wall = self.profiled_wall = None
+        self.prof = None
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        step = trainer.global_step
+        if step == self.warmup:
+            sync()
+            self.t0 = time.perf_counter()
+        elif step == self.warmup + self.steps:
+            sync()
+            self.wall = time.perf_counter() - self.t0
+            self.prof = profile(activities=self.activities)
+            self.prof.__enter__()
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.warmup + 2 * self.steps and self.prof is not None:
+            sync()
+            self.profiled_wall = time.perf_counter() - self.t0
+            self.prof.__exit__(None, None, None)
+
+
+def train_py_profiled(config: str, extra: list[str], steps: int, warmup: int, activities):
+    """Runs train.py's `train` for warmup + 2 · steps optimizer steps (validation, logging and checkpoints off) ->
+    (the profiler, wall seconds of `steps` unprofiled steps, of `steps` profiled ones)."""
+    from ..train import train
+
+    total = warmup + 2 * steps
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = load_config(config, [*extra, "--trainer.max_steps", str(total), "--trainer.val_every", str(100 * total),
+                                   "--trainer.checkpoint_every", str(100 * total), "--trainer.logger", "none",
+                                   "--trainer.run_dir", run_dir])
+        probe = ProfileSteps(warmup, steps, activities)
+        train(cfg, callbacks=[probe])
+    return probe.prof, probe.wall, probe.profiled_wall
 
 
 def main() -> None:
@@ -67,17 +122,22 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="steps timed, and steps profiled")
     p.add_argument("--warmup", type=int, default=15, help="steps before timing (compilation)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--train-py", action="store_true", help="profile train.py's training loop, not the bare step")
     args, extra = p.parse_known_args()
     cfg = load_config(args.config, extra)
-    info = run_info() | {"config": args.config, "overrides": extra, "batch": [cfg.data.batch_size, cfg.data.seq_len]}
+    info = run_info() | {"config": args.config, "overrides": extra, "batch": [cfg.data.batch_size, cfg.data.seq_len],
+                         "what": "train.py" if args.train_py else "bare step"}
     print(json.dumps(info), flush=True)
-    step, _ = bare_step(cfg)
-    for _ in range(args.warmup):
-        step()
-    wall = _steps_wall_s(step, args.steps)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
-    with profile(activities=activities) as prof:
-        profiled_wall = _steps_wall_s(step, args.steps)
+    if args.train_py:
+        prof, wall, profiled_wall = train_py_profiled(args.config, extra, args.steps, args.warmup, activities)
+    else:
+        step, _ = bare_step(cfg)
+        for _ in range(args.warmup):
+            step()
+        wall = _steps_wall_s(step, args.steps)
+        with profile(activities=activities) as prof:
+            profiled_wall = _steps_wall_s(step, args.steps)
     events = prof.key_averages()
     report = summarize(events, args.steps, wall, profiled_wall)
     print(f"wall {report['wall_ms']:.2f} ms/step, GPU {report['gpu_ms']:.2f} ms/step (busy {report['gpu_busy']:.2f}), "
@@ -86,8 +146,10 @@ def main() -> None:
         print(f"-- {title}, ms per step")
         for r in report[key]:
             print(f"  {r['ms_per_step']:8.3f}  {r['per_step']:6.1f}x  {r['name'][:100]}")
+    print("-- host calls that wait, per step: " + (", ".join(f"{k} {v:.2f}" for k, v in report["host_waits"].items())
+                                                   or "none"))
     args.out.mkdir(parents=True, exist_ok=True)
-    name = Path(args.config).stem
+    name = Path(args.config).stem + ("_train_py" if args.train_py else "")
     (args.out / f"profile_{name}.json").write_text(json.dumps({"info": info} | report, indent=2) + "\n")
     sort = "self_cuda_time_total" if DEVICE == "cuda" else "self_cpu_time_total"
     (args.out / f"profile_{name}.txt").write_text(events.table(sort_by=sort, row_limit=60) + "\n")

@@ -8,6 +8,8 @@ import torch
 
 from lrnn_lm.benchmarks import generation, peers
 
+from .tiny_run import tiny_overrides
+
 
 def run_main(module, monkeypatch, *argv) -> None:
     monkeypatch.setattr(sys, "argv", [module.__name__, *argv])
@@ -70,3 +72,16 @@ def test_profile_reports_where_a_steps_time_goes(tmp_path, monkeypatch):
     assert {"name", "ms_per_step", "per_step"} <= set(report["top_host"][0])
     assert any("aten::" in r["name"] for r in report["top_host"])
     assert "Self CPU" in (tmp_path / "profile_tiny.txt").read_text()
+
+
+def test_profile_of_train_py_times_and_profiles_its_steps(tmp_path, monkeypatch, corpus):
+    """--train-py profiles Lightning's loop itself (train.py's `train`), and counts the host calls that wait."""
+    from lrnn_lm.benchmarks import profile
+
+    run_main(profile, monkeypatch, "--config", "tiny.yaml", "--train-py", "--steps", "2", "--warmup", "1",
+             "--out", str(tmp_path), *tiny_overrides(tmp_path / "run", corpus))
+    report = json.loads((tmp_path / "profile_tiny_train_py.json").read_text())
+    assert report["info"]["what"] == "train.py"
+    assert report["wall_ms"] > 0 and report["profiled_wall_ms"] > 0
+    assert any("optimizer_step" in r["name"] or "aten::" in r["name"] for r in report["top_host"])
+    assert isinstance(report["host_waits"], dict)

@@ -169,8 +169,8 @@ class TrainingSpeed(Callback):
             return
         self.marks.append((step, self._now(trainer), self.validation_s))
         rate = self._rate(self.marks[-2], self.marks[-1])
-        if rate is not None:
-            module.log("train/tokens_per_s", rate, batch_size=1)
+        if rate is not None:  # a host tensor: a float would be copied to the device, and read back from it
+            module.log("train/tokens_per_s", torch.tensor(rate), batch_size=1)
 
     def _rate(self, a, b) -> float | None:
         steps, seconds = b[0] - a[0], (b[1] - a[1]) - (b[2] - a[2])

@@ -123,10 +123,11 @@ class LitLM(L.LightningModule):
         if mid_accumulation(self.trainer) or self.global_step % t.log_every != 0:
             return
         self.check_finite()
-        # one read; the guard's check just waited for the device, so it waits for nothing
-        values = torch.stack([self._metrics[k].float() for k in ("loss", "bpb", "grad_norm")]).tolist()
-        loss, bpb, grad_norm = values
-        self.log_dict({"train/loss": loss, "train/ppl": math.exp(min(loss, 80.0)), "train/bpb": bpb,
+        # One read (the guard's check just waited for the device, so it waits for nothing), and the values are logged
+        # as host tensors: Lightning reads the progress bar's values at the end of every batch, not only of the
+        # batches that log them, and a value on the device would make each of those reads a sync.
+        loss, bpb, grad_norm = torch.stack([self._metrics[k].float() for k in ("loss", "bpb", "grad_norm")]).cpu()
+        self.log_dict({"train/loss": loss, "train/ppl": loss.clamp(max=80.0).exp(), "train/bpb": bpb,
                        "train/grad_norm": grad_norm}, prog_bar=False, batch_size=1)
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=1)
 

@@ -4,6 +4,7 @@ of an optimizer, on every scan path and with a loss of several chunks; train.py 
 
 import copy
 
+import lightning as L
 import pytest
 import torch
 
@@ -182,3 +183,38 @@ def test_trainer_cuda_graphs_setting():
         resolve_cuda_graphs(config(cuda_graphs=True, accumulate=2), cuda0)
     with pytest.raises(ValueError, match="trainer.cuda_graphs"):
         TrainerConfig(cuda_graphs="maybe")
+
+
+class SyncsForbidden(L.Callback):
+    """Makes every host sync an error (torch.cuda.set_sync_debug_mode) from the start of optimizer step `first` to
+    the start of step `last` (1-based), so the batches between two log steps, Lightning's bookkeeping after each
+    included, must run without one."""
+
+    def __init__(self, first: int, last: int):
+        self.first, self.last, self.steps_checked = first, last, 0
+
+    def on_train_batch_start(self, trainer, *args):
+        step = trainer.global_step + 1  # the optimizer step this batch makes
+        if step == self.last:
+            torch.cuda.set_sync_debug_mode("default")
+        elif self.first <= step < self.last:
+            torch.cuda.set_sync_debug_mode("error")
+            self.steps_checked += 1
+
+    def on_exception(self, trainer, *args):
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@cuda
+def test_train_py_does_not_sync_the_host_between_log_steps(tmp_path, corpus):
+    """A host sync in every step keeps the GPU idle while the host prepares the next step: only the log steps (the
+    non-finite guard's check, the logged values) may wait for the GPU."""
+    forbid = SyncsForbidden(first=7, last=10)  # log steps 5 and 10: 6..9 between, with values logged at 5
+    cfg = load_config(None, tiny_overrides(tmp_path / "run", corpus, trainer__accelerator="gpu", trainer__max_steps=12,
+                                           trainer__log_every=5, trainer__val_every=100,
+                                           trainer__checkpoint_every=100))
+    try:
+        train(cfg, callbacks=[forbid])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert forbid.steps_checked == 3

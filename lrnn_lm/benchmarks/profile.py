@@ -34,8 +34,9 @@ from ..config import load_config
 from .loop import bare_step
 
 HOST_WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
-              "cudaHostAlloc", "cudaFreeHost", "cudaFree", "aten::_local_scalar_dense")
-"""Host calls that block until the GPU (or a copy) is done: `.item()`/`.tolist()` appear as _local_scalar_dense."""
+              "cudaHostAlloc", "cudaFreeHost", "cudaFree")
+"""CUDA runtime calls that block the host until the GPU (or a copy) is done: a `.item()` of a device tensor is a
+cudaMemcpyAsync and a cudaStreamSynchronize (aten::_local_scalar_dense, its op, also counts host tensors' items)."""
 
 TOP = 15
 """Kernels and host-side operations listed."""

@@ -1,6 +1,7 @@
 """GraphedNLL: the training loss and its gradients replayed from CUDA graphs equal the model's own, step after step
-of an optimizer, on every scan path and with a loss of several chunks; train.py with graphs trains as without them
-(on a GPU). Where graphs apply, and the errors where they do not (on the CPU)."""
+of an optimizer, on every scan path and with a loss of several chunks; train.py with graphs trains as without them,
+and waits for the GPU at log steps only (on a GPU). Where graphs apply, and the errors where they do not (on the
+CPU)."""
 
 import copy
 

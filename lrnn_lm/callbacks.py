@@ -18,11 +18,11 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 
-
 def mid_accumulation(trainer: L.Trainer) -> bool:
     """Whether the batch just run ended no optimizer step (gradient accumulation goes on). Lightning's fit loop
     knows it through a private method: this is the one place to change if Lightning renames it."""
     return trainer.fit_loop._should_accumulate()
+
 
 class LastCheckpoint(Callback):
     """Writes last.ckpt every `every` optimizer steps, at the last step, and at the step boundary after SIGTERM or

@@ -22,7 +22,7 @@ from lrnn_lm.config import load_config
 from lrnn_lm.run_dir import TMP_PREFIX
 from lrnn_lm.train import train
 
-from .tiny_run import ROOT, SCRIPT_ENV, Recorder, run_script, tiny_overrides
+from .tiny_run import ROOT, SCRIPT_ENV, Recorder, nan_loss_from_step, run_script, tiny_overrides
 
 
 def config(run_dir, corpus, **fields):
@@ -298,9 +298,6 @@ def test_a_tokenizer_much_smaller_than_the_vocabulary_is_warned_about(tmp_path, 
 
 
 def test_a_non_finite_loss_before_any_checkpoint_says_none_was_written(tmp_path, corpus, monkeypatch):
-    from lrnn_lm.lit_module import LitLM
-
-    nll = LitLM._training_nll
-    monkeypatch.setattr(LitLM, "_training_nll", lambda self, batch: (nll(self, batch)[0] * float("nan"), nll(self, batch)[1]))
+    nan_loss_from_step(monkeypatch, 0)
     with pytest.raises(FloatingPointError, match=r"optimizer steps 1-1 .*No checkpoint was written yet"):
         train(config(tmp_path / "run", corpus, trainer__max_steps=4, trainer__log_every=1))

@@ -16,10 +16,10 @@ from lrnn_lm.config import TrainerConfig, load_config
 from lrnn_lm.data import LMDataModule
 from lrnn_lm.evaluate import main as evaluate_main
 from lrnn_lm.generate import main as generate_main
-from lrnn_lm.lit_module import LitLM, warmup_cosine
+from lrnn_lm.lit_module import warmup_cosine
 from lrnn_lm.train import main, make_logger, train
 
-from .tiny_run import ROOT, SCRIPT_ENV, Recorder, run_script, tiny_overrides
+from .tiny_run import ROOT, SCRIPT_ENV, Recorder, nan_loss_from_step, run_script, tiny_overrides
 
 
 def test_warmup_then_cosine_to_min_lr():
@@ -176,17 +176,6 @@ def test_resume_refuses_changed_settings_but_not_a_longer_run(tmp_path, corpus):
         with pytest.raises(ValueError, match=rf"^trainer.resume: .*{name}: "):
             train(config(trainer__max_steps=4, trainer__resume=True, **changed))
     assert train(config(trainer__max_steps=4, trainer__resume=True))["steps"] == 4
-
-
-def nan_loss_from_step(monkeypatch, step: int) -> None:
-    """Make the training loss NaN from optimizer step `step` (0-based global_step) on."""
-    nll = LitLM._training_nll
-
-    def nan_from(self, batch):
-        total, n_tokens = nll(self, batch)
-        return (total * float("nan") if self.global_step >= step else total), n_tokens
-
-    monkeypatch.setattr(LitLM, "_training_nll", nan_from)
 
 
 @pytest.mark.slow

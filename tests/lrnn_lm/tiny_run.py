@@ -1,4 +1,5 @@
-"""Helpers for the end-to-end tests: a tiny run's overrides, train.py in a subprocess, and a recording callback.
+"""Helpers for the end-to-end tests: a tiny run's overrides, train.py in a subprocess, a recording callback, and a
+training loss made NaN.
 
 As a script, `python tests/lrnn_lm/tiny_run.py OUT_DIR [--section.field value ...]` trains with `Recorder`,
 so that a multi-process run (DDP re-launches this script for each rank) leaves one record per rank. With
@@ -80,6 +81,19 @@ class Recorder(L.Callback):
         if self.out_dir is not None:
             record = {"batches": self.batches, "losses": self.losses, "params": self.params}
             (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def nan_loss_from_step(monkeypatch, step: int) -> None:
+    """Make the training loss NaN from optimizer step `step` (0-based global_step) on."""
+    from lrnn_lm.lit_module import LitLM
+
+    nll = LitLM._training_nll
+
+    def nan_from(self, batch):
+        total, n_tokens = nll(self, batch)
+        return (total * float("nan") if self.global_step >= step else total), n_tokens
+
+    monkeypatch.setattr(LitLM, "_training_nll", nan_from)
 
 
 def poison_loss_in_guard(rank: int, step: int, out_dir: Path) -> None:

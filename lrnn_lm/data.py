@@ -130,6 +130,8 @@ class LMDataModule(L.LightningDataModule):
         self.preparation_s = 0.0  # seconds spent in prepare_data and setup: the tokenizer, the token caches
 
     def prepare_data(self) -> None:
+        if self.streams:
+            return  # loaded by this process's setup already: Lightning calls this again at each validate and test
         started = time.perf_counter()
         self._tokenize(build=True)
         self.preparation_s += time.perf_counter() - started

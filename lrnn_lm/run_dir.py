@@ -161,8 +161,16 @@ def write_atomically(path: Path, data: bytes | str) -> None:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch.save checkpoints, written through `atomic_file`: Lightning's own writer stages the file in
     $TMPDIR and moves it, which becomes a copy over the old checkpoint when $TMPDIR is another filesystem (a kill
-    during that copy leaves a truncated last.ckpt)."""
+    during that copy leaves a truncated last.ckpt). `writes` and `write_s` count the checkpoints written and the
+    seconds spent writing them (the copy of GPU tensors to the host included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes, self.write_s = 0, 0.0
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        started = time.perf_counter()
         with atomic_file(Path(path)) as f:
             torch.save(checkpoint, f)
+        self.writes += 1
+        self.write_s += time.perf_counter() - started

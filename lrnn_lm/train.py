@@ -85,6 +85,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
     logger = make_logger(t)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * t.accumulate_grad_batches
     speed = TrainingSpeed(t.log_every, tokens_per_step)
+    checkpoint_io = AtomicCheckpointIO()
     last = LastCheckpoint(ckpt_dir / "last.ckpt", t.checkpoint_every, sync_every=t.log_every)
     best = RunDirModelCheckpoint(ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                                  auto_insert_metric_name=False, enable_version_counter=False)
@@ -96,7 +97,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=resolve_precision(t, announce=True),
-        plugins=[AtomicCheckpointIO()],
+        plugins=[checkpoint_io],
         val_check_interval=t.val_every * t.accumulate_grad_batches,  # counted in batches
         check_val_every_n_epoch=None,  # validate every val_every steps, across epoch boundaries
         limit_val_batches=t.limit_val_batches,
@@ -143,9 +144,13 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
         "wall_time_s": round(time.perf_counter() - started, 1),
         "startup_s": round(started - launched_at, 1) if launched_at is not None else None,
         "data_preparation_s": round(data.preparation_s, 1),
+        "setup_s": round(speed.started - started - data.preparation_s, 1) if speed.started is not None else None,
         "tokens_per_s": rates["tokens_per_s"],
+        "training_s": rates["training_s"],
         "first_window_s": rates["first_window_s"],
         "compile_and_warmup_s": rates["compile_and_warmup_s"] if compiled or graphs else None,
+        "checkpoint_writes": checkpoint_io.writes,
+        "checkpoint_write_s": round(checkpoint_io.write_s, 1),
         "cuda_graphs": graphs,
         "validation_during_training_s": rates["validation_s"],
         "final_evaluation_s": round(eval_s, 1),
@@ -191,10 +196,16 @@ def format_summary(s: dict[str, Any], run_dir: Path) -> str:
     rate = f"{s['tokens_per_s']:,} tokens/s steady" if s["tokens_per_s"] else "tokens/s not measured"
     lines = [f"{s['params'] / 1e6:.2f}M params | {s['steps']} steps, {s['tokens_seen']:,} tokens | "
              f"wall {s['wall_time_s']:.1f} s | {rate}" + (f" (MFU {s['mfu']:.1%})" if s.get("mfu") else "")]
+    within = [f"first window {s['first_window_s']} s" if s["first_window_s"] is not None else None,
+              f"compile + warm-up ~{s['compile_and_warmup_s']} s" if s["compile_and_warmup_s"] is not None else None,
+              f"{s['checkpoint_writes']} checkpoint writes {s['checkpoint_write_s']} s"
+              if s.get("checkpoint_writes") is not None else None]
+    within = ", ".join(x for x in within if x)
     timing = [f"startup {s['startup_s']} s" if s.get("startup_s") is not None else None,
               f"data {s['data_preparation_s']} s" if s.get("data_preparation_s") is not None else None,
-              f"first {s['first_window_s']} s window" if s["first_window_s"] is not None else None,
-              f"compile + warm-up ~{s['compile_and_warmup_s']} s" if s["compile_and_warmup_s"] is not None else None,
+              f"setup {s['setup_s']} s" if s.get("setup_s") is not None else None,
+              f"training {s['training_s']} s" + (f" ({within})" if within else "")
+              if s.get("training_s") is not None else None,
               f"validation {s['validation_during_training_s']} s", f"final evaluation {s['final_evaluation_s']} s"]
     lines.append(" | ".join(x for x in timing if x))
     lines.append(f"evaluated: {s['evaluated']}")

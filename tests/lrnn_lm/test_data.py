@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lrnn_lm import data as data_module
 from lrnn_lm import tokenizer as tokenizer_module
 from lrnn_lm.config import DataConfig
 from lrnn_lm.corpus import embedded_plays, load_corpus, split_of_file
@@ -228,6 +229,21 @@ def test_tokenizer_is_trained_once_then_read_from_the_cache(local_folder, tmp_pa
     assert all(np.array_equal(again.streams[s], dm.streams[s]) for s in dm.streams)
     with pytest.raises(AssertionError, match="trained again"):  # a different vocabulary size is another key
         cached_tokenizer(load_corpus(dm.data)["train"], "text", VOCAB + 8, tmp_path / "cache")
+
+
+def test_data_is_prepared_once_per_process(local_folder, tmp_path, monkeypatch):
+    """Lightning calls prepare_data again at each validate and test after fit: the corpus is not read again, and
+    the preparation time the summary reports is the preparation's only."""
+    dm = datamodule(local_folder, tmp_path)
+    seconds = dm.preparation_s
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the corpus was read again")
+
+    monkeypatch.setattr(data_module, "load_corpus", no_reading)
+    dm.prepare_data()
+    dm.setup("test")
+    assert dm.preparation_s == seconds > 0
 
 
 # --- bad input fails fast, before any tokenizer training -----------------------------------------------------

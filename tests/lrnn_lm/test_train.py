@@ -59,6 +59,11 @@ def test_train_then_evaluate_then_generate(tmp_path, corpus, capsys):
     assert summary["tokens_per_s"] > 0 and summary["first_window_s"] >= 0 and summary["final_evaluation_s"] > 0
     assert summary["validation_during_training_s"] >= 0 and summary["compile_and_warmup_s"] is None  # not compiled
     assert summary["startup_s"] > 0 and summary["data_preparation_s"] > 0  # imports and parsing; tokenizer, caches
+    # the wall time's parts, none counted twice; the training time holds the checkpoint writes (last.ckpt at steps
+    # 20 and 40, best.ckpt at each validation that improved)
+    parts = ("data_preparation_s", "setup_s", "training_s", "validation_during_training_s", "final_evaluation_s")
+    assert all(summary[k] >= 0 for k in parts) and sum(summary[k] for k in parts) <= summary["wall_time_s"] + 0.3
+    assert summary["checkpoint_writes"] >= 3 and 0 <= summary["checkpoint_write_s"] <= summary["training_s"] + 0.1
     assert summary["flops_per_token"] > 0 and "PaLM" in summary["flops_method"] and summary["mfu"] is None  # CPU
     assert all(math.isfinite(summary[s][k]) for s in ("validation", "test") for k in ("loss", "ppl", "bpb"))
     assert "bits/byte" in trained.stdout

@@ -22,6 +22,7 @@ few dozen at each log step.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import tempfile
 import time
@@ -126,29 +127,24 @@ class ProfileSteps(L.Callback):
 def host_waits_by_step(events, names=HOST_WAITS) -> dict:
     """The host calls that wait (`names`), counted per LOG_STEP and per OTHER_STEP range of a profile's events ->
     {"log_steps": n, "per_log_step": {name: count}, "other_steps": n, "per_other_step": {...}, "outside_steps":
-    {name: total count}}. Each call counts in the range that encloses it; a call on another thread than the loop's
-    (a loader's pin-memory thread) counts outside the steps."""
-    ranges = {LOG_STEP: [], OTHER_STEP: []}
-    waits = []
-    for e in events:
-        if e.name in ranges:
-            ranges[e.name].append(e)
-        elif e.name in names:
-            waits.append(e)
+    {name: total count}}. A call counts in the range during which it starts: by time, not by the profiler's
+    parent links, which need a CUDA runtime record and the range to be filed under the same thread."""
+    ranges = sorted((e for e in events if e.name in (LOG_STEP, OTHER_STEP)), key=lambda e: e.time_range.start)
+    starts = [r.time_range.start for r in ranges]
     counts = {LOG_STEP: Counter(), OTHER_STEP: Counter(), None: Counter()}
-    for w in waits:
-        parent = w.cpu_parent
-        while parent is not None and parent.name not in ranges:
-            parent = parent.cpu_parent
-        counts[parent.name if parent is not None else None][w.name] += 1
+    for e in events:
+        if e.name not in names:
+            continue
+        i = bisect.bisect_right(starts, e.time_range.start) - 1
+        inside = i >= 0 and e.time_range.start < ranges[i].time_range.end
+        counts[ranges[i].name if inside else None][e.name] += 1
+    n = Counter(r.name for r in ranges)
 
     def per(kind):
-        n = len(ranges[kind])
-        return {k: round(v / n, 2) for k, v in sorted(counts[kind].items())} if n else {}
+        return {k: round(v / n[kind], 2) for k, v in sorted(counts[kind].items())} if n[kind] else {}
 
-    return {"log_steps": len(ranges[LOG_STEP]), "per_log_step": per(LOG_STEP),
-            "other_steps": len(ranges[OTHER_STEP]), "per_other_step": per(OTHER_STEP),
-            "outside_steps": dict(sorted(counts[None].items()))}
+    return {"log_steps": n[LOG_STEP], "per_log_step": per(LOG_STEP), "other_steps": n[OTHER_STEP],
+            "per_other_step": per(OTHER_STEP), "outside_steps": dict(sorted(counts[None].items()))}
 
 
 def train_py_profiled(config: str, extra: list[str], steps: int, warmup: int, activities):

@@ -352,7 +352,8 @@ def _scan_bwd_kernel(
     gate_b, gate_lb, gate_olb = _gate_params(bias_ptr, lb_ptr, stride_lb, d0, cols, mask_d, GATED)
     gate_b, gate_lb, gate_olb = gate_b[None, :], gate_lb[None, :], gate_olb[None, :]
     if HAS_H0:
-        h0 = tl.load(h0_ptr + b * stride_h0_b + (d0 + cols) * stride_h0_d, mask=mask_d, other=0.0).to(tl.float32)
+        h0_first = h0_ptr + b * stride_h0_b + d0.to(tl.int64) * stride_h0_d
+        h0 = tl.load(h0_first + cols * stride_h0_d, mask=mask_d, other=0.0).to(tl.float32)
     else:
         h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
 

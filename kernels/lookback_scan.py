@@ -142,7 +142,8 @@ def _chain(tot_A, tot_V, k, b, d0, cols, mask_d, start_ptr, stride_start_b, stri
     (3, K, B, D) workspace. -> (carry (WARPS, BLOCK_D): the state entering the tile as each warp found it,
     the tile's inclusive state (BLOCK_D,), from warp 0's)."""
     if HAS_START:
-        start = tl.load(start_ptr + b * stride_start_b + (d0 + cols) * stride_start_d, mask=mask_d, other=0.0)
+        start_first = start_ptr + b * stride_start_b + d0.to(tl.int64) * stride_start_d
+        start = tl.load(start_first + cols * stride_start_d, mask=mask_d, other=0.0)
         start = start.to(tl.float32)
     else:
         start = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -293,7 +294,8 @@ def _h_prev(h_prev, h0_ptr, b, stride_h0_b, stride_h0_d, d0, cols, mask_d, rows,
     """h_{t-1} of a backward tile as loaded -> fp32, with h0 at t = 0."""
     h_prev = h_prev.to(tl.float32)
     if HAS_H0:
-        h0 = tl.load(h0_ptr + b * stride_h0_b + (d0 + cols) * stride_h0_d, mask=mask_d, other=0.0)
+        h0_first = h0_ptr + b * stride_h0_b + d0.to(tl.int64) * stride_h0_d
+        h0 = tl.load(h0_first + cols * stride_h0_d, mask=mask_d, other=0.0)
         h_prev = tl.where(rows == -t0, h0.to(tl.float32)[None, None, :], h_prev)
     return h_prev
 
@@ -495,7 +497,10 @@ def _lookback_bwd_kernel(
         _store_bwd_tile(da_first, dh * h_prev, rows, cols3, D, T - t0, D - d0, whole, EVEN_T, EVEN_D)
     if HAS_H0:
         if t0 == 0:  # dh0 = a_1 dh_1; `state` is dh at t = 0
-            a_1 = tl.load(a_ptr + b * stride_a_b + (d0 + cols) * stride_a_d, mask=mask_d, other=0.0)
+            # the channel block's offset in 64 bits, as every tile's: d0 · stride_d passes 2**31 in a transposed a
+            # with D · T >= 2**31 (cols · stride_d is bounded by `tile_fits_int32`)
+            a_1_first = a_ptr + b * stride_a_b + d0.to(tl.int64) * stride_a_d
+            a_1 = tl.load(a_1_first + cols * stride_a_d, mask=mask_d, other=0.0)
             if GATED:
                 if HAS_DOC:
                     doc_1 = tl.load(doc_first) != 0

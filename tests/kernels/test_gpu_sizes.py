@@ -141,3 +141,20 @@ def test_gated_scan_batch_past_the_grid_limit(gen):
 
     assert_gated_close(gated_outputs_and_grads(fused, *inputs), gated_oracle(*inputs, scan=linear_scan_doubling),
                        torch.float32, "big batch")
+
+
+def test_dh0_of_a_transposed_gate_past_two_to_the_31_elements(gen):
+    """A (B, D, T) gate tensor seen as (B, T, D) with D · T >= 2**31: channel d's first gate lies d · T elements in,
+    past 32-bit offsets. dh0 = a_1 ⊙ dh_1 must read it there (dh_1 is dx's first row). About 30 GB."""
+    B, T, D = 1, 2**21, 1024
+    if torch.cuda.get_device_properties(0).total_memory < 48 * 2**30:
+        pytest.skip("needs a GPU of 48 GB or more")
+    x = torch.randn(B, T, D, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+    a = torch.rand(B, D, T, device=DEVICE, dtype=torch.bfloat16).transpose(1, 2).requires_grad_()
+    h0 = torch.randn(B, D, device=DEVICE, requires_grad=True)
+    assert dispatch.plan_for(True, a, x).path == "lookback"
+    h, _ = linear_scan(x, a, h0, impl="associative")
+    dx, dh0 = torch.autograd.grad(h, (x, h0), torch.randn_like(h))
+    del h
+    expected = a[:, 0].float() * dx[:, 0].float()
+    assert torch.allclose(dh0, expected, rtol=1e-2, atol=1e-2), (dh0 - expected).abs().max().item()

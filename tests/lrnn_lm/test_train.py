@@ -224,6 +224,26 @@ def test_a_validation_checkpoint_between_guard_checks_is_checked_too(tmp_path, c
     assert exit_.value.code == 1 and "optimizer steps 4-5" in err, err
 
 
+def test_a_non_finite_evaluation_batch_makes_the_evaluation_non_finite(tmp_path, corpus, monkeypatch):
+    """One NaN batch among the validation batches: the reported loss and bits per byte are NaN, not a finite sum
+    over the other batches divided by every batch's tokens."""
+    from lrnn_lm.lit_module import LitLM
+
+    nll, calls = LitLM._nll, []
+
+    def second_batch_nan(self, batch):
+        total, n_tokens = nll(self, batch)
+        calls.append(1)
+        return (total * float("nan") if len(calls) == 2 else total), n_tokens
+
+    monkeypatch.setattr(LitLM, "_nll", second_batch_nan)
+    cfg = load_config(None, tiny_overrides(tmp_path / "run", corpus, trainer__max_steps=2, trainer__val_every=1000,
+                                           trainer__logger="none", trainer__checkpoint_every=1000))
+    summary = train(cfg)
+    assert math.isnan(summary["validation"]["loss"]) and math.isnan(summary["validation"]["bpb"])
+    assert math.isfinite(summary["test"]["loss"])  # the test split's batches came after the NaN one
+
+
 def test_gradient_accumulation_is_a_larger_batch_in_tokens_and_schedule(tmp_path, corpus):
     """accumulate_grad_batches=2 at batch 2 takes the same windows, steps and learning rates as batch 4: the same
     weights (dropout off) up to rounding, and tokens seen counted per optimizer step."""

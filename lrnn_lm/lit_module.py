@@ -102,6 +102,11 @@ class LitLM(L.LightningModule):
         self.training_nll.release()  # the graphs' memory pool holds a step's activations: free it for evaluation
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # 16-mixed's GradScaler
+        if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            # Lightning leaves the unscaling to an optimizer that unscales in its step (fused AdamW, on CUDA): the
+            # norm and the clip below need the true gradients. GradScaler.step then knows they are unscaled.
+            scaler.unscale_(optimizer)
         params = [p for p in self.parameters() if p.grad is not None]
         clip = self.cfg.optim.grad_clip
         if clip > 0:
@@ -111,7 +116,6 @@ class LitLM(L.LightningModule):
         self._metrics["grad_norm"] = grad_norm
         # Under 16-mixed, GradScaler makes inf gradients on purpose when the scale overflows and skips that
         # step itself; only a non-finite loss is a failure there.
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         finite = self._step_finite & (torch.isfinite(grad_norm) | (scaler is not None))
         self.record_step(finite)
         self._step_finite = None

@@ -275,3 +275,41 @@ def test_precision_auto_takes_fp16_on_a_gpu_without_bf16_and_says_so(monkeypatch
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert train_module.resolve_precision(TrainerConfig()) == "bf16-mixed"
     assert train_module.resolve_precision(TrainerConfig(precision=32)) == 32
+
+
+def test_under_16_mixed_a_fused_optimizer_is_clipped_on_the_true_gradients(tmp_path, corpus, monkeypatch):
+    """16-mixed's GradScaler multiplies the loss, and Lightning leaves the gradients scaled for an optimizer that
+    unscales in its step (fused AdamW, as on CUDA): the norm that clipping and the guard see, and that is logged, is
+    the true gradients' norm. (Lightning refuses 16-mixed on a CPU; its plugin runs here all the same.)"""
+    import lightning as L
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    import lrnn_lm.lit_module as lit_module
+
+    class FusedAdamW(torch.optim.AdamW):
+        def __init__(self, *args, fused=None, **kwargs):
+            super().__init__(*args, fused=True, **kwargs)
+
+    monkeypatch.setattr(lit_module.torch.optim, "AdamW", FusedAdamW)
+
+    class TrueNorm(L.Callback):  # callbacks run before the module's hook: the gradients as the scaler left them
+        def __init__(self):
+            self.true, self.seen = [], []
+
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            self.true.append(float(torch.nn.utils.get_total_norm(grads)) / trainer.precision_plugin.scaler.get_scale())
+
+        def on_train_batch_end(self, trainer, module, *args):
+            self.seen.append(float(module._metrics["grad_norm"]))
+
+    cfg = load_config(None, tiny_overrides(tmp_path / "run", corpus, optim__grad_clip=1.0))
+    data = LMDataModule(cfg.data, cfg.model.vocab_size, cfg.model.eos_id, seed=0)
+    module, probe = lit_module.LitLM(cfg.to_dict()), TrueNorm()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=3, plugins=[MixedPrecision("16-mixed", "cpu")],
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
+                        enable_model_summary=False, callbacks=[probe])
+    trainer.fit(module, datamodule=data)
+    assert isinstance(trainer.optimizers[0], FusedAdamW) and len(probe.seen) == 3
+    assert all(math.isfinite(t) for t in probe.true)
+    torch.testing.assert_close(probe.seen, probe.true, rtol=1e-3, atol=0)

@@ -5,10 +5,12 @@ DistributedSampler, a permutation drawn from seed + epoch of which rank r takes 
 starting at r (the tail that does not divide evenly is dropped, so every rank runs the same number of steps).
 
 `ResumableDataLoader` has `state_dict` / `load_state_dict`, so Lightning's fit loop saves its state in every
-checkpoint and restores it on resume. The state is (epoch, batches yielded in that epoch). A loader with a
-length is not prefetched by Lightning, so at checkpoint time that count is exactly the batches trained on.
+checkpoint and restores it on resume. The state is (epoch, batches yielded in that epoch, processes). A loader
+with a length is not prefetched by Lightning, so at checkpoint time that count is exactly the batches trained on.
 After a restore, the first pass over the same epoch starts that many batches in, at the sampler (no data is
-read for the skipped batches): the resumed run trains on the batches the uninterrupted run would have.
+read for the skipped batches): the resumed run trains on the batches the uninterrupted run would have. The
+count is per process, of each process's shard, so a restore into another number of processes is refused: it
+would skip some windows of the epoch and train on others twice.
 """
 
 from __future__ import annotations
@@ -57,7 +59,13 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        return dict(self._position)
+        return dict(self._position, world_size=self.sampler.num_replicas)
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        saved = int(state.get("world_size", self.sampler.num_replicas))  # states written before it was kept: as now
+        if saved != self.sampler.num_replicas:
+            raise ValueError(
+                f"trainer.devices x trainer.num_nodes: the checkpoint's data position was counted over {saved} "
+                f"processes, this run has {self.sampler.num_replicas}; resume with {saved} (each process's position "
+                "is within its own shard of the epoch)")
         self._restored = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}

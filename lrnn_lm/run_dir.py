@@ -105,7 +105,8 @@ FREE_ON_RESUME = {
                 "log_every", "run_dir", "resume", "overwrite"},
 }
 """What may change when a run resumes: how long and how often, where it runs and logs, which scan computes the
-same function. Everything else is restored from the checkpoint or decides what it means (the model's shape, the
+same function. (The number of processes may not: the data position is per process, and its loader refuses
+another count.) Everything else is restored from the checkpoint or decides what it means (the model's shape, the
 data and its order, the optimizer and its schedule's rate, the seed)."""
 
 

@@ -198,7 +198,7 @@ def test_loader_resumes_mid_epoch_where_its_state_was_taken():
     interrupted = make_loader(stream, seed=3)
     batches(interrupted, n=5)
     state = interrupted.state_dict()
-    assert state == {"epoch": 0, "batches": 5}
+    assert state == {"epoch": 0, "batches": 5, "world_size": 1}
     resumed = make_loader(stream, seed=3)
     resumed.load_state_dict(state)
     rest = batches(resumed)
@@ -208,6 +208,20 @@ def test_loader_resumes_mid_epoch_where_its_state_was_taken():
     nxt = make_loader(stream, seed=3, epoch=1)
     nxt.load_state_dict({"epoch": 0, "batches": 16})  # a checkpoint at the end of epoch 0
     assert len(batches(nxt)) == 16
+
+
+def test_a_position_is_not_restored_into_another_number_of_processes():
+    """The position counts one process's batches of its own shard: restored into 2 processes, it would skip windows
+    of the epoch and repeat others, so it is refused, naming what to change. A state without the count (written
+    before it was kept) restores as before."""
+    stream = np.arange(1, 8 * 64 + 2, dtype=np.int32)
+    one = make_loader(stream, seed=3)
+    batches(one, n=3)
+    two = make_loader(stream, seed=3, world_size=2)
+    with pytest.raises(ValueError, match=r"trainer.devices x trainer.num_nodes: .* over 1 processes, this run has 2"):
+        two.load_state_dict(one.state_dict())
+    two.load_state_dict({"epoch": 0, "batches": 3})
+    assert len(batches(two)) == len(two) - 3
 
 
 # --- caches ------------------------------------------------------------------------------------------------

@@ -179,15 +179,18 @@ class LMDataModule(L.LightningDataModule):
         return (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
 
     def train_dataloader(self) -> ResumableDataLoader:
+        """Each epoch is a whole number of optimizer steps per device: under gradient accumulation Lightning would
+        otherwise end an epoch with a step of fewer micro-batches, still divided by accumulate_grad_batches."""
         world_size, rank = self._world()
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
         windows = TokenWindows(self.streams["train"], self.data.seq_len)
-        if len(windows) < self.data.batch_size * world_size:
+        if len(windows) < self.data.batch_size * accumulate * world_size:
             raise ValueError(
                 f"data: the train split has {len(windows)} windows of seq_len+1={self.data.seq_len + 1} tokens, fewer "
-                f"than one batch per device (batch_size {self.data.batch_size} x {world_size} devices); lower "
-                "data.seq_len or data.batch_size, or use more data")
+                f"than one optimizer step per device (batch_size {self.data.batch_size} x accumulate_grad_batches "
+                f"{accumulate} x {world_size} devices); lower data.seq_len or data.batch_size, or use more data")
         sampler = ShardedShuffleSampler(windows, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed,
-                                        drop_last=True)
+                                        drop_last=True, multiple=self.data.batch_size * accumulate)
         return ResumableDataLoader(windows, batch_size=self.data.batch_size, sampler=sampler, drop_last=True,
                                    **self._loader_options())
 

@@ -23,10 +23,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 
 class ShardedShuffleSampler(DistributedSampler):
-    """DistributedSampler(shuffle=True, drop_last=True) that can start its epoch `skip` indices in."""
+    """DistributedSampler(shuffle=True, drop_last=True) that can start its epoch `skip` indices in, and whose
+    indices per rank are a multiple of `multiple` (the tail of the permutation beyond is dropped)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, multiple: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.num_samples -= self.num_samples % multiple
+        self.total_size = self.num_samples * self.num_replicas
         self.skip = 0
 
     def __iter__(self) -> Iterator[int]:

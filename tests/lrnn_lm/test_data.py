@@ -293,9 +293,9 @@ def test_local_path_without_files_is_an_error(tmp_path, no_training):
         datamodule(tmp_path / "missing" / "*.txt", tmp_path)
 
 
-def test_too_little_data_for_one_batch_is_an_error(local_folder, tmp_path):
+def test_too_little_data_for_one_optimizer_step_is_an_error(local_folder, tmp_path):
     dm = datamodule(local_folder, tmp_path, seq_len=4096)
-    with pytest.raises(ValueError, match="fewer than one batch"):
+    with pytest.raises(ValueError, match="fewer than one optimizer step per device"):
         dm.train_dataloader()
 
 

@@ -264,6 +264,24 @@ def test_gradient_accumulation_is_a_larger_batch_in_tokens_and_schedule(tmp_path
         torch.testing.assert_close(acc_w[k], big_w[k], rtol=1e-4, atol=1e-6)
 
 
+def test_every_optimizer_step_accumulates_the_same_number_of_batches_across_epochs(tmp_path, corpus):
+    """An epoch whose batches do not divide by accumulate_grad_batches drops its tail: Lightning would otherwise step
+    on the leftover micro-batches, a smaller step still divided by the full count and counted as a full one."""
+    cfg = load_config(None, tiny_overrides(tmp_path / "probe", corpus, data__batch_size=2))
+    data = LMDataModule(cfg.data, cfg.model.vocab_size, cfg.model.eos_id)
+    data.prepare_data()
+    data.setup()
+    batches = len(data.train_dataloader())  # of one epoch, without accumulation
+    accumulate = next(k for k in range(3, 10) if batches % k)
+    recorder = Recorder()
+    cfg = load_config(None, tiny_overrides(tmp_path / "run", corpus, data__batch_size=2, trainer__logger="none",
+                                           trainer__accumulate_grad_batches=accumulate, trainer__val_every=1000,
+                                           trainer__checkpoint_every=1000, trainer__max_steps=batches // accumulate + 2))
+    train(cfg, callbacks=[recorder])
+    steps = [step for step, _ in recorder.batches]  # optimizer steps done after each batch
+    assert steps == [(i + 1) // accumulate for i in range((batches // accumulate + 2) * accumulate)]  # 2 in epoch 2
+
+
 def test_precision_auto_takes_fp16_on_a_gpu_without_bf16_and_says_so(monkeypatch, capsys):
     import lrnn_lm.train as train_module
 

@@ -24,11 +24,23 @@ def mid_accumulation(trainer: L.Trainer) -> bool:
     return trainer.fit_loop._should_accumulate()
 
 
+def validates_after_this_batch(trainer: L.Trainer) -> bool:
+    """Whether fit validates once the hooks of the batch just run have returned, as Lightning's epoch loop decides
+    it (a private method: the one place to change if Lightning renames it)."""
+    loop = trainer.fit_loop
+    return loop.epoch_loop._should_check_val_fx(loop._data_fetcher)
+
+
 class LastCheckpoint(Callback):
     """Writes last.ckpt every `every` optimizer steps, at the last step, and at the step boundary after SIGTERM or
     SIGINT, then stops the run (`stopped_by`: the signal's number). The checkpoint is written from the end of a
     training batch, so it holds the mid-epoch data position even at the last step: a run extended with more
     steps continues the epoch where it stopped.
+
+    At a step that validates, it is written after the validation instead (after best.ckpt's update): Lightning
+    resumes a checkpoint written before a step's validation as if that validation had run, so a kill during it
+    would lose it for good (its loss, and best.ckpt's chance to hold that step's weights). A signal's checkpoint is
+    written at once, and again after the validation that Lightning runs when a run stops.
 
     Under several processes the ranks agree on stopping every `sync_every` steps (a collective sum, at the steps
     where the non-finite guard synchronises anyway), so that all of them stop at the same step."""
@@ -39,6 +51,7 @@ class LastCheckpoint(Callback):
         self.stopped_by: int | None = None
         self._signal: int | None = None
         self._previous: dict[int, Any] = {}
+        self._after_validation = False  # write at the end of this step's validation
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._trainer = trainer  # before the handlers, which read it
@@ -75,11 +88,22 @@ class LastCheckpoint(Callback):
                 flag = torch.tensor(float(stop), device=module.device)
                 stop = bool(trainer.strategy.reduce(flag, reduce_op="sum").item() > 0)
         if stop or step % self.every == 0 or step >= trainer.max_steps:
-            trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, to resume from
-            self.saved_step = step
+            validates = validates_after_this_batch(trainer)
+            if stop or not validates:
+                self._save(trainer)
+            self._after_validation = validates or stop
         if stop:
             self.stopped_by = self._signal or signal.SIGTERM  # another rank's signal
             trainer.should_stop = True
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._after_validation and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, to resume from
+        self.saved_step = trainer.global_step
+        self._after_validation = False
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._restore_handlers()

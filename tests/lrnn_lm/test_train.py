@@ -168,6 +168,42 @@ def test_resumed_run_sees_the_same_batches_and_ends_with_the_same_weights(tmp_pa
     assert resumed.params == uninterrupted.params
 
 
+@pytest.mark.slow
+def test_a_kill_during_validation_loses_neither_that_validation_nor_exactness(tmp_path, corpus):
+    """A run killed while it validates a step that is also a checkpoint step resumes from the checkpoint before it,
+    and validates that step again: the validation losses, the best checkpoint and the final weights are the
+    uninterrupted run's."""
+    def config(name, **fields):
+        return load_config(None, tiny_overrides(tmp_path / name, corpus, trainer__max_steps=12, trainer__val_every=4,
+                                                trainer__checkpoint_every=4, trainer__logger="none",
+                                                model__dropout=0.2, **fields))
+
+    class Validations(Recorder):
+        def __init__(self, crash_at=None):
+            super().__init__()
+            self.crash_at, self.losses_at = crash_at, {}
+
+        def on_validation_start(self, trainer, module):
+            if trainer.state.fn == "fit" and trainer.global_step == self.crash_at:
+                raise RuntimeError("simulated kill")
+
+        def on_validation_end(self, trainer, module):
+            if trainer.state.fn == "fit":
+                self.losses_at[trainer.global_step] = float(trainer.callback_metrics["val/loss"])
+
+    uninterrupted = Validations()
+    whole = train(config("a"), callbacks=[uninterrupted])
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(config("b"), callbacks=[Validations(crash_at=8)])
+    resumed = Validations()
+    summary = train(config("b", trainer__resume=True), callbacks=[resumed])
+
+    assert list(uninterrupted.losses_at) == [4, 8, 12] and list(resumed.losses_at) == [8, 12]
+    assert resumed.losses_at == {k: uninterrupted.losses_at[k] for k in (8, 12)}
+    assert resumed.params == uninterrupted.params
+    assert summary["validation"] == whole["validation"] and summary["test"] == whole["test"]
+
+
 def test_resume_refuses_changed_settings_but_not_a_longer_run(tmp_path, corpus):
     """A changed learning rate or batch size on resume is an error naming the field (Lightning would restore the
     old rates and put the data position in another order); more steps are fine."""

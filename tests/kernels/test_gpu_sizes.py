@@ -17,7 +17,7 @@ import torch
 from kernels import MAX_BATCH_PER_LAUNCH, dispatch, gated_linear_scan, linear_scan
 from kernels.doubling_scan import linear_scan_doubling
 
-from .scan_inputs import oracle, outputs_and_grads, reference_in_dtype
+from .scan_inputs import oracle, outputs_and_grads, reference_in_dtype, rel_err
 from .test_gated_scan import assert_close as assert_gated_close
 from .test_gated_scan import gated_outputs_and_grads, make_gated_inputs
 from .test_gated_scan import oracle as gated_oracle
@@ -98,6 +98,35 @@ def test_the_chunked_path_under_deterministic_algorithms(dtype, gen):
     ref64 = oracle(x, a, h0, dy, dh_T, scan=linear_scan_doubling)
     assert_close_to_oracle(out, ref_d, ref64, dtype, f"chunked {dtype}")
 
+
+
+@pytest.mark.parametrize("shape, dtype", [((1, 131072, 512), torch.bfloat16), ((2, 5000, 200), torch.float32)],
+                         ids=["long-T-bf16", "ragged-fp32"])
+def test_the_look_back_agrees_with_the_chunked_passes_call_after_call(shape, dtype, gen):
+    """A race between programs shows only at times: 200 look-back forwards and backwards, each against the chunked
+    passes' result (deterministic algorithms), while a matmul on another stream competes for the SMs. The two
+    paths combine in different orders, so they agree to rounding, and a wrong carry would be far off."""
+    x, a, h0, dy, dh_T = view_inputs(*shape, dtype, "contiguous", gen)
+    assert dispatch.plan_for(False, x, a).path == "lookback" and dispatch.plan_for(True, a, dy).path == "lookback"
+
+    def run():
+        return outputs_and_grads(lambda *args: linear_scan(*args[:3], impl="associative", output_final_state=args[3]),
+                                 x, a, h0, dy, dh_T)
+
+    torch.use_deterministic_algorithms(True)
+    try:
+        expected = run()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    side, busy = torch.cuda.Stream(), torch.randn(4096, 4096, device=DEVICE)
+    tolerance = 1e-2 if dtype == torch.bfloat16 else 1e-4
+    for i in range(200):
+        with torch.cuda.stream(side):
+            busy @ busy
+        for name, out, ref in zip(("h", "h_T", "dx", "da", "dh0"), run(), expected):
+            err = rel_err(out, ref)
+            assert err < tolerance, f"call {i}: {name} is {err:.2e} from the chunked passes' (relative)"
+    torch.cuda.synchronize()
 
 @pytest.mark.parametrize("impl", ["associative", "sequential"])
 def test_a_batch_past_the_grid_limit(impl, gen):

@@ -41,11 +41,13 @@ def test_matches_reference_at_tile_edges(shape, dtype, gen):
 
 # fp32 inputs whose every element is a NaN with the bits of an unpublished workspace slot (0xFFFFFFFF), a = 1:
 # the tiles' aggregates and states are NaNs that keep those bits wherever NaN payloads propagate, unless
-# published NaNs are made canonical. Forward and backward.
+# published NaNs are made canonical. Forward and backward, over many tiles along T (so that tiles look back) and
+# several channel blocks: on a GPU a tile holds 128 rows and 64 channels.
+SENTINEL_NAN_SHAPE = (2, 4096, 200) if DEVICE == "cuda" else (2, 100, 40)
 SENTINEL_NAN_RUN = f"""
 import torch
 from kernels.lookback_scan import lookback_scan_bwd, lookback_scan_fwd
-x = torch.empty(2, 100, 40, device="{DEVICE}")
+x = torch.empty(*{SENTINEL_NAN_SHAPE}, device="{DEVICE}")
 x.view(torch.int32).fill_(-1)
 a = torch.ones_like(x)
 h, h_T = lookback_scan_fwd(x, a, None, True)

@@ -64,6 +64,7 @@ class LitLM(L.LightningModule):
         # Device-side state of the steps since the last check (see the module docstring).
         self._bad_steps: torch.Tensor | None = None  # () int: optimizer steps with a non-finite loss or norm
         self._step_finite: torch.Tensor | None = None  # () bool: this optimizer step's batches so far
+        self._step_sums: tuple[torch.Tensor, ...] | None = None  # this step's batches so far: NLL, tokens, bytes
         self._last_checked_step = 0
         self._metrics: dict[str, torch.Tensor] = {}  # the last optimizer step's, on the device
         # the training loss, from CUDA graphs where train.py turns them on (trainer.cuda_graphs, graphed_loss.py)
@@ -87,7 +88,8 @@ class LitLM(L.LightningModule):
         loss = nll / n_tokens
         finite = torch.isfinite(loss.detach())
         self._step_finite = finite if self._step_finite is None else self._step_finite & finite
-        self._metrics = {"loss": loss.detach(), "bpb": nll.detach() / (LN2 * batch["n_bytes"])}
+        sums = (nll.detach(), n_tokens, batch["n_bytes"])
+        self._step_sums = sums if self._step_sums is None else tuple(a + b for a, b in zip(self._step_sums, sums))
         return loss
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
@@ -113,7 +115,11 @@ class LitLM(L.LightningModule):
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-        self._metrics["grad_norm"] = grad_norm
+        # the step's loss over all its batches (under gradient accumulation, not the last one's), computed now: with
+        # CUDA graphs the summed NLL is the graph's output buffer, which the next step's replay overwrites
+        nll, n_tokens, n_bytes = self._step_sums
+        self._metrics = {"loss": nll / n_tokens, "bpb": nll / (LN2 * n_bytes), "grad_norm": grad_norm}
+        self._step_sums = None
         # Under 16-mixed, GradScaler makes inf gradients on purpose when the scale overflows and skips that
         # step itself; only a non-finite loss is a failure there.
         finite = self._step_finite & (torch.isfinite(grad_norm) | (scaler is not None))

@@ -282,9 +282,20 @@ def test_a_non_finite_evaluation_batch_makes_the_evaluation_non_finite(tmp_path,
 
 def test_gradient_accumulation_is_a_larger_batch_in_tokens_and_schedule(tmp_path, corpus):
     """accumulate_grad_batches=2 at batch 2 takes the same windows, steps and learning rates as batch 4: the same
-    weights (dropout off) up to rounding, and tokens seen counted per optimizer step."""
+    weights (dropout off) up to rounding, the same step losses as logged (over both batches, not the last one's),
+    and tokens seen counted per optimizer step."""
+    class StepLosses(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.step_losses = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+            if not trainer.fit_loop._should_accumulate():
+                self.step_losses.append(float(module._metrics["loss"]))
+
     def run(name, **fields):
-        recorder = Recorder()
+        recorder = StepLosses()
         cfg = load_config(None, tiny_overrides(tmp_path / name, corpus, trainer__max_steps=6, trainer__val_every=1000,
                                                trainer__logger="none", trainer__checkpoint_every=3, **fields))
         summary = train(cfg, callbacks=[recorder])
@@ -294,6 +305,7 @@ def test_gradient_accumulation_is_a_larger_batch_in_tokens_and_schedule(tmp_path
     acc, acc_rec = run("acc", data__batch_size=2, trainer__accumulate_grad_batches=2)
     assert big["steps"] == acc["steps"] == 6 and big["tokens_seen"] == acc["tokens_seen"] == 6 * 4 * 32
     assert len(acc_rec.batches) == 2 * len(big_rec.batches) == 12
+    torch.testing.assert_close(acc_rec.step_losses, big_rec.step_losses, rtol=1e-4, atol=0)
     big_w = torch.load(tmp_path / "big" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     acc_w = torch.load(tmp_path / "acc" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for k in big_w:

@@ -164,6 +164,7 @@ _gated_fwd_op.register_autograd(_gated_backward, setup_context=_gated_setup_cont
 
 def gated_scan_triton(f, v, bias, lower_bound, doc_start=None, h0=None, output_final_state=False):
     """`kernels.gated_linear_scan(impl="associative")` without the input checks -> (h, h_T | None)."""
+    bias = bias.contiguous()  # the kernels read the (D,) bias at unit stride; a view's copy passes its gradient on
     if torch.compiler.is_compiling():
         h, h_T = _gated_fwd_op(f, v, h0, bias, lower_bound, doc_start)
         return h, h_T if output_final_state else None

@@ -140,6 +140,32 @@ def test_each_path_of_the_fused_kernels(path, with_h0, with_doc, output_final_st
     assert_close(out, ref, torch.bfloat16, f"{path} h0={with_h0} doc={with_doc} strided={strided}")
 
 
+@pytest.mark.parametrize("path", ["one-chunk", "lookback"])
+def test_a_strided_forget_bias_and_lower_bound(path, monkeypatch, gen):
+    """forget_bias and lower_bound as every other element of a longer tensor: the fused kernels read them as they
+    are laid out, and d forget_bias reaches the tensor it is a view of."""
+    monkeypatch.setattr(dispatch, "num_sms", lambda device: 10**4 if path == "lookback" else 1)
+    monkeypatch.setattr(dispatch, "LOOKBACK_MIN_T", 1)
+    dispatch.plan.cache_clear()
+    try:
+        tile = dispatch.lookback_config(torch.float32)
+        B, T, D = 2, 2 * dispatch.lookback_rows(tile) + 3, tile["BLOCK_D"] + 3
+        f, v, bias, lb, doc, h0, dy, _ = make_gated_inputs(B, T, D, torch.float32, gen, DEVICE)
+        assert dispatch.plan_for(False, v, f, gated=True).path == path
+        wide = torch.stack([bias, torch.randn(D, generator=gen).to(DEVICE)], dim=1).flatten().requires_grad_()
+        wide_lb = torch.stack([lb, torch.rand(D, generator=gen).to(DEVICE)], dim=1).flatten()
+        assert wide[::2].stride() == (2,) and torch.equal(wide[::2], bias)
+        grads = {}
+        for impl in ("associative", "reference"):
+            h, _ = gated_linear_scan(f, v, wide[::2], wide_lb[::2], doc, h0, impl=impl)
+            grads[impl] = (h, *torch.autograd.grad((h * dy).sum(), wide))
+    finally:
+        dispatch.plan.cache_clear()
+    for name, out, ref in zip(("h", "d forget_bias"), grads["associative"], grads["reference"]):
+        assert rel_err(out, ref, scale=1.0) <= TOLERANCE[torch.float32], name
+    assert not grads["associative"][1][1::2].any()  # the elements between get no gradient
+
+
 def test_a_document_start_resets_the_state(gen):
     """Where a document starts, h_t = v_t whatever came before (a_t = 0, 1 - a_t = 1), in every implementation."""
     B, T, D = 1, 40, 6

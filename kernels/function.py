@@ -66,7 +66,8 @@ def _scan_bwd_op(a: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, dh: 
 
 @_scan_bwd_op.register_fake
 def _(a, h, h0, dh, dh_T, chunk_t):
-    return torch.empty_like(a), torch.empty_like(a), torch.empty_like(h0) if h0 is not None else a.new_empty(0)
+    # contiguous, as the kernels write them (empty_like would keep a transposed input's strides)
+    return a.new_empty(a.shape), a.new_empty(a.shape), h0.new_empty(h0.shape) if h0 is not None else a.new_empty(0)
 
 
 def _scan_setup_context(ctx, inputs, output):
@@ -136,16 +137,17 @@ def _(f, v, h0, bias, lower_bound, doc_start):
 def _gated_bwd_op(f: torch.Tensor, v: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, dh: torch.Tensor,
                   dh_T: torch.Tensor | None, bias: torch.Tensor, lower_bound: torch.Tensor,
                   doc_start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> df (f's dtype), dv (v's dtype), dh0 (h0's dtype, empty (0,) without h0), dbias (bias's dtype)."""
+    """-> df (f's dtype), dv (v's dtype), dh0 (h0's dtype, empty (0,) without h0), dbias (bias's dtype), each
+    contiguous (the chunked path computes dv and df in PyTorch, in the inputs' strides)."""
     dv, df, dh0 = gated_scan_bwd(f, h, h0, dh, dh_T, Gate(bias, lower_bound, doc_start), v)
     dbias = df.sum(dim=(0, 1), dtype=torch.float32).to(bias.dtype)
-    return df, dv, dh0 if dh0 is not None else v.new_empty(0), dbias
+    return df.contiguous(), dv.contiguous(), dh0 if dh0 is not None else v.new_empty(0), dbias
 
 
 @_gated_bwd_op.register_fake
 def _(f, v, h, h0, dh, dh_T, bias, lower_bound, doc_start):
-    return (torch.empty_like(f), torch.empty_like(v), torch.empty_like(h0) if h0 is not None else v.new_empty(0),
-            torch.empty_like(bias))
+    return (f.new_empty(f.shape), v.new_empty(v.shape), h0.new_empty(h0.shape) if h0 is not None else v.new_empty(0),
+            bias.new_empty(bias.shape))
 
 
 def _gated_setup_context(ctx, inputs, output):

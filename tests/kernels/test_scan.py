@@ -258,6 +258,34 @@ def test_triton_scan_compiles_without_graph_break(gen):
         torch.testing.assert_close(c, e)
 
 
+@pytest.mark.parametrize("deterministic", [False, True], ids=["planned", "deterministic"])
+def test_the_custom_ops_fake_outputs_are_laid_out_as_the_real_ones(deterministic, gen):
+    """torch.compile plans memory from the ops' fake implementations: with a transposed gate, f and h0 (views the
+    scans accept), a fake's strides must still be the real outputs' (contiguous), or Inductor reads them wrongly.
+    Deterministic algorithms take the gated chunked path, whose gradients PyTorch computes."""
+    import kernels.function  # noqa: F401  (registers torch.ops.lrnn)
+
+    B, T, D = 2, 20, 24
+    x, a, dh = torch.randn(B, T, D, generator=gen), torch.rand(B, D, T, generator=gen).transpose(1, 2), None
+    h0 = torch.randn(D, B, generator=gen).t()
+    f, v, bias, lb = torch.randn(B, D, T, generator=gen).transpose(1, 2), torch.randn(B, T, D, generator=gen), \
+        torch.randn(D, generator=gen), torch.full((1,), 0.1)
+    x, a, h0, f, v, bias, lb = (t.to(DEVICE) for t in (x, a, h0, f, v, bias, lb))
+    dh = torch.randn(B, T, D, generator=gen).to(DEVICE)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        h, _ = torch.ops.lrnn.triton_scan_fwd(x, a, h0, 0)
+        hg, _ = torch.ops.lrnn.gated_scan_fwd(f, v, h0, bias, lb, None)
+        for op, args in [(torch.ops.lrnn.triton_scan_fwd.default, (x, a, h0, 0)),
+                         (torch.ops.lrnn.triton_scan_bwd.default, (a, h, h0, dh, None, 0)),
+                         (torch.ops.lrnn.gated_scan_fwd.default, (f, v, h0, bias, lb, None)),
+                         (torch.ops.lrnn.gated_scan_bwd.default, (f, v, hg, h0, dh, None, bias, lb, None))]:
+            torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
 def _good(B=2, T=5, D=3, dtype=torch.float32):
     return torch.randn(B, T, D, dtype=dtype), torch.rand(B, T, D, dtype=dtype)
 

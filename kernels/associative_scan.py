@@ -222,7 +222,7 @@ def _scan_fwd_kernel(
     gate_b, gate_lb, gate_olb = gate_b[None, :], gate_lb[None, :], gate_olb[None, :]
 
     if HAS_INIT:
-        init = init_ptr + b * stride_init_b + pid_c * stride_init_c + (d0 + cols) * stride_init_d
+        init = init_ptr + b * stride_init_b + pid_c.to(tl.int64) * stride_init_c + (d0 + cols) * stride_init_d
         carry = tl.load(init, mask=mask_d, other=0.0).to(tl.float32)
     else:
         carry = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -358,7 +358,7 @@ def _scan_bwd_kernel(
         h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
 
     if HAS_INIT:
-        init = init_ptr + b * stride_init_b + pid_c * stride_init_c + (d0 + cols) * stride_init_d
+        init = init_ptr + b * stride_init_b + pid_c.to(tl.int64) * stride_init_c + (d0 + cols) * stride_init_d
         carry = tl.load(init, mask=mask_d, other=0.0).to(tl.float32)  # dh at t_end
     else:
         carry = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -458,7 +458,7 @@ def _chunk_summary_kernel(
                                        stride_a_t, stride_a_d, stride_v_t, stride_v_d, False, False, EVEN_D)
         acc_A, acc_V = _combine(acc_A, acc_V, A_tile, V_tile)
 
-    out = b * tl.num_programs(1) * D + pid_c * D + d0 + cols
+    out = b * tl.num_programs(1) * D + pid_c.to(tl.int64) * D + d0 + cols  # C · D may pass 2**31 (small chunks)
     tl.store(A_ptr + out, acc_A, mask=mask_d)
     tl.store(V_ptr + out, acc_V, mask=mask_d)
 
@@ -501,13 +501,13 @@ def _chunk_carry_kernel(
         k = k0 + rows  # (BLOCK_C,) visiting index of each row
         prev = C - k if REVERSE else k - 1  # the chunk visited at k - 1
         has_pair = ((k >= 1) & (k <= C))[:, None] & mask_d[None, :]
-        offs = b * C * D + prev[:, None] * D + offs_d[None, :]
+        offs = b * C * D + prev[:, None].to(tl.int64) * D + offs_d[None, :]
         A = tl.load(A_ptr + offs, mask=has_pair, other=1.0)
         V = tl.load(V_ptr + offs, mask=has_pair, other=0.0)
         V = tl.where(rows[:, None] == 0, V + A * state[None, :], V)
         _, S = tl.associative_scan((A, V), axis=0, combine_fn=_combine)  # S[i] = state entering k0 + i
         c = C - 1 - k if REVERSE else k  # the chunk visited at k
-        tl.store(init_ptr + b * C * D + c[:, None] * D + offs_d[None, :], S,
+        tl.store(init_ptr + b * C * D + c[:, None].to(tl.int64) * D + offs_d[None, :], S,
                  mask=(k < C)[:, None] & mask_d[None, :])
         state = _row(S, rows, BLOCK_C - 1)
         if STORE_FINAL:
@@ -538,6 +538,15 @@ def _check_int32_offsets(block_t: int, block_d: int, **tensors: torch.Tensor | N
         if t is not None and not tile_fits_int32(block_t, block_d, t.stride(1), t.stride(2)):
             raise ValueError(f"{name}: expected strides whose tile ({block_t} rows, {block_d} channels) spans "
                              f"< 2**31 elements, got strides {t.stride()}; pass a contiguous tensor")
+
+
+def fit_state(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A (B, D) state operand (h0, dh_T) as the kernels address it: channel d at d · stride_d in 32 bits (the batch
+    row's offset is 64-bit). A view whose channels span 2**31 elements or more (a column of a (B, D, T) tensor with
+    D · T >= 2**31) is copied contiguous: B · D elements, nothing beside the scan."""
+    if t is None or (t.shape[1] - 1) * abs(t.stride(1)) < 2**31:
+        return t
+    return t.contiguous()
 
 
 def _check_chunk_t(chunk_t) -> None:
@@ -577,6 +586,7 @@ def associative_scan_fwd(x, a, h0, output_final_state, chunk_t=None, config=None
     B, T, D = x.shape
     config = config or tile_config(x.dtype, device=x.device)
     _check_int32_offsets(config["BLOCK_T"], config["BLOCK_D"], x=x, a=a)
+    h0 = fit_state(h0)
     _check_chunk_t(chunk_t)
     chunk_t = chunk_t or chunk_len(B, T, D, config["BLOCK_D"], num_sms(x.device))
     n_chunks = cdiv(T, chunk_t)
@@ -611,6 +621,7 @@ def associative_scan_bwd(a, h, h0, dh, dh_T, chunk_t=None, config=None, gate: Ga
     if not h.is_contiguous():
         raise ValueError(f"h: expected the forward's contiguous output, got strides {h.stride()}")
     _check_int32_offsets(config["BLOCK_T"], config["BLOCK_D"], a=a, dh=dh, v=v)
+    h0, dh_T = fit_state(h0), fit_state(dh_T)
     _check_chunk_t(chunk_t)
     chunk_t = chunk_t or chunk_len(B, T, D, config["BLOCK_D"], num_sms(a.device))
     n_chunks = cdiv(T, chunk_t)

@@ -42,7 +42,7 @@ import triton.language as tl
 
 from ._env import triton_interpreter_on
 from .associative_scan import (
-    _check_int32_offsets, _combine, _gate_args, _gate_grads, _gate_params, _gates, _row, _thread_columns,
+    _check_int32_offsets, _combine, _gate_args, _gate_grads, _gate_params, _gates, _row, _thread_columns, fit_state,
 )
 from .dispatch import INTERPRETER_LOOKBACK_TILE, cdiv, lookback_config, lookback_rows
 from .gate import Gate
@@ -550,6 +550,7 @@ def lookback_scan_fwd(x, a, h0, output_final_state, config=None, gate: Gate | No
     _check_config(config)
     block_t = lookback_rows(config)
     _check_int32_offsets(block_t, config["BLOCK_D"], x=x, a=a)
+    h0 = fit_state(h0)
     h = torch.empty(B, T, D, dtype=x.dtype, device=x.device)
     h_T = torch.empty(B, D, dtype=torch.float32, device=x.device) if output_final_state else None
     state = _workspace(B, T, D, block_t, x.device)
@@ -575,6 +576,7 @@ def lookback_scan_bwd(a, h, h0, dh, dh_T, config=None, gate: Gate | None = None,
         raise ValueError(f"h: expected the forward's contiguous output, got strides {h.stride()}")
     block_t = lookback_rows(config)
     _check_int32_offsets(block_t, config["BLOCK_D"], a=a, dh=dh, v=v)
+    h0, dh_T = fit_state(h0), fit_state(dh_T)
     dx = torch.empty(B, T, D, dtype=(v if gate is not None else a).dtype, device=a.device)
     da = torch.empty(B, T, D, dtype=a.dtype, device=a.device)
     dh0 = torch.empty(B, D, dtype=h0.dtype, device=a.device) if h0 is not None else None

@@ -187,3 +187,21 @@ def test_dh0_of_a_transposed_gate_past_two_to_the_31_elements(gen):
     del h
     expected = a[:, 0].float() * dx[:, 0].float()
     assert torch.allclose(dh0, expected, rtol=1e-2, atol=1e-2), (dh0 - expected).abs().max().item()
+
+
+@pytest.mark.parametrize("impl", ["associative", "sequential"])
+def test_h0_whose_channels_span_two_to_the_31_elements(impl, gen):
+    """h0 a column of a (B, D, T) tensor with D · T >= 2**31 (12 GB, uninitialised but for the column): its last
+    channel lies 2**31 elements in, past a 32-bit offset. h, h_T, dx and da (which reads h0) as with a contiguous
+    copy of h0."""
+    x, a = (torch.rand(1, 16, 3, generator=gen).to(DEVICE).requires_grad_() for _ in range(2))
+    h0 = torch.empty(1, 3, 2**30, device=DEVICE)[:, :, 0]
+    h0.copy_(torch.randn(1, 3, generator=gen))
+    assert h0.stride() == (3 * 2**30, 2**30)
+
+    def run(h0):
+        h, h_T = linear_scan(x, a, h0, impl=impl, output_final_state=True)
+        return (h, h_T, *torch.autograd.grad(h.sum() + h_T.sum(), (x, a)))
+
+    for name, out, ref in zip(("h", "h_T", "dx", "da"), run(h0), run(h0.contiguous())):
+        torch.testing.assert_close(out, ref, msg=name)

@@ -263,7 +263,7 @@ def test_the_custom_ops_fake_outputs_are_laid_out_as_the_real_ones(deterministic
     """torch.compile plans memory from the ops' fake implementations: with a transposed gate, f and h0 (views the
     scans accept), a fake's strides must still be the real outputs' (contiguous), or Inductor reads them wrongly.
     Deterministic algorithms take the gated chunked path, whose gradients PyTorch computes."""
-    import kernels.function  # noqa: F401  (registers torch.ops.lrnn)
+    import kernels.function  # noqa: F401  registers torch.ops.lrnn
 
     B, T, D = 2, 20, 24
     x, a, dh = torch.randn(B, T, D, generator=gen), torch.rand(B, D, T, generator=gen).transpose(1, 2), None
@@ -284,6 +284,17 @@ def test_the_custom_ops_fake_outputs_are_laid_out_as_the_real_ones(deterministic
             torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+def test_a_state_whose_channels_span_2_to_the_31_elements_is_copied_before_launch():
+    """The kernels address a (B, D) h0 or dh_T's channels in 32 bits: a column of a (B, D, T) tensor with
+    D · T >= 2**31 (here on the meta device: no memory) is made contiguous, a transposed or sliced one is not."""
+    from kernels.associative_scan import fit_state
+
+    column = torch.empty(2, 3, 2**30, device="meta")[:, :, 5]  # stride_d 2**30: channel 2 is 2**31 elements in
+    assert column.stride() == (3 * 2**30, 2**30) and fit_state(column).stride() == (3, 1)
+    transposed = torch.empty(3, 2, device="meta").t()
+    assert fit_state(transposed) is transposed and fit_state(None) is None
 
 
 def _good(B=2, T=5, D=3, dtype=torch.float32):

@@ -6,6 +6,7 @@ Two public entries, each validating its inputs and dispatching on `impl=`: `line
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -89,12 +90,19 @@ def linear_scan(
         return _in_batch_slices(functools.partial(linear_scan, impl=impl, output_final_state=output_final_state),
                                 x, a, h0, output_final_state=output_final_state)
     if impl == "associative":
-        from .function import linear_scan_triton
+        from .function import linear_scan_triton as scan
+    else:
+        from .sequential_scan import linear_scan_sequential as scan
+    with _on_device_of(x):
+        return scan(x, a, h0, output_final_state)
 
-        return linear_scan_triton(x, a, h0, output_final_state)
-    from .sequential_scan import linear_scan_sequential
 
-    return linear_scan_sequential(x, a, h0, output_final_state)
+def _on_device_of(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it t's for the forward (autograd runs a backward on its
+    tensors' device itself, and compiled code guards its device). Nothing where it already is, or on the CPU."""
+    if not t.is_cuda or torch.compiler.is_compiling() or t.device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(t.device)
 
 
 def _in_batch_slices(scan, *batched: torch.Tensor | None, output_final_state: bool):
@@ -226,7 +234,8 @@ def gated_linear_scan(
             return _in_batch_slices(scan, f, v, doc_start, h0, output_final_state=output_final_state)
         from .function import gated_scan_triton
 
-        return gated_scan_triton(f, v, forget_bias, lower_bound, doc_start, h0, output_final_state)
+        with _on_device_of(v):
+            return gated_scan_triton(f, v, forget_bias, lower_bound, doc_start, h0, output_final_state)
     a, x = gate_pairs(f, v, Gate(forget_bias, lower_bound, doc_start))
     h, h_T = linear_scan(x, a, None if h0 is None else h0.to(x.dtype), impl=impl,
                          output_final_state=output_final_state)

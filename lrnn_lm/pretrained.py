@@ -14,6 +14,7 @@ writes, in the folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -49,10 +50,27 @@ def load_for_inference(path: str | Path) -> tuple[LitLM, Tokenizer]:
     if not path.is_dir():
         return load_checkpoint(str(path))
     # what LinearRNNLM.from_pretrained does for a local folder, without its print, into the module's own model
-    model_cfg = ModelConfig(**json.loads((path / "config.json").read_text()))
+    with _reading(path / "config.json"):
+        model_cfg = ModelConfig(**json.loads((path / "config.json").read_text()))
     run_config = path / RUN_CONFIG
-    config = json.loads(run_config.read_text()) if run_config.is_file() else {}
-    config["model"] = Config(model=model_cfg).to_dict()["model"]  # config.json's, should the two differ
-    module = LitLM(config)
-    safetensors.torch.load_model(module.model, str(path / "model.safetensors"), strict=True)
-    return module, Tokenizer.from_file(str(path / "tokenizer.json"))
+    with _reading(run_config):
+        config = json.loads(run_config.read_text()) if run_config.is_file() else {}
+        config["model"] = Config(model=model_cfg).to_dict()["model"]  # config.json's, should the two differ
+        module = LitLM(config)
+    with _reading(path / "model.safetensors"):
+        safetensors.torch.load_model(module.model, str(path / "model.safetensors"), strict=True)
+    with _reading(path / "tokenizer.json"):
+        return module, Tokenizer.from_file(str(path / "tokenizer.json"))
+
+
+@contextlib.contextmanager
+def _reading(file: Path):
+    """Any failure to read `file` of an exported folder (missing, truncated, from another version or model) as one
+    ValueError that names it."""
+    if not file.is_file() and file.name != RUN_CONFIG:  # run_config.json is optional
+        raise FileNotFoundError(f"--ckpt {file.parent}: no {file.name} in the folder; export it again")
+    try:
+        yield
+    except Exception as e:  # json, safetensors, tokenizers and the config checks each raise their own types
+        raise ValueError(f"--ckpt {file.parent}: {file.name} could not be loaded ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]}); export the folder again") from e

@@ -63,3 +63,29 @@ def test_evaluate_and_generate_take_an_exported_folder(exported, capsys):
                        "--seed", "0"])
         texts.append(capsys.readouterr().out)
     assert texts[0] == texts[1] and "--- 1\nTo be" in texts[0]
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "truncated tokenizer", "truncated config", "other d_model",
+                                    "unknown config field", "no tokenizer"])
+def test_a_damaged_folder_is_one_error_naming_its_file(exported, tmp_path, damage):
+    """evaluate and generate end in one line naming the file (cli.py), as for a damaged checkpoint."""
+    import shutil
+
+    from lrnn_lm.pretrained import load_for_inference
+
+    folder = shutil.copytree(exported[1], tmp_path / "copy")
+    name = {"truncated weights": "model.safetensors", "no tokenizer": "tokenizer.json"}.get(
+        damage, "tokenizer.json" if "tokenizer" in damage else "config.json")
+    file = folder / name
+    if damage.startswith("truncated"):
+        file.write_bytes(file.read_bytes()[:100])
+    elif damage == "no tokenizer":
+        file.unlink()
+    else:
+        config = json.loads(file.read_text())
+        config.update({"d_model": config["d_model"] + 8} if damage == "other d_model" else {"new_field": 1})
+        file.write_text(json.dumps(config))
+    error = FileNotFoundError if damage == "no tokenizer" else ValueError
+    named = "model.safetensors" if damage == "other d_model" else name  # the weights do not fit config.json
+    with pytest.raises(error, match=f"^--ckpt {folder}: (no )?{named}"):
+        load_for_inference(folder)

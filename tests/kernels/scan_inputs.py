@@ -22,8 +22,10 @@ def make_inputs(B, T, D, dtype, gen, device, with_h0=True, h0_dtype=torch.float3
 
 
 def outputs_and_grads(scan, x, a, h0, dy, dh_T, output_final_state=True):
-    """[h, h_T, dx, da, dh0] (None where absent) of `scan`, seeded by (h * dy).sum() + (h_T * dh_T).sum()."""
-    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, a, h0)]
+    """[h, h_T, dx, da, dh0] (None where absent) of `scan`, seeded by (h * dy).sum() + (h_T * dh_T).sum(). The
+    leaves are x, a and h0 as laid out (detached, not cloned: a clone of a D-slice or a batch-strided view would be
+    contiguous, and the scan would never read through the view's strides)."""
+    leaves = [t.detach().requires_grad_() if t is not None else None for t in (x, a, h0)]
     h, h_T = scan(*leaves, output_final_state)
     loss = (h.float() * dy.float()).sum()
     if output_final_state:

@@ -139,6 +139,21 @@ def test_strided_views(impl, gen):
         assert rel_err(out, truth, scale=1.0) <= 1e-5, name
 
 
+def test_the_harness_passes_views_as_they_are(gen):
+    """outputs_and_grads gives the scan the caller's layouts: the strided cases (here and at GPU sizes) test the
+    kernels' strided reads only if the leaves keep them."""
+    x, a, h0, dy, dh_T = make_inputs(4, 5, 9, torch.float32, gen, DEVICE)
+    views = (x[::2, :, ::3], a[1::2, :, 1::3], h0[::2, ::3])  # batch-strided D-slices: (2, 5, 3), (2, 3)
+    seen = []
+
+    def scan(x, a, h0, fs):
+        seen.extend(t.stride() for t in (x, a, h0))
+        return linear_scan_reference(x, a, h0, fs)
+
+    outputs_and_grads(scan, *views, dy[::2, :, ::3], dh_T[::2, ::3])
+    assert seen == [t.stride() for t in views]
+
+
 @pytest.mark.parametrize("impl", ["associative", "sequential"])
 @pytest.mark.parametrize("with_h0, output_final_state", [(True, True), (False, False)])
 def test_batches_above_the_grid_limit_run_in_slices(impl, with_h0, output_final_state, monkeypatch, gen):

@@ -7,7 +7,9 @@ The preset's model (random weights: speed does not depend on them), bf16 autocas
 --new-tokens tokens after a prompt of --prompt-len random tokens, through `sampling.sample` as `lrnn_lm.generate`
 calls it. Per batch size and decoder: tokens/s over the whole call (prefill included) and over decoding alone, and
 the peak memory above the weights. A warm-up call first (compilation and graph capture happen per call, from the
-compiled cache after the first). Memory is also read after 4× the new tokens: it must not grow. The graph decoder's
+compiled cache after the first). Each time is the median of --repeats calls. Decoding alone is the difference
+between calls of --new-tokens and of half as many: the prompt's prefill, the graph's capture and the call's setup
+cancel out. Memory is also read after 4× the new tokens: it must not grow. The graph decoder's
 tokens are checked against the eager ones (greedy: the replayed eager step gives the same; the compiled step's
 fused kernels may round differently). Writes OUT/generation.{csv,json}. --smoke: a tiny model, eager, on the CPU.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -32,14 +35,17 @@ def _allocated() -> int:
     return torch.cuda.max_memory_allocated() if DEVICE == "cuda" else 0
 
 
-def timed_sample(model, prompts, new_tokens: int, decoder: str) -> tuple[torch.Tensor, float]:
-    """-> (tokens (B, new_tokens), seconds of the whole call)."""
+def timed_sample(model, prompts, new_tokens: int, decoder: str, repeats: int = 1) -> tuple[torch.Tensor, float]:
+    """-> (tokens (B, new_tokens), the median seconds of `repeats` whole calls)."""
+    times = []
     with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
-        sync()
-        t0 = time.perf_counter()
-        out = sample(model, prompts, new_tokens, temperature=0.0, decoder=decoder)
-        sync()
-        return out, time.perf_counter() - t0
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            out = sample(model, prompts, new_tokens, temperature=0.0, decoder=decoder)
+            sync()
+            times.append(time.perf_counter() - t0)
+    return out, statistics.median(times)
 
 
 def main() -> None:
@@ -50,6 +56,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     p.add_argument("--decoders", nargs="+", choices=["eager", "graph"], default=["eager", "graph"])
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--repeats", type=int, default=3, help="calls per time (their median)")
     p.add_argument("--smoke", action="store_true", help="a tiny model, eager, on the CPU")
     args = p.parse_args()
     cfg = dataclasses.replace(load_config(args.config).model, dropout=0.0)
@@ -68,15 +75,17 @@ def main() -> None:
             timed_sample(model, prompts, 16, decoder)  # warm-up: kernels, compilation
             if DEVICE == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            out, total_s = timed_sample(model, prompts, args.new_tokens, decoder)
+            out, total_s = timed_sample(model, prompts, args.new_tokens, decoder, args.repeats)
             peak = (_allocated() - weights) / 1e6
-            _, prefill_s = timed_sample(model, prompts, 1, decoder)  # the prompts and one token: no decode step
+            half = args.new_tokens // 2
+            _, half_s = timed_sample(model, prompts, half, decoder, args.repeats)
+            steps_s = max(total_s - half_s, 0.0)  # the last new_tokens - half decode steps, setup cancelled
             tokens_by[(batch, decoder)] = out
-            row = dict(batch=batch, decoder=decoder, new_tokens=args.new_tokens,
+            row = dict(batch=batch, decoder=decoder, new_tokens=args.new_tokens, repeats=args.repeats,
                        tokens_per_s=batch * args.new_tokens / total_s,
-                       decode_tokens_per_s=batch * (args.new_tokens - 1) / max(total_s - prefill_s, 1e-9),
-                       ms_per_step=max(total_s - prefill_s, 0.0) / (args.new_tokens - 1) * 1e3, prefill_s=prefill_s,
-                       peak_mb_above_weights=peak)
+                       decode_tokens_per_s=batch * (args.new_tokens - half) / max(steps_s, 1e-9),
+                       ms_per_step=steps_s / (args.new_tokens - half) * 1e3, seconds=total_s,
+                       seconds_half_tokens=half_s, peak_mb_above_weights=peak)
             if decoder == "graph":  # constant memory: 4x the tokens, the same peak
                 torch.cuda.reset_peak_memory_stats()
                 timed_sample(model, prompts, 4 * args.new_tokens, decoder)

@@ -10,7 +10,8 @@ Each run is a plain `train.py` subprocess (so DDP launches exactly as a user's r
 fresh run_dir (--trainer.overwrite). Tokens/s is the run's summary figure: the median of the 20-step windows after
 the first, validation excluded (callbacks.TrainingSpeed). Validation is off during fit so that only training steps are
 timed; each run still evaluates the final weights (not timed here). Scaling efficiency at N GPUs = tokens/s per GPU
-at N / tokens/s per GPU at 1.
+at N / tokens/s per GPU at 1. CUDA graphs are off in every run: train.py uses them on one device only (not under
+DDP), and the 1-GPU baseline would otherwise be another kind of step.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def run(config: str, gpus: int, steps: int, run_dir: Path, extra: list[str]) -> 
            "--trainer.devices", str(gpus), "--trainer.strategy", "ddp" if gpus > 1 else "auto",
            "--trainer.max_steps", str(steps), "--trainer.val_every", str(10 * steps),
            "--trainer.checkpoint_every", str(steps), "--trainer.logger", "csv", "--trainer.log_every", str(LOG_EVERY),
-           "--trainer.run_dir", str(run_dir), "--trainer.overwrite", *extra]
+           "--trainer.run_dir", str(run_dir), "--trainer.overwrite", "--trainer.cuda_graphs", "false", *extra]
     print(" ".join(cmd), flush=True)
     # Its own process group, ended with this script: a run left behind (DDP ranks included) would keep the
     # GPUs busy and spoil every measurement after it.

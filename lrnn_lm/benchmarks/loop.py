@@ -42,8 +42,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def bare_step(cfg, cuda_graphs: bool | None = None):
     """The preset's model in a plain training loop: -> (step(), tokens per step). One step: bf16 autocast forward and
-    loss on random tokens of the preset's batch, backward, fused AdamW, zero_grad(set_to_none=True). cuda_graphs:
-    replay the loss's forward and backward from CUDA graphs, as train.py does (None: where train.py would)."""
+    loss on random tokens of the preset's batch, backward (trainer.accumulate_grad_batches times, as train.py
+    accumulates), fused AdamW, zero_grad(set_to_none=True). cuda_graphs: replay the loss's forward and backward from
+    CUDA graphs, as train.py does (None: where train.py would)."""
     torch.manual_seed(0)
     model = LinearRNNLM(cfg.model).to(DEVICE).train()
     if DEVICE == "cuda":
@@ -56,14 +57,17 @@ def bare_step(cfg, cuda_graphs: bool | None = None):
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     training_nll = TrainingNLL(model, ignore_index=-100, cuda_graphs=cuda_graphs)  # as training computes the loss
 
+    accumulate = cfg.trainer.accumulate_grad_batches
+
     def step():
-        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
-            nll, n = training_nll(inputs, targets)
-        (nll / n).backward()
+        for _ in range(accumulate):
+            with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
+                nll, n = training_nll(inputs, targets)
+            (nll / n / accumulate).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return step, B * T
+    return step, B * T * accumulate
 
 
 def bare_step_tokens_per_s(cfg, steps: int, warmup: int, cuda_graphs: bool | None = None) -> dict:

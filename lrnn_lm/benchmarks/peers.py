@@ -117,10 +117,10 @@ def measure(name: str, context: int, tokens_per_step: int, steps: int, warmup: i
         row.update(tokens_per_s=float("nan"), step_ms=float("nan"), peak_memory_gb=float("nan"),
                    peak_reserved_gb=float("nan"), cuda_graphs=graphs, oom=True)
     del model, opt, tokens, step, loss_fn  # the step's closures hold the model (and any graphs) too
+    torch._dynamo.reset()  # first: compiled code can hold tensors, which the cache then returns to the device
     gc.collect()
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
-    torch._dynamo.reset()
     return row
 
 

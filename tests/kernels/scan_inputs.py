@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels import dispatch
 from kernels.reference import linear_scan_reference
 
 
@@ -71,3 +72,17 @@ def reference_in_dtype(x, a, h0, dy, dh_T, output_final_state, interpreted, scan
     out[3] = out[2] * torch.cat([h_first, h_stored[:, :-1]], dim=1)  # da = dh ⊙ h_{t-1}, dh = dx
     dtypes = [x.dtype, torch.float32, x.dtype, a.dtype, h0.dtype if h0 is not None else None]
     return [None if t is None else _round_like_the_kernels(t, d, interpreted) for t, d in zip(out, dtypes)]
+
+
+def force_path(path: str, monkeypatch) -> None:
+    """Make the dispatcher take `path` ("one-chunk", "lookback" or "chunked") at a test's small size; the plans'
+    cache is cleared (clear it again when the test ends: the patched rules' plans must not outlive it)."""
+    if path == "lookback":  # every (batch row, channel block) program on an SM of its own: an uneven fill
+        monkeypatch.setattr(dispatch, "num_sms", lambda device: 10**4)
+        monkeypatch.setattr(dispatch, "LOOKBACK_MIN_T", 1)
+    elif path == "chunked":  # chunks of 16 rows, under deterministic algorithms (no look-back)
+        monkeypatch.setattr(dispatch, "chunk_len", lambda B, T, D, block_d, sms: 16)
+        monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    else:
+        monkeypatch.setattr(dispatch, "num_sms", lambda device: 1)
+    dispatch.plan.cache_clear()

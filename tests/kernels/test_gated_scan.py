@@ -12,7 +12,7 @@ from kernels.gate import Gate, gate_pairs
 from kernels.reference import linear_scan_reference
 
 from .conftest import DEVICE
-from .scan_inputs import rel_err
+from .scan_inputs import force_path, rel_err
 from .test_scan import BLOCK_T, _interpreted
 
 IMPLS = ["associative", "sequential", "doubling", "reference"]
@@ -119,15 +119,7 @@ def test_matches_the_float64_oracle(impl, dtype, shape, gen):
 def test_each_path_of_the_fused_kernels(path, with_h0, with_doc, output_final_state, strided, monkeypatch, gen):
     """The one-chunk and look-back kernels compute the gate themselves; the chunked path (deterministic algorithms)
     computes it in PyTorch around the plain chunked scan. Each is forced at a small size."""
-    if path == "lookback":  # every (batch row, channel block) program on an SM of its own: an uneven fill
-        monkeypatch.setattr(dispatch, "num_sms", lambda device: 10**4)
-        monkeypatch.setattr(dispatch, "LOOKBACK_MIN_T", 1)
-    elif path == "chunked":
-        monkeypatch.setattr(dispatch, "chunk_len", lambda B, T, D, block_d, sms: 16)
-        monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
-    else:
-        monkeypatch.setattr(dispatch, "num_sms", lambda device: 1)
-    dispatch.plan.cache_clear()
+    force_path(path, monkeypatch)
     try:
         tile = dispatch.lookback_config(torch.bfloat16)
         B, T, D = 2, 3 * dispatch.lookback_rows(tile) + 5, tile["BLOCK_D"] + 3
@@ -144,9 +136,7 @@ def test_each_path_of_the_fused_kernels(path, with_h0, with_doc, output_final_st
 def test_a_strided_forget_bias_and_lower_bound(path, monkeypatch, gen):
     """forget_bias and lower_bound as every other element of a longer tensor: the fused kernels read them as they
     are laid out, and d forget_bias reaches the tensor it is a view of."""
-    monkeypatch.setattr(dispatch, "num_sms", lambda device: 10**4 if path == "lookback" else 1)
-    monkeypatch.setattr(dispatch, "LOOKBACK_MIN_T", 1)
-    dispatch.plan.cache_clear()
+    force_path(path, monkeypatch)
     try:
         tile = dispatch.lookback_config(torch.float32)
         B, T, D = 2, 2 * dispatch.lookback_rows(tile) + 3, tile["BLOCK_D"] + 3

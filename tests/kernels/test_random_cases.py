@@ -13,7 +13,7 @@ from kernels import dispatch, gated_linear_scan, linear_scan
 from kernels.reference import linear_scan_reference
 
 from .conftest import DEVICE
-from .scan_inputs import make_inputs, reference_in_dtype
+from .scan_inputs import force_path, make_inputs, reference_in_dtype
 from .test_gated_scan import assert_close as assert_gated_close
 from .test_gated_scan import oracle as gated_oracle
 from .test_scan import _interpreted, assert_close_to_oracle
@@ -39,20 +39,6 @@ def laid_out(t: torch.Tensor, layout: str) -> torch.Tensor:
     return t
 
 
-def force(path: str, monkeypatch) -> str:
-    """Make the dispatcher take `path` at the small sizes of these cases -> the impl to call."""
-    if path == "lookback":  # every program on an SM of its own: an uneven fill at any T
-        monkeypatch.setattr(dispatch, "num_sms", lambda device: 10**4)
-        monkeypatch.setattr(dispatch, "LOOKBACK_MIN_T", 1)
-    elif path == "chunked":
-        monkeypatch.setattr(dispatch, "chunk_len", lambda B, T, D, block_d, sms: 16)
-        monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
-    else:
-        monkeypatch.setattr(dispatch, "num_sms", lambda device: 1)
-    dispatch.plan.cache_clear()
-    return "sequential" if path == "sequential" else "associative"
-
-
 def grads(scan, inputs: dict, dy, dh_T, output_final_state):
     """[h, h_T, and the gradient of each input that is a float tensor] for inputs passed as laid out."""
     leaves = {k: t.detach().requires_grad_() if isinstance(t, torch.Tensor) and t.is_floating_point() and
@@ -67,7 +53,9 @@ def grads(scan, inputs: dict, dy, dh_T, output_final_state):
 def test_a_random_case_matches_the_reference(case, gen, monkeypatch):
     rng = random.Random(gen.initial_seed() * CASES + case)
     gated, path = rng.random() < 0.5, rng.choice(PATHS)
-    impl = force(path, monkeypatch)
+    if path != "sequential":
+        force_path(path, monkeypatch)
+    impl = "sequential" if path == "sequential" else "associative"
     dtype = rng.choice([torch.float32, torch.bfloat16, torch.float16])
     B, T, D = rng.randint(1, 3), rng.choice([rng.randint(1, 12), rng.randint(13, 70)]), rng.randint(1, 40)
     with_h0, output_final_state = rng.random() < 0.6, rng.random() < 0.6

@@ -63,7 +63,6 @@ class LitLM(L.LightningModule):
                                                             for _ in range(3))
         # Device-side state of the steps since the last check (see the module docstring).
         self._bad_steps: torch.Tensor | None = None  # () int: optimizer steps with a non-finite loss or norm
-        self._step_finite: torch.Tensor | None = None  # () bool: this optimizer step's batches so far
         self._step_sums: tuple[torch.Tensor, ...] | None = None  # this step's batches so far: NLL, tokens, bytes
         self._last_checked_step = 0
         self._metrics: dict[str, torch.Tensor] = {}  # the last optimizer step's, on the device
@@ -86,8 +85,6 @@ class LitLM(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         nll, n_tokens = self._training_nll(batch)
         loss = nll / n_tokens
-        finite = torch.isfinite(loss.detach())
-        self._step_finite = finite if self._step_finite is None else self._step_finite & finite
         sums = (nll.detach(), n_tokens, batch["n_bytes"])
         self._step_sums = sums if self._step_sums is None else tuple(a + b for a, b in zip(self._step_sums, sums))
         return loss
@@ -122,9 +119,8 @@ class LitLM(L.LightningModule):
         self._step_sums = None
         # Under 16-mixed, GradScaler makes inf gradients on purpose when the scale overflows and skips that
         # step itself; only a non-finite loss is a failure there.
-        finite = self._step_finite & (torch.isfinite(grad_norm) | (scaler is not None))
+        finite = torch.isfinite(nll) & (torch.isfinite(grad_norm) | (scaler is not None))  # nll: every batch's sum
         self.record_step(finite)
-        self._step_finite = None
 
     def record_step(self, finite: torch.Tensor) -> None:
         """Count one optimizer step as finite or not, on the device."""

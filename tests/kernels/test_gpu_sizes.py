@@ -172,7 +172,7 @@ def test_gated_scan_batch_past_the_grid_limit(gen):
                        torch.float32, "big batch")
 
 
-def test_dh0_of_a_transposed_gate_past_two_to_the_31_elements(gen):
+def test_dh0_of_a_transposed_gate_past_two_to_the_31_elements(gen, most_of_the_gpu):
     """A (B, D, T) gate tensor seen as (B, T, D) with D · T >= 2**31: channel d's first gate lies d · T elements in,
     past 32-bit offsets. dh0 = a_1 ⊙ dh_1 must read it there (dh_1 is dx's first row). About 30 GB."""
     B, T, D = 1, 2**21, 1024
@@ -190,7 +190,7 @@ def test_dh0_of_a_transposed_gate_past_two_to_the_31_elements(gen):
 
 
 @pytest.mark.parametrize("impl", ["associative", "sequential"])
-def test_h0_whose_channels_span_two_to_the_31_elements(impl, gen):
+def test_h0_whose_channels_span_two_to_the_31_elements(impl, gen, most_of_the_gpu):
     """h0 a column of a (B, D, T) tensor with D · T >= 2**31 (12 GB, uninitialised but for the column): its last
     channel lies 2**31 elements in, past a 32-bit offset. h, h_T, dx and da (which reads h0) as with a contiguous
     copy of h0."""

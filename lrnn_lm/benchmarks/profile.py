@@ -16,7 +16,8 @@ are profiled (files OUT/profile_<preset>_train_py.*). Both modes also count, per
 the GPU or for a copy (`host_waits`): one of them in every step keeps the GPU idle while the host prepares the next.
 --train-py also counts them separately in the log steps (every trainer.log_every, which read the GPU by design)
 and in the other steps (`host_waits_by_step`), since an average over both cannot tell a wait in every step from a
-few dozen at each log step.
+few dozen at each log step. --stacks records Python stacks too, and names the callers of each wait and each read
+of a tensor into host memory (`host_waits_by_caller`: per caller, how often a step).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import re
 import tempfile
 import time
 from collections import Counter
@@ -91,8 +93,9 @@ class ProfileSteps(L.Callback):
     module's hooks after the optimizer (the log step's check and reads) and the next batch's loading count in it.
     train.py must run one batch past warmup + 2 · steps, where the profile ends."""
 
-    def __init__(self, warmup: int, steps: int, activities, log_every: int):
+    def __init__(self, warmup: int, steps: int, activities, log_every: int, with_stack: bool = False):
         self.warmup, self.steps, self.activities, self.log_every = warmup, steps, activities, log_every
+        self.with_stack = with_stack
         self.t0 = self.wall = self.profiled_wall = None
         self.prof = self._range = None
         self._seen_step: int | None = None
@@ -111,7 +114,7 @@ class ProfileSteps(L.Callback):
         elif step == self.warmup + self.steps:
             sync()
             self.wall = time.perf_counter() - self.t0
-            self.prof = profile(activities=self.activities)
+            self.prof = profile(activities=self.activities, with_stack=self.with_stack)
             self.prof.__enter__()
             self.t0 = time.perf_counter()
         elif step == self.warmup + 2 * self.steps and self.prof is not None:
@@ -147,7 +150,32 @@ def host_waits_by_step(events, names=HOST_WAITS) -> dict:
             "per_other_step": per(OTHER_STEP), "outside_steps": dict(sorted(counts[None].items()))}
 
 
-def train_py_profiled(config: str, extra: list[str], steps: int, warmup: int, activities):
+READS = ("aten::_local_scalar_dense",)
+"""The op of `.item()`, `float(t)`, `bool(t)` (also of host tensors). A `.cpu()` or `.tolist()` of a device tensor
+shows as the cudaStreamSynchronize that its copy waits with."""
+_PYTHON_FRAME = re.compile(r"\.py\(\d+\): ")
+
+
+def host_waits_by_caller(events, steps: int, names=HOST_WAITS + READS, depth: int = 8) -> list[dict]:
+    """For a profile recorded with_stack: each host wait or read (`names`) by the Python frames that called it,
+    innermost first (`depth` of them, the profiler's own left out) -> [{"op", "per_step", "stack"}], commonest
+    first. A CUDA runtime call's own caller is the aten op it serves (a cudaStreamSynchronize under
+    aten::_local_scalar_dense is an `.item()`), which counts as the first frame."""
+    counts: Counter = Counter()
+    for e in events:
+        if e.name not in names:
+            continue
+        frames, p = [], e.cpu_parent
+        while p is not None and len(frames) < depth:
+            if (_PYTHON_FRAME.search(p.name) and "torch/profiler" not in p.name) or (not frames and "::" in p.name):
+                frames.append(p.name)
+            p = p.cpu_parent
+        counts[(e.name, tuple(frames))] += 1
+    return [{"op": op, "per_step": round(n / steps, 2), "stack": list(stack)}
+            for (op, stack), n in counts.most_common()]
+
+
+def train_py_profiled(config: str, extra: list[str], steps: int, warmup: int, activities, with_stack: bool = False):
     """Runs train.py's `train` for warmup + 2 · steps optimizer steps and one more, where the profile ends
     (validation, the logger and checkpoints off; metrics are still logged and checked every trainer.log_every
     steps) -> (the profiler, wall seconds of `steps` unprofiled steps, of `steps` profiled ones)."""
@@ -158,7 +186,7 @@ def train_py_profiled(config: str, extra: list[str], steps: int, warmup: int, ac
         cfg = load_config(config, [*extra, "--trainer.max_steps", str(total), "--trainer.val_every", str(100 * total),
                                    "--trainer.checkpoint_every", str(100 * total), "--trainer.logger", "none",
                                    "--trainer.run_dir", run_dir])
-        probe = ProfileSteps(warmup, steps, activities, cfg.trainer.log_every)
+        probe = ProfileSteps(warmup, steps, activities, cfg.trainer.log_every, with_stack)
         train(cfg, callbacks=[probe])
     return probe.prof, probe.wall, probe.profiled_wall
 
@@ -170,6 +198,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=15, help="steps before timing (compilation)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--train-py", action="store_true", help="profile train.py's training loop, not the bare step")
+    p.add_argument("--stacks", action="store_true", help="record Python stacks, and name the callers of the host "
+                   "calls that wait and of the reads into host memory (slows the profiled steps further)")
     args, extra = p.parse_known_args()
     cfg = load_config(args.config, extra)
     info = run_info() | {"config": args.config, "overrides": extra, "batch": [cfg.data.batch_size, cfg.data.seq_len],
@@ -177,18 +207,21 @@ def main() -> None:
     print(json.dumps(info), flush=True)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
     if args.train_py:
-        prof, wall, profiled_wall = train_py_profiled(args.config, extra, args.steps, args.warmup, activities)
+        prof, wall, profiled_wall = train_py_profiled(args.config, extra, args.steps, args.warmup, activities,
+                                                      args.stacks)
     else:
         step, _ = bare_step(cfg)
         for _ in range(args.warmup):
             step()
         wall = _steps_wall_s(step, args.steps)
-        with profile(activities=activities) as prof:
+        with profile(activities=activities, with_stack=args.stacks) as prof:
             profiled_wall = _steps_wall_s(step, args.steps)
     events = prof.key_averages()
     report = summarize(events, args.steps, wall, profiled_wall)
     if args.train_py:
         report["host_waits_by_step"] = host_waits_by_step(prof.events())
+    if args.stacks:
+        report["host_waits_by_caller"] = host_waits_by_caller(prof.events(), args.steps)
     print(f"wall {report['wall_ms']:.2f} ms/step, GPU {report['gpu_ms']:.2f} ms/step (busy {report['gpu_busy']:.2f}), "
           f"{report['kernels_per_step']:.0f} kernels/step")
     for title, key in (("kernels", "top_kernels"), ("host", "top_host")):
@@ -204,6 +237,10 @@ def main() -> None:
                   + (", ".join(f"{k} {v:.2f}" for k, v in by_step[f"per_{kind}_step"].items()) or "none"))
         print("   outside the steps (in all): "
               + (", ".join(f"{k} {v}" for k, v in by_step["outside_steps"].items()) or "none"))
+    if args.stacks:
+        print("-- host waits and reads by caller, per step (innermost frame first)")
+        for r in report["host_waits_by_caller"][:TOP]:
+            print(f"  {r['per_step']:6.2f}x  {r['op']}  <- " + "  <- ".join(r["stack"][:5]))
     args.out.mkdir(parents=True, exist_ok=True)
     name = Path(args.config).stem + ("_train_py" if args.train_py else "")
     (args.out / f"profile_{name}.json").write_text(json.dumps({"info": info} | report, indent=2) + "\n")

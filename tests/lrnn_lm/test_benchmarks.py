@@ -101,3 +101,18 @@ def test_profile_of_train_py_counts_host_reads_per_log_step_and_other_step(tmp_p
     assert (by_step["log_steps"], by_step["other_steps"]) == (2, 2)
     reads = [by_step[k].get("aten::_local_scalar_dense", 0) for k in ("per_log_step", "per_other_step")]
     assert reads[0] > reads[1] > 0
+
+
+def test_profile_stacks_name_the_callers_of_host_reads(tmp_path, corpus):
+    """--stacks: each read into host memory is filed under the Python frames that made it. On the CPU, where no CUDA
+    call waits, the `.item()`s of Lightning's progress bar (at the end of every batch) stand in."""
+    from lrnn_lm.benchmarks import profile
+
+    prof, _, _ = profile.train_py_profiled("tiny.yaml", tiny_overrides(tmp_path / "run", corpus, trainer__log_every=2),
+                                           steps=4, warmup=1, activities=[profile.ProfilerActivity.CPU],
+                                           with_stack=True)
+    callers = profile.host_waits_by_caller(prof.events(), steps=4)
+    assert callers and all(c["per_step"] > 0 and c["op"] in profile.HOST_WAITS + profile.READS for c in callers)
+    progress_bar = [c for c in callers if any("convert_tensors_to_scalars" in f for f in c["stack"])]
+    assert progress_bar and all(c["stack"][0] == "aten::item" for c in progress_bar), callers[:5]
+    assert sum(c["per_step"] for c in progress_bar) >= 1  # at least one value read at the end of every batch

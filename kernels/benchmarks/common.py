@@ -107,6 +107,7 @@ def time_steps(step, steps: int, warmup: int) -> dict:
     sync()
     warmup_s = time.perf_counter() - t0
     if DEVICE == "cuda":
+        torch.cuda.empty_cache()  # blocks cached by the warm-up (autotuning, compilation) out of the reserved peak
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(steps):

@@ -49,16 +49,46 @@ def test_generation_smoke_reports_each_batch(tmp_path, monkeypatch):
 
 
 def test_loop_reads_a_finished_runs_summary(tmp_path, monkeypatch):
-    """--train-summary compares the bare step with the figure a finished train.py run wrote."""
+    """--train-summary compares the bare step with the figure a finished train.py run wrote, as JSON and CSV; a
+    summary of steps of another size or another CUDA-graph setting is refused."""
     from lrnn_lm.benchmarks import loop
+    from lrnn_lm.config import load_config
 
+    overrides = ["--data.batch_size", "2", "--model.d_model", "32"]
+    tokens_per_step = 2 * load_config("tiny.yaml", overrides).data.seq_len
     summary = tmp_path / "summary.json"
-    summary.write_text(json.dumps({"tokens_per_s": 1000, "wall_time_s": 1.0, "steps": 5}))
+    summary.write_text(json.dumps({"tokens_per_s": 1000, "wall_time_s": 1.0, "steps": 5,
+                                   "tokens_seen": 5 * tokens_per_step, "cuda_graphs": False}))
     run_main(loop, monkeypatch, "--config", "tiny.yaml", "--steps", "2", "--warmup", "1", "--out", str(tmp_path),
-             "--train-summary", str(summary), "--data.batch_size", "2", "--model.d_model", "32")
+             "--train-summary", str(summary), *overrides)
     report = json.loads((tmp_path / "loop_tiny.json").read_text())
     assert report["train_py"]["tokens_per_s"] == 1000
     assert report["ratio"] == pytest.approx(1000 / report["bare_step"]["tokens_per_s"])
+    assert (tmp_path / "loop_tiny.csv").read_text().count("\n") == 3  # header, bare step, train.py
+
+    summary.write_text(json.dumps({"tokens_per_s": 1000, "wall_time_s": 1.0, "steps": 5,
+                                   "tokens_seen": 10 * tokens_per_step, "cuda_graphs": False}))
+    with pytest.raises(ValueError, match="--train-summary"):
+        run_main(loop, monkeypatch, "--config", "tiny.yaml", "--steps", "2", "--warmup", "1", "--out", str(tmp_path),
+                 "--train-summary", str(summary), *overrides)
+
+
+def test_the_bare_step_clips_and_steps_as_training_does(monkeypatch):
+    """The bare step computes what train.py's step computes besides the loss: the clipped gradient norm once a step,
+    and AdamW over train.py's two parameter groups (weight decay on the matrices only)."""
+    from lrnn_lm.benchmarks import loop
+    from lrnn_lm.config import load_config
+
+    clips, optimizers = [], []
+    real_clip, real_adamw = torch.nn.utils.clip_grad_norm_, torch.optim.AdamW
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: clips.append(a[1]) or real_clip(*a, **k))
+    monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: optimizers.append(real_adamw(*a, **k)) or optimizers[-1])
+    cfg = load_config("tiny.yaml", ["--data.batch_size", "2", "--data.seq_len", "16", "--model.d_model", "32"])
+    step, _ = loop.bare_step(cfg, cuda_graphs=False)
+    step()
+    step()
+    assert clips == [cfg.optim.grad_clip] * 2
+    assert [g["weight_decay"] for g in optimizers[0].param_groups] == [cfg.optim.weight_decay, 0.0]
 
 
 def test_profile_reports_where_a_steps_time_goes(tmp_path, monkeypatch):

@@ -60,8 +60,10 @@ def _steps_wall_s(step, steps: int) -> float:
 
 def summarize(events, steps: int, wall_s: float, profiled_wall_s: float) -> dict:
     """Per-step figures from a profile's key_averages() over `steps` steps."""
+    # kernels and copies only: a range (the optimizer's `Optimizer.step#...`, this script's step ranges) is also
+    # recorded on the GPU, as an annotation spanning what it holds, and would count that time twice
     device = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and e.count
-              and not e.key.startswith("Optimizer.")]  # the optimizer's annotation spans the whole step: not a kernel
+              and not getattr(e, "is_user_annotation", False) and not e.key.startswith("Optimizer.")]
     host = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
     gpu_ms = sum(e.self_device_time_total for e in device) / 1e3 / steps
 

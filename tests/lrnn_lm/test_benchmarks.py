@@ -146,3 +146,22 @@ def test_profile_stacks_name_the_callers_of_host_reads(tmp_path, corpus):
     progress_bar = [c for c in callers if any("convert_tensors_to_scalars" in f for f in c["stack"])]
     assert progress_bar and all(c["stack"][0] == "aten::item" for c in progress_bar), callers[:5]
     assert sum(c["per_step"] for c in progress_bar) >= 1  # at least one value read at the end of every batch
+
+
+def test_profile_gpu_time_counts_kernels_not_ranges():
+    """A range recorded on the GPU (the optimizer's, the step ranges of --train-py) spans the kernels it holds: the
+    step's GPU time sums kernels only."""
+    from types import SimpleNamespace
+
+    from lrnn_lm.benchmarks import profile
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+
+    def event(key, device, us, annotation=False):
+        return SimpleNamespace(key=key, device_type=device, count=1, self_device_time_total=us,
+                               self_cpu_time_total=us, is_user_annotation=annotation)
+
+    events = [event("a_kernel", cuda, 3000), event(profile.OTHER_STEP, cuda, 4000, annotation=True),
+              event("Optimizer.step#AdamW.step", cuda, 4000, annotation=True), event("aten::mm", cpu, 500)]
+    report = profile.summarize(events, steps=2, wall_s=0.004, profiled_wall_s=0.005)
+    assert report["gpu_ms"] == 1.5 and report["kernels_per_step"] == 0.5

@@ -1,6 +1,7 @@
 """The model-level benchmarks run end to end on the CPU at tiny sizes (`--smoke`), and write their tables."""
 
 import json
+import math
 import sys
 
 import pytest
@@ -44,8 +45,11 @@ def test_generation_smoke_reports_each_batch(tmp_path, monkeypatch):
     run_main(generation, monkeypatch, "--smoke", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "generation.json").read_text())["rows"]
     assert [(r["batch"], r["decoder"]) for r in rows] == [(1, "eager"), (2, "eager")]
-    assert all(r["tokens_per_s"] > 0 and r["ms_per_step"] >= 0 and r["seconds"] > r["seconds_half_tokens"] > 0
-               for r in rows)
+    # decoding alone is a difference of two timed calls: NaN, never a negative or absurd figure, where noise wins
+    assert all(r["tokens_per_s"] > 0 and r["seconds"] > 0 and r["seconds_half_tokens"] > 0
+               and (math.isnan(r["decode_tokens_per_s"]) or r["ms_per_step"] > 0)
+               and r["weights_read_bound_tokens_per_s"] > 0 for r in rows)
+    assert (tmp_path / "generation.png").stat().st_size > 0
 
 
 def test_loop_reads_a_finished_runs_summary(tmp_path, monkeypatch):

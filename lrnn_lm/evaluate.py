@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise ValueError(f"--seq-len: expected an integer >= 2, got {args.seq_len}")
     if args.text_file is not None and not Path(args.text_file).is_file():
         raise FileNotFoundError(f"--text-file: no such file: {args.text_file}")
+    if args.text_file is None and Path(args.ckpt).is_dir():
+        from .pretrained import RUN_CONFIG
+
+        if not (Path(args.ckpt) / RUN_CONFIG).is_file():
+                raise ValueError(f"--split: {args.ckpt} has no {RUN_CONFIG}, so the data the model was trained on is "
+                             "unknown; score a text with --text-file F, or export the folder again")
     return args
 
 

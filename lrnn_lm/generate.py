@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if not Path(args.prompts_file).is_file():
             raise FileNotFoundError(f"--prompts-file: no such file: {args.prompts_file}")
         try:
-            lines = Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
+            lines = Path(args.prompts_file).read_text(encoding="utf-8-sig").splitlines()  # a leading BOM is no text
         except UnicodeDecodeError as e:
             raise ValueError(f"--prompts-file: not UTF-8: {args.prompts_file} (at byte {e.start})") from None
         args.prompt = (args.prompt or []) + [line for line in lines if line.strip()]
@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> list[str]:
     stream = StreamPrinter(tokenizer, eos_id, args.prompt[0]) if len(prompts) == 1 else None
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         new = sample(model, prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
-                     top_p=args.top_p, eos_id=eos_id, generator=generator, decoder=args.decoder, on_tokens=stream)
+                     top_p=args.top_p, eos_id=eos_id, generator=generator, decoder=args.decoder, on_tokens=stream,
+                     vocab_limit=tokenizer.get_vocab_size())  # ids past the tokenizer's have no text
     texts = []
     for prompt, row in zip(args.prompt, new.tolist()):
         if eos_id in row:

@@ -270,6 +270,16 @@ class LinearRNNLM(nn.Module, PyTorchModelHubMixin, library_name="lrnn-lm", tags=
         self.loss_compiled = False  # `compile_blocks` compiles the loss's per-chunk steps too
         self._init_weights()
 
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, strict: bool = True, **kwargs) -> LinearRNNLM:
+        """PyTorchModelHubMixin's loader, strict: a model.safetensors that lacks a weight (or holds one of another
+        model) is an error, not a model left partly at its random initialisation; and a folder or hub repo without
+        config.json says so."""
+        if "config" not in kwargs:
+            raise FileNotFoundError(f"{model_id}: no config.json (the ModelConfig); expected a folder written by "
+                                    "save_pretrained or `python -m lrnn_lm.export`")
+        return super()._from_pretrained(model_id=model_id, strict=strict, **kwargs)
+
     def _init_weights(self) -> None:
         """N(0, init_std) for the embedding and every Linear; the projections that write into the residual
         stream get init_std / sqrt(2L) (GPT-2), so the stream's variance does not grow with depth."""
@@ -347,9 +357,14 @@ class LinearRNNLM(nn.Module, PyTorchModelHubMixin, library_name="lrnn-lm", tags=
                                            compiled=self.loss_compiled)
         return nll, (targets != ignore_index).sum()
 
-    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[LayerState]]:
-        """tokens: (B, T) long -> (logits (B, T, V), the state after T, from which `step` continues)."""
-        return self._run(tokens, output_final_state=True)
+    def prefill(self, tokens: torch.Tensor, *, last_only: bool = False) -> tuple[torch.Tensor, list[LayerState]]:
+        """tokens: (B, T) long -> (logits (B, T, V), or (B, V) at the last position only with last_only, the state
+        after T, from which `step` continues). last_only is what decoding needs: a long prompt's (B, T, V) logits
+        would take T · V floats a row."""
+        if not last_only:
+            return self._run(tokens, output_final_state=True)
+        x, states = self._hidden(tokens, output_final_state=True)
+        return self._logits(x[:, -1]), states
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> list[LayerState]:
         """The state before any token: zeros for the recurrence and the conv window, an empty KV cache."""

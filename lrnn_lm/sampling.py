@@ -36,6 +36,7 @@ def sample(
     generator: torch.Generator | None = None,
     decoder: str = "auto",
     on_tokens: Callable[[torch.Tensor], None] | None = None,
+    vocab_limit: int | None = None,
 ) -> torch.Tensor:
     """Continue each prompt by max_new_tokens tokens.
 
@@ -54,6 +55,8 @@ def sample(
             eager elsewhere).
         on_tokens: called with each new column of tokens, (B,), as it is generated (streaming); under the graph
             decoder this reads each token back as it comes, which costs a host sync per token.
+        vocab_limit: draw only ids below it (None: every id of the model's vocabulary). For a tokenizer smaller than
+            the model's vocabulary, whose ids past its own stand for no text.
 
     Returns:
         (B, max_new_tokens) long: the new tokens of each prompt.
@@ -65,6 +68,11 @@ def sample(
     if rows[0].device != model_device:
         raise ValueError(f"prompts: expected the model's device {model_device}, got {rows[0].device}")
     _check_options(max_new_tokens, temperature, top_k, top_p, eos_id, decoder, model.cfg.vocab_size)
+    if vocab_limit is not None and (not isinstance(vocab_limit, int) or isinstance(vocab_limit, bool)
+                                    or not 1 <= vocab_limit <= model.cfg.vocab_size
+                                    or (eos_id is not None and eos_id >= vocab_limit)):
+        raise ValueError(f"vocab_limit: expected None or an integer in [1, {model.cfg.vocab_size}] (the model's "
+                         f"vocabulary) above eos_id {eos_id}, got {vocab_limit!r}")
     device = rows[0].device
     if decoder == "auto":
         decoder = "graph" if device.type == "cuda" and model.cfg.mixer == "lrnn" else "eager"
@@ -81,7 +89,7 @@ def sample(
                          device=device)
         if max_new_tokens == 0:
             return out
-        pick = TokenPicker(temperature, top_k, top_p)
+        pick = TokenPicker(temperature, top_k, top_p, vocab_limit)
         if decoder == "graph":
             CudaGraphDecoder(model, state, pick, eos_id).run(logits, out, on_tokens)
             return out
@@ -116,8 +124,8 @@ def prefill_each(model: LinearRNNLM, rows: Sequence[torch.Tensor]) -> tuple[torc
                          "caches would differ in length); give prompts of one length")
     parts = []
     for length, index in by_length.items():
-        logits, state = model.prefill(torch.stack([rows[i] for i in index]))  # (b, length, V)
-        parts.append((index, logits[:, -1], state))
+        logits, state = model.prefill(torch.stack([rows[i] for i in index]), last_only=True)  # (b, V)
+        parts.append((index, logits, state))
     if len(parts) == 1:
         return parts[0][1], parts[0][2]
     order = torch.tensor([i for index, _, _ in parts for i in index], device=rows[0].device)
@@ -131,14 +139,19 @@ def prefill_each(model: LinearRNNLM, rows: Sequence[torch.Tensor]) -> tuple[torc
 
 class TokenPicker:
     """logits (B, V) -> next tokens (B,): greedy at temperature 0, else a draw from softmax(logits / temperature)
-    restricted to the top-k and to the top-p nucleus, as argmax(p / E), E ~ Exp(1). Only tensor operations, so it can
-    be captured in a CUDA graph."""
+    restricted to the top-k and to the top-p nucleus, as argmax(p / E), E ~ Exp(1). Only ids below vocab_limit are
+    drawn (None: all V). Only tensor operations, so it can be captured in a CUDA graph."""
 
-    def __init__(self, temperature: float, top_k: int | None, top_p: float | None):
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+    def __init__(self, temperature: float, top_k: int | None, top_p: float | None, vocab_limit: int | None = None):
+        self.temperature, self.top_k, self.top_p, self.vocab_limit = temperature, top_k, top_p, vocab_limit
+        # a temperature that is 0 in float32 (below ~7e-46), where the logits are divided by it, is greedy decoding,
+        # its limit: dividing by it would give 0 / 0 at the top token
+        self.greedy = float(torch.tensor(temperature, dtype=torch.float32)) == 0
 
     def __call__(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.temperature == 0:
+        if self.vocab_limit is not None:
+            logits = logits[:, : self.vocab_limit]
+        if self.greedy:
             return logits.argmax(dim=-1)
         logits = logits.float()
         # shifted so the largest is 0 before the division: a tiny temperature then gives 0 and -inf, not inf - inf

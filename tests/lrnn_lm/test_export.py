@@ -89,3 +89,48 @@ def test_a_damaged_folder_is_one_error_naming_its_file(exported, tmp_path, damag
     named = "model.safetensors" if damage == "other d_model" else name  # the weights do not fit config.json
     with pytest.raises(error, match=f"^--ckpt {folder}: (no )?{named}"):
         load_for_inference(folder)
+
+
+def test_from_pretrained_refuses_missing_weights_and_a_missing_config(exported, tmp_path):
+    """LinearRNNLM.from_pretrained is strict: a weight missing from model.safetensors is an error, not a parameter
+    left at its random initialisation; a folder without config.json says so."""
+    import shutil
+
+    import safetensors.torch
+
+    folder = shutil.copytree(exported[1], tmp_path / "copy")
+    weights = safetensors.torch.load_file(str(folder / "model.safetensors"))
+    dropped = sorted(weights)[-1]
+    safetensors.torch.save_file({k: v for k, v in weights.items() if k != dropped}, str(folder / "model.safetensors"))
+    with pytest.raises(RuntimeError, match=dropped.replace(".", r"\.")):
+        LinearRNNLM.from_pretrained(folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        LinearRNNLM.from_pretrained(folder)
+
+
+def test_evaluating_a_split_needs_the_folders_run_config(exported, tmp_path, capsys):
+    """Without run_config.json the training data is unknown: --split is refused (one line, exit 2) rather than
+    scoring the default dataset; --text-file still works."""
+    import shutil
+
+    folder = shutil.copytree(exported[1], tmp_path / "copy")
+    (folder / "run_config.json").unlink()
+    with pytest.raises(SystemExit) as stop:
+        evaluate_main(["--ckpt", str(folder), "--split", "test"])
+    assert stop.value.code == 2 and "error: --split: " in capsys.readouterr().err
+    text = tmp_path / "t.txt"
+    text.write_text("ROMEO: But soft! What light through yonder window breaks?\n" * 4, encoding="utf-8")
+    evaluate_main(["--ckpt", str(folder), "--text-file", str(text)])
+
+
+def test_a_prompts_files_byte_order_mark_is_not_text(exported, tmp_path, capsys):
+    """A prompts file saved with a UTF-8 byte-order mark (as some editors do) gives the same prompts as without."""
+    texts = []
+    for bom in (b"", b"\xef\xbb\xbf"):
+        prompts = tmp_path / f"prompts{len(bom)}.txt"
+        prompts.write_bytes(bom + "ROMEO:\nTo be\n".encode())
+        generate_main(["--ckpt", str(exported[1]), "--prompts-file", str(prompts), "--max-new-tokens", "5",
+                       "--temperature", "0"])
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] and "\ufeff" not in texts[1]

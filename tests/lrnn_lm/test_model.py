@@ -112,6 +112,22 @@ def test_prefill_then_step_matches_forward(mixer, conv_size, split):
     torch.testing.assert_close(step_logits, full[:, split:], rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("mixer", ["lrnn", "attention"])
+def test_prefill_of_the_last_position_only(mixer):
+    """prefill(last_only=True): the last position's logits, (B, V), and the same state, without the (B, T, V)
+    logits a long prompt would otherwise hold."""
+    model = tiny_model(torch.float64, mixer=mixer)
+    tokens = packed_tokens()
+    with torch.no_grad():
+        all_logits, all_state = model.prefill(tokens)
+        last, state = model.prefill(tokens, last_only=True)
+    assert last.shape == (tokens.shape[0], VOCAB)
+    torch.testing.assert_close(last, all_logits[:, -1], rtol=0, atol=1e-10)
+    for layer, layer_all in zip(state, all_state):
+        for field, field_all in zip(layer, layer_all):
+            torch.testing.assert_close(field, field_all, rtol=0, atol=0)
+
+
 def test_state_structure_and_size():
     model = tiny_model(conv_size=4)
     state = model.init_state(3)

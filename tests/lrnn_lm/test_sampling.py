@@ -42,11 +42,28 @@ def test_top_k_1_is_greedy():
     assert torch.equal(top1, greedy)
 
 
-def test_a_tiny_temperature_samples_the_argmax():
-    """1e-40 divides logits past fp32's range: that must still be (near-)greedy decoding, not a NaN softmax."""
+@pytest.mark.parametrize("temperature", [1e-40, 1e-46, 1e-300])
+def test_a_tiny_temperature_samples_the_argmax(temperature):
+    """1e-40 divides logits past fp32's range, and 1e-46 and below are 0 in fp32: each must still be greedy
+    decoding, not a NaN softmax (whose argmax is token 0)."""
     model = tiny_model()
     greedy = sample(model, prompt(), max_new_tokens=8, temperature=0.0)
-    assert torch.equal(sample(model, prompt(), max_new_tokens=8, temperature=1e-40), greedy)
+    assert torch.equal(sample(model, prompt(), max_new_tokens=8, temperature=temperature), greedy)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_vocab_limit_draws_only_ids_below_it(temperature):
+    """A tokenizer smaller than the model's vocabulary: ids past its own stand for no text and are never drawn."""
+    model = tiny_model()
+    p = prompt(batch_size=1).expand(64, -1)
+    with torch.no_grad():
+        limit = int(model(p[:1])[0, -1].argmax())  # the unrestricted greedy choice lies just past the limit
+    assert limit >= 1
+    out = sample(model, p, max_new_tokens=6, temperature=temperature, vocab_limit=limit,
+                 generator=torch.Generator().manual_seed(0))
+    assert (out < limit).all()
+    with pytest.raises(ValueError, match="vocab_limit"):
+        sample(model, p, max_new_tokens=1, vocab_limit=VOCAB + 1)
 
 
 def test_top_k_samples_only_the_k_most_likely():

@@ -9,7 +9,11 @@ device-to-device copy bandwidth measured in the same run, with their peers besid
    accelerated-scan's Triton scan (`accelerated_scan.scalar.scan`) in its own (B, D, T) layout (the transposes
    are made outside the timing), and fla's `chunk_hgrn` (h_t = exp(g_t) h_{t-1} + x_t, given g = log a).
 
-Minimal bytes: forward 3·N·s (read x, a; write h), forward+backward 8·N·s (N = B·T·D, s = element size).
+   Also the model's scan, `gated_linear_scan` ("gated": the gate a = σ(f + b) and the input (1 − a) v computed
+   in the kernel from f and v, the backward recomputing them), on the same data (f the logit of a, v = x).
+
+Minimal bytes: forward 3·N·s (read x, a; write h), forward+backward 8·N·s (N = B·T·D, s = element size); the
+gated backward reads f, v, h and dh and writes df and dv, so its forward+backward moves 9·N·s.
 Each row also times a plain device-to-device copy of the same bytes, eagerly under the same do_bench timing
 (`copy_ms`): `frac_of_same_copy` = copy time / scan time, how close the scan comes to the best a kernel of
 that size is timed at. (A copy of 100 MB reaches well under the 2 GB copy's bandwidth under this timing.)
@@ -30,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from kernels import linear_scan
+from kernels import gated_linear_scan, linear_scan
 
 from .common import (DEVICE, add_ms, bench_graph_ms, bench_ms, copy_bandwidth_gbs, copy_ms, print_table, run_info,
                      scan_bytes, scan_inputs, write_csv)
@@ -48,7 +52,8 @@ QUICK_LENGTHS = [2**5, 2**9, 2**13, 2**17]
 
 
 PASSES = ("fwd", "fwd graph", "fwd+bwd", "fwd+bwd graph")
-IMPLS = ("associative", "sequential")
+IMPLS = ("associative", "sequential", "gated")
+"""The project's scans timed at each shape: linear_scan's Triton impls, and the model's fused gated scan."""
 # The sweep times each scan eagerly (the launch and host dispatch included: what short sequences cost a user)
 # and from a CUDA graph (the GPU's time alone), the reference loop eagerly only.
 SWEEP_SERIES = (("associative", "fwd"), ("associative", "fwd graph"), ("sequential", "fwd"),
@@ -87,6 +92,12 @@ def time_scan(impl: str, B: int, T: int, D: int, dtype: torch.dtype, pass_: str 
         prepare, peer = peers[impl]
         args = prepare(x, a)
         scan = peer
+    elif impl == "gated":
+        bias = torch.zeros(D, device=x.device)
+        args = (torch.logit(a.float(), eps=1e-6).to(dtype), x)  # f, v: the same gates and inputs' sizes
+
+        def scan(f, v):
+            return gated_linear_scan(f, v, bias, 0.0, impl="associative")[0]
     else:
         args = (x, a)
         scan = lambda x, a: linear_scan(x, a, impl=impl)[0]  # noqa: E731
@@ -117,6 +128,8 @@ def same_traffic_add_ms(B: int, T: int, D: int, dtype: torch.dtype) -> float:
 def row(impl, B, T, D, dtype, pass_, ms, copy_gbs) -> dict:
     backward = pass_.startswith("fwd+bwd")
     nbytes = scan_bytes(B, T, D, dtype, backward)
+    if backward and impl == "gated":  # its backward reads v again (to recompute (1 - a) v's gradient)
+        nbytes = nbytes * 9 // 8
     gbs = nbytes / ms / 1e6
     same_copy = same_bytes_copy_ms(nbytes)
     same_add = float("nan") if backward else same_traffic_add_ms(B, T, D, dtype)
@@ -216,6 +229,7 @@ def plot(sweep_rows, shape_rows, info, path: Path) -> None:
     peers = sorted({r["impl"] for r in shape_rows} - set(IMPLS))
     series = ([("add", "fwd")] + [("copy", p) for p in ("fwd", "fwd+bwd")]
               + [(i, p) for i in ("associative",) for p in PASSES]
+              + [("gated", p) for p in ("fwd graph", "fwd+bwd graph")]
               + [(i, p) for i in peers for p in ("fwd graph", "fwd+bwd graph")]
               + [("sequential", p) for p in ("fwd graph", "fwd+bwd graph")])
     width = 0.8 / len(series)

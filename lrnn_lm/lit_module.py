@@ -182,6 +182,12 @@ class LitLM(L.LightningModule):
         for m in (self.eval_nll, self.eval_tokens, self.eval_bytes):
             m.reset()
         loss = nll / n_tokens
+        if prefix == "val" and self.trainer.state.fn == TrainerFn.FITTING and not torch.isfinite(loss):
+            # before Lightning's checkpoint callbacks run (at validation end): a NaN would rank as the worst score
+            # and training would go on from weights that no longer score
+            raise FloatingPointError(
+                f"non-finite validation loss ({loss.item()}) after optimizer step {self.global_step}; stopped, and no "
+                "checkpoint holds a state after it")
         metrics = {"loss": loss, "ppl": loss.exp(), "bpb": nll / (LN2 * n_bytes), "tokens": n_tokens, "bytes": n_bytes}
         # The sums are already global (torchmetrics syncs them); sync_dist only keeps Lightning's bookkeeping quiet.
         self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=True)

@@ -301,3 +301,22 @@ def test_a_non_finite_loss_before_any_checkpoint_says_none_was_written(tmp_path,
     nan_loss_from_step(monkeypatch, 0)
     with pytest.raises(FloatingPointError, match=r"optimizer steps 1-1 .*No checkpoint was written yet"):
         train(config(tmp_path / "run", corpus, trainer__max_steps=4, trainer__log_every=1))
+
+
+def test_a_non_finite_validation_loss_stops_the_run_before_its_checkpoints(tmp_path, corpus, monkeypatch):
+    """A NaN validation loss during fit stops the run (Lightning's ModelCheckpoint would rank it as inf and go on);
+    every checkpoint left holds the state before that validation."""
+    from lrnn_lm.lit_module import LitLM
+
+    nll = LitLM._nll
+
+    def nan_from_step_4(self, batch):
+        total, n_tokens = nll(self, batch)
+        return (total * float("nan") if self.global_step >= 4 else total), n_tokens
+
+    monkeypatch.setattr(LitLM, "_nll", nan_from_step_4)
+    run = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match="non-finite validation loss .* after optimizer step 4"):
+        train(config(run, corpus, trainer__max_steps=8, trainer__val_every=2, trainer__checkpoint_every=4))
+    steps = {p.name: torch.load(p, weights_only=True)["global_step"] for p in (run / "checkpoints").glob("*.ckpt")}
+    assert steps and max(steps.values()) <= 2, steps

@@ -46,13 +46,14 @@ from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .callbacks import LastCheckpoint, RNGState, RunDirModelCheckpoint, TrainingSpeed
 from .cli import RunInterrupted
 from .config import Config, TrainerConfig
 from .data import LMDataModule
 from .graphed_loss import graphs_apply
-from .lit_module import LitLM
+from .lit_module import LitLM, read_checkpoint
 from .run_dir import AtomicCheckpointIO, RunDirLock, is_launching_process, last_good_message, prepare_run_dir, \
     write_atomically
 
@@ -122,6 +123,8 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
         trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     except FloatingPointError as e:
         raise FloatingPointError(f"{e}. {last_good_message(ckpt_dir)}") from None
+    except SIGTERMException:  # Lightning's own handler, outside the training loop (setup, the first batch's loading)
+        raise RunInterrupted(signal.SIGTERM, f"SIGTERM: stopped before training began. {_saved(ckpt_dir)}") from None
     if last.stopped_by is not None:
         raise RunInterrupted(last.stopped_by, _resume_message(last, trainer))
 
@@ -130,8 +133,13 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
     eval_started = time.perf_counter()
     trainer.limit_val_batches = 1.0
     evaluated = best.best_model_path if best.best_model_path and Path(best.best_model_path).is_file() else None
-    validation = trainer.validate(module, datamodule=data, ckpt_path=evaluated, verbose=False, weights_only=True)[0]
-    test = trainer.test(module, datamodule=data, verbose=False)[0]  # the weights validate just loaded
+    try:
+        validation = trainer.validate(module, datamodule=data, ckpt_path=evaluated, verbose=False,
+                                      weights_only=True)[0]
+        test = trainer.test(module, datamodule=data, verbose=False)[0]  # the weights validate just loaded
+    except SIGTERMException:  # Lightning exits 0 on it, which a scheduler would take for a finished run
+        raise RunInterrupted(signal.SIGTERM, "SIGTERM: stopped during the final evaluation, after training "
+                             f"finished; no summary was written. {_saved(ckpt_dir)}") from None
     eval_s = time.perf_counter() - eval_started
     tokens_seen = trainer.global_step * tokens_per_step * trainer.world_size
     rates = speed.summary()
@@ -169,6 +177,15 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
         write_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         print(format_summary(summary, run_dir))
     return summary
+
+
+def _saved(ckpt_dir: Path) -> str:
+    """What a run stopped outside its training steps leaves to resume from."""
+    last = ckpt_dir / "last.ckpt"
+    if not last.is_file():
+        return "No checkpoint was written yet: run it again to start over"
+    step = read_checkpoint(str(last), mmap=True).get("global_step")
+    return f"{last} holds step {step}; run the same command with --trainer.resume to continue from it"
 
 
 def _resume_message(last: LastCheckpoint, trainer: L.Trainer) -> str:

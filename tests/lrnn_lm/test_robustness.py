@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -320,3 +321,21 @@ def test_a_non_finite_validation_loss_stops_the_run_before_its_checkpoints(tmp_p
         train(config(run, corpus, trainer__max_steps=8, trainer__val_every=2, trainer__checkpoint_every=4))
     steps = {p.name: torch.load(p, weights_only=True)["global_step"] for p in (run / "checkpoints").glob("*.ckpt")}
     assert steps and max(steps.values()) <= 2, steps
+
+
+def test_sigterm_during_the_final_evaluation_is_an_interruption(tmp_path, corpus):
+    """Lightning ends a SIGTERM outside the training loop with exit 0, which a scheduler takes for a finished run:
+    train() makes it a RunInterrupted (exit 143 from the command line) that says what was saved."""
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from lrnn_lm.cli import RunInterrupted
+
+    class SigtermAtFinalValidation(L.Callback):
+        def on_validation_start(self, trainer, module):
+            if trainer.state.fn == TrainerFn.VALIDATING:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    run = tmp_path / "run"
+    with pytest.raises(RunInterrupted, match=r"during the final evaluation.*last\.ckpt holds step 3") as stop:
+        train(config(run, corpus, trainer__max_steps=3, trainer__val_every=100), callbacks=[SigtermAtFinalValidation()])
+    assert stop.value.signum == signal.SIGTERM and not (run / "summary.json").exists()

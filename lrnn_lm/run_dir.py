@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,10 @@ def prepare_run_dir(cfg: Config, ckpt_dir: Path, check: bool) -> str | None:
         check_same_run(read_checkpoint(str(last), mmap=True)["hyper_parameters"]["config"], cfg.to_dict(), last)
         return str(last)
     if check and existing:
-        if not t.overwrite:
+        if t.resume == "auto":  # a run stopped before its first last.ckpt (its best.ckpt alone): nothing to resume
+            print(f"trainer.resume auto: no {last.name} in {ckpt_dir}, nothing to resume; starting afresh (removing "
+                  f"{', '.join(existing)})", file=sys.stderr, flush=True)
+        elif not t.overwrite:
             raise ValueError(f"trainer.run_dir={t.run_dir!r}: holds checkpoints ({', '.join(existing)}) of an earlier "
                              "run; add --trainer.resume to continue it, --trainer.overwrite to start afresh, or choose "
                              "another run_dir")

@@ -339,3 +339,16 @@ def test_sigterm_during_the_final_evaluation_is_an_interruption(tmp_path, corpus
     with pytest.raises(RunInterrupted, match=r"during the final evaluation.*last\.ckpt holds step 3") as stop:
         train(config(run, corpus, trainer__max_steps=3, trainer__val_every=100), callbacks=[SigtermAtFinalValidation()])
     assert stop.value.signum == signal.SIGTERM and not (run / "summary.json").exists()
+
+
+def test_resume_auto_starts_afresh_where_a_killed_run_left_only_best_ckpt(tmp_path, corpus, capsys):
+    """Validating more often than it checkpoints, a run killed before its first last.ckpt leaves best.ckpt alone:
+    nothing to resume from. A requeued `--trainer.resume auto` starts afresh there rather than refusing for ever."""
+    run = tmp_path / "run"
+    train(config(run, corpus, trainer__max_steps=2, trainer__val_every=1, trainer__checkpoint_every=100))
+    (run / "checkpoints" / "last.ckpt").unlink()  # as a kill between the first validation and the first last.ckpt
+    assert [p.name for p in (run / "checkpoints").glob("*.ckpt")] == ["best.ckpt"]
+    capsys.readouterr()
+    summary = train(config(run, corpus, trainer__max_steps=2, trainer__val_every=1, trainer__checkpoint_every=100,
+                           trainer__resume="auto"))
+    assert summary["steps"] == 2 and "starting afresh (removing best.ckpt)" in capsys.readouterr().err

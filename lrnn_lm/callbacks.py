@@ -31,6 +31,12 @@ def validates_after_this_batch(trainer: L.Trainer) -> bool:
     return loop.epoch_loop._should_check_val_fx(loop._data_fetcher)
 
 
+def skip_the_validation_after_this_batch(trainer: L.Trainer) -> None:
+    """Lightning validates whenever fit stops early (`trainer.should_stop`); this skips that validation (the epoch
+    loop's private flag for it, as Lightning sets it itself on a restart)."""
+    trainer.fit_loop.epoch_loop._skip_next_val = True
+
+
 class LastCheckpoint(Callback):
     """Writes last.ckpt every `every` optimizer steps, at the last step, and at the step boundary after SIGTERM or
     SIGINT, then stops the run (`stopped_by`: the signal's number). The checkpoint is written from the end of a
@@ -40,7 +46,9 @@ class LastCheckpoint(Callback):
     At a step that validates, it is written after the validation instead (after best.ckpt's update): Lightning
     resumes a checkpoint written before a step's validation as if that validation had run, so a kill during it
     would lose it for good (its loss, and best.ckpt's chance to hold that step's weights). A signal's checkpoint is
-    written at once, and again after the validation that Lightning runs when a run stops.
+    written at once; at a step that validates anyway, again after its validation. (Lightning also validates any
+    step at which a run stops early; after a signal that validation is skipped, so a stopped and resumed run
+    validates the steps an uninterrupted one does.)
 
     Under several processes the ranks agree on stopping every `sync_every` steps (a collective sum, at the steps
     where the non-finite guard synchronises anyway), so that all of them stop at the same step."""
@@ -91,10 +99,14 @@ class LastCheckpoint(Callback):
             validates = validates_after_this_batch(trainer)
             if stop or not validates:
                 self._save(trainer)
-            self._after_validation = validates or stop
+            self._after_validation = validates
         if stop:
             self.stopped_by = self._signal or signal.SIGTERM  # another rank's signal
             trainer.should_stop = True
+            if not validates:
+                # a signal is no reason to validate: the uninterrupted run would not validate this step, and the
+                # extra validation could make best.ckpt hold this step's weights, which it would not otherwise
+                skip_the_validation_after_this_batch(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self._after_validation and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:

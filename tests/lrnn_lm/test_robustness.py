@@ -352,3 +352,30 @@ def test_resume_auto_starts_afresh_where_a_killed_run_left_only_best_ckpt(tmp_pa
     summary = train(config(run, corpus, trainer__max_steps=2, trainer__val_every=1, trainer__checkpoint_every=100,
                            trainer__resume="auto"))
     assert summary["steps"] == 2 and "starting afresh (removing best.ckpt)" in capsys.readouterr().err
+
+
+def test_a_signal_adds_no_validation(tmp_path, corpus):
+    """Lightning validates wherever fit stops early: after a signal at a step that does not validate, that
+    validation is skipped, so a stopped and resumed run validates the steps an uninterrupted one does, and its
+    best.ckpt holds the same step."""
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    class Validations(L.Callback):
+        def __init__(self):
+            self.steps = []
+
+        def on_validation_end(self, trainer, module):
+            if trainer.state.fn == TrainerFn.FITTING:
+                self.steps.append(trainer.global_step)
+
+    steps = dict(trainer__max_steps=8, trainer__val_every=4, trainer__checkpoint_every=100)
+    uninterrupted = Validations()
+    train(config(tmp_path / "a", corpus, **steps), callbacks=[uninterrupted])
+    stopped, resumed = Validations(), Validations()
+    with pytest.raises(RunInterrupted):
+        train(config(tmp_path / "b", corpus, **steps), callbacks=[SignalAt(signal.SIGTERM, 4), stopped])
+    train(config(tmp_path / "b", corpus, **steps, trainer__resume=True), callbacks=[resumed])
+    assert uninterrupted.steps == [4, 8] and stopped.steps + resumed.steps == [4, 8]
+    best = [torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["global_step"]
+            for run in (tmp_path / "a", tmp_path / "b")]
+    assert best[0] == best[1]

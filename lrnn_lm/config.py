@@ -42,6 +42,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _check_int(value: Any, name: str, minimum: int) -> None:
     _check(_is_int(value) and value >= minimum, name, f"an integer >= {minimum}", value)
 
@@ -192,7 +195,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _check(isinstance(self.betas, (list, tuple)), "optim.betas", "two numbers in [0, 1)", self.betas)
         self.betas = tuple(self.betas)
-        _check_number(self.lr, "optim.lr", "> 0", lambda v: v > 0)
+        # the fused optimizer takes lr as a float32: beyond its range it is inf
+        _check_number(self.lr, "optim.lr", "> 0 within float32's range", lambda v: 0 < v <= FLOAT32_MAX)
         _check_number(self.min_lr_ratio, "optim.min_lr_ratio", "in [0, 1]", lambda v: 0 <= v <= 1)
         _check_int(self.warmup_steps, "optim.warmup_steps", 0)
         _check_number(self.weight_decay, "optim.weight_decay", ">= 0", lambda v: v >= 0)
@@ -258,7 +262,8 @@ class TrainerConfig:
         for name in ("max_steps", "accumulate_grad_batches", "val_every", "checkpoint_every", "num_nodes",
                      "log_every"):
             _check_int(getattr(self, name), f"trainer.{name}", 1)
-        _check_int(self.seed, "trainer.seed", 0)
+        _check(_is_int(self.seed) and 0 <= self.seed < 2**32, "trainer.seed", "an integer in [0, 2**32) (numpy's seeds)",
+               self.seed)
         if self.limit_val_batches is not None:
             _check_int(self.limit_val_batches, "trainer.limit_val_batches", 1)
         _check((_is_int(self.devices) and self.devices >= 1) or (isinstance(self.devices, str) and self.devices != ""),

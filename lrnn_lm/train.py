@@ -46,7 +46,7 @@ from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.strategies import SingleDeviceStrategy
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from .callbacks import LastCheckpoint, RNGState, RunDirModelCheckpoint, TrainingSpeed
 from .cli import RunInterrupted
@@ -90,33 +90,40 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
     last = LastCheckpoint(ckpt_dir / "last.ckpt", t.checkpoint_every, sync_every=t.log_every)
     best = RunDirModelCheckpoint(ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                                  auto_insert_metric_name=False, enable_version_counter=False)
-    trainer = L.Trainer(
-        max_steps=t.max_steps,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=resolve_precision(t, announce=True),
-        plugins=[checkpoint_io],
-        val_check_interval=t.val_every * t.accumulate_grad_batches,  # counted in batches
-        check_val_every_n_epoch=None,  # validate every val_every steps, across epoch boundaries
-        limit_val_batches=t.limit_val_batches,
-        num_sanity_val_steps=0,
-        log_every_n_steps=t.log_every,
-        logger=logger,
-        default_root_dir=run_dir,
-        enable_model_summary=False,
-        callbacks=[
-            TQDMProgressBar(refresh_rate=t.log_every),  # refreshed at the steps whose metrics are read anyway
-            speed,
-            best,
-            last,
-            *([LearningRateMonitor(logging_interval="step")] if logger else []),
-            RNGState(),
-            *callbacks,
-        ],
-    )
+    precision = resolve_precision(t, announce=True)
+    try:
+        trainer = L.Trainer(
+            max_steps=t.max_steps,
+            accumulate_grad_batches=t.accumulate_grad_batches,
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=t.strategy,
+            precision=precision,
+            plugins=[checkpoint_io],
+            val_check_interval=t.val_every * t.accumulate_grad_batches,  # counted in batches
+            check_val_every_n_epoch=None,  # validate every val_every steps, across epoch boundaries
+            limit_val_batches=t.limit_val_batches,
+            num_sanity_val_steps=0,
+            log_every_n_steps=t.log_every,
+            logger=logger,
+            default_root_dir=run_dir,
+            enable_model_summary=False,
+            callbacks=[
+                TQDMProgressBar(refresh_rate=t.log_every),  # refreshed at the steps whose metrics are read anyway
+                speed,
+                best,
+                last,
+                *([LearningRateMonitor(logging_interval="step")] if logger else []),
+                RNGState(),
+                *callbacks,
+            ],
+        )
+    except (ValueError, TypeError, ImportError, MisconfigurationException) as e:
+        # Lightning's own message, which names its argument, not the config field
+        raise ValueError(f"trainer.accelerator / devices / strategy / precision / num_nodes ({t.accelerator!r}, "
+                         f"{t.devices!r}, {t.strategy!r}, {t.precision!r}, {t.num_nodes!r}): Lightning refused them: "
+                         f"{' '.join(str(e).split())[:300]}") from None
     graphs = resolve_cuda_graphs(cfg, trainer.strategy.root_device, isinstance(trainer.strategy, SingleDeviceStrategy))
     module.training_nll.cuda_graphs = graphs
     try:

@@ -46,6 +46,8 @@ def test_preset_loads_and_builds(path):
         (["--optim.lr", ".inf"], ValueError, "optim.lr"),
         (["--model.scan", "cuda"], ValueError, "model.scan"),
         (["--trainer.compile", "maybe"], ValueError, "trainer.compile"),
+        (["--optim.lr", "1e39"], ValueError, "optim.lr"),  # inf in the fused optimizer's float32
+        (["--trainer.seed", str(2**32)], ValueError, "trainer.seed"),
     ],
 )
 def test_bad_values_name_the_field(overrides, error, names):

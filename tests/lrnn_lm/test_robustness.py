@@ -379,3 +379,12 @@ def test_a_signal_adds_no_validation(tmp_path, corpus):
     best = [torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["global_step"]
             for run in (tmp_path / "a", tmp_path / "b")]
     assert best[0] == best[1]
+
+
+@pytest.mark.parametrize("field, value", [("accelerator", "tpu"), ("devices", "abc"), ("precision", "bf17"),
+                                          ("strategy", "nonsense")])
+def test_settings_lightning_refuses_are_named(tmp_path, corpus, field, value):
+    """The Trainer's arguments that only Lightning can judge: its refusal is a ValueError that names the config
+    fields (a traceback from inside Lightning, before)."""
+    with pytest.raises(ValueError, match=rf"^trainer\.accelerator / devices .*{value!r}.*: Lightning refused them"):
+        train(config(tmp_path / "run", corpus, **{f"trainer__{field}": value}))

@@ -219,10 +219,26 @@ class LMDataModule(L.LightningDataModule):
                 "pin_memory": torch.cuda.is_available(), "generator": torch.Generator().manual_seed(self.seed)}
 
     def state_dict(self) -> dict[str, str]:
-        """Saved in every checkpoint, so generation and evaluation need no dataset or cache."""
-        return {"tokenizer": self.tokenizer.to_str()}
+        """Saved in every checkpoint: the tokenizer, so generation and evaluation need no dataset or cache; and a
+        fingerprint of the train split's tokens, which a resumed run's data position indexes into."""
+        return {"tokenizer": self.tokenizer.to_str(), "train_fingerprint": self.train_fingerprint()}
 
     def load_state_dict(self, state: dict[str, str]) -> None:
         if state["tokenizer"] != self.tokenizer.to_str():
             raise ValueError("resume: the cached tokenizer differs from the checkpoint's; the data or the tokenizer "
                              "settings changed since the checkpoint was written")
+        saved = state.get("train_fingerprint")  # absent from checkpoints written before it was saved
+        if saved is not None and saved != self.train_fingerprint():
+            raise ValueError(f"resume: the train split's tokens differ from the checkpoint's ({saved}, now "
+                             f"{self.train_fingerprint()}): its data position would point into other text; the "
+                             "data changed since the checkpoint was written (restore it, or start a new run_dir)")
+
+    def train_fingerprint(self) -> str:
+        """The train split's token count and a hash of at most 2^20 of its tokens, evenly spaced: any change of
+        length, and in practice any reordering, changes it, at a cost that does not grow with the corpus."""
+        stream = self.streams["train"]
+        if getattr(self, "_fingerprinted", None) is not stream:
+            sample = np.ascontiguousarray(stream[:: max(1, len(stream) >> 20)])
+            self._fingerprint = f"{len(stream)}:{hashlib.blake2b(sample.tobytes(), digest_size=16).hexdigest()}"
+            self._fingerprinted = stream
+        return self._fingerprint

@@ -379,3 +379,21 @@ def test_under_16_mixed_a_fused_optimizer_is_clipped_on_the_true_gradients(tmp_p
     assert isinstance(trainer.optimizers[0], FusedAdamW) and len(probe.seen) == 3
     assert all(math.isfinite(t) for t in probe.true)
     torch.testing.assert_close(probe.seen, probe.true, rtol=1e-3, atol=0)
+
+
+def test_resume_refuses_a_train_split_whose_tokens_changed(tmp_path):
+    """Documents reordered in the train file leave the tokenizer as it was (the same texts, the same merges) but
+    move every window: the checkpoint's data position would point into other text, so resuming is refused."""
+    from .tiny_run import write_local_corpus
+
+    corpus = write_local_corpus(tmp_path / "corpus")
+
+    def config(**fields):
+        return load_config(None, tiny_overrides(tmp_path / "run", corpus, trainer__val_every=1000,
+                                                trainer__logger="none", trainer__checkpoint_every=2, **fields))
+
+    train(config(trainer__max_steps=2))
+    lines = (corpus / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (corpus / "train.jsonl").write_text("".join(lines[1:] + lines[:1]), encoding="utf-8")
+    with pytest.raises(ValueError, match="resume: the train split's tokens differ from the checkpoint's"):
+        train(config(trainer__max_steps=4, trainer__resume=True))

@@ -40,7 +40,11 @@ def is_launching_process() -> bool:
 
 class RunDirLock:
     """An exclusive lock on run_dir/.lock (fcntl.flock), held until release() or the process's end (a killed process
-    holds nothing). The file says who holds it, so a refused run can name the other process."""
+    holds nothing, once the loader workers it forked have exited too). The file says who holds it, so a refused run
+    can name the other process."""
+
+    DEAD_HOLDER_WAIT_S = 30.0
+    """How long to wait for a lock whose holder (on this host) is dead: its forked workers exit within seconds."""
 
     def __init__(self, run_dir: Path):
         import fcntl
@@ -48,14 +52,22 @@ class RunDirLock:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / ".lock"
         self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            raise ValueError(f"trainer.run_dir={str(run_dir)!r}: in use by {holder}; wait for that run to end, or "
-                             "choose another run_dir") from None
+        deadline = time.monotonic() + self.DEAD_HOLDER_WAIT_S
+        while True:
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                self.file.seek(0)
+                holder = self.file.read().strip() or "another process"
+                # A killed run's DataLoader workers (forked, so sharing its lock) hold it until they notice their
+                # parent is gone: a requeued run waits for them rather than refusing a dead holder.
+                if _holder_is_dead(holder) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                self.file.close()
+                raise ValueError(f"trainer.run_dir={str(run_dir)!r}: in use by {holder}; wait for that run to end, "
+                                 "or choose another run_dir") from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -64,6 +76,20 @@ class RunDirLock:
     def release(self) -> None:
         if not self.file.closed:
             self.file.close()
+
+
+def _holder_is_dead(holder: str) -> bool:
+    """Whether the lock file's "pid N on HOST since ..." names a process of this host that no longer exists."""
+    words = holder.split()
+    if len(words) < 4 or words[0] != "pid" or not words[1].isdigit() or words[3] != socket.gethostname():
+        return False
+    try:
+        os.kill(int(words[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def prepare_run_dir(cfg: Config, ckpt_dir: Path, check: bool) -> str | None:

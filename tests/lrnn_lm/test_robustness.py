@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -388,3 +389,26 @@ def test_settings_lightning_refuses_are_named(tmp_path, corpus, field, value):
     fields (a traceback from inside Lightning, before)."""
     with pytest.raises(ValueError, match=rf"^trainer\.accelerator / devices .*{value!r}.*: Lightning refused them"):
         train(config(tmp_path / "run", corpus, **{f"trainer__{field}": value}))
+
+
+def test_a_lock_left_to_a_dead_runs_forked_workers_is_waited_for(tmp_path):
+    """A run killed while its DataLoader workers live on: they share its lock (forked) until they notice, within
+    seconds. A requeued run waits for them rather than refusing a holder that is dead."""
+    from lrnn_lm.run_dir import RunDirLock
+
+    holder = textwrap.dedent(f"""
+        import os, socket, sys, time
+        from lrnn_lm.run_dir import RunDirLock
+        lock = RunDirLock(__import__("pathlib").Path({str(tmp_path)!r}))
+        if os.fork() == 0:  # the worker: holds the shared lock a while longer, then exits
+            os.close(1), os.close(2)  # not the caller's pipes: it would wait for them
+            time.sleep(1.5)
+            os._exit(0)
+        print("locked", flush=True)
+        os._exit(0)  # the run, killed: its pid is dead now, its worker is not
+    """)
+    proc = subprocess.run([sys.executable, "-c", holder], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "locked", proc.stderr
+    started = time.monotonic()
+    RunDirLock(tmp_path).release()
+    assert 0.5 < time.monotonic() - started < RunDirLock.DEAD_HOLDER_WAIT_S

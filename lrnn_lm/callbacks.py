@@ -57,6 +57,7 @@ class LastCheckpoint(Callback):
         self.path, self.every, self.sync_every = Path(path), every, sync_every
         self.saved_step: int | None = None
         self.stopped_by: int | None = None
+        self.interrupted_again = False  # a second Ctrl-C stopped the run at once
         self._signal: int | None = None
         self._previous: dict[int, Any] = {}
         self._after_validation = False  # write at the end of this step's validation
@@ -69,6 +70,7 @@ class LastCheckpoint(Callback):
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._signal is not None and signum == signal.SIGINT:
+            self.interrupted_again = True  # Lightning turns the KeyboardInterrupt into exit 1: train() turns it back
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         if self._signal is None:
             launcher = self._trainer.strategy.launcher

@@ -132,6 +132,10 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
         raise FloatingPointError(f"{e}. {last_good_message(ckpt_dir)}") from None
     except SIGTERMException:  # Lightning's own handler, outside the training loop (setup, the first batch's loading)
         raise RunInterrupted(signal.SIGTERM, f"SIGTERM: stopped before training began. {_saved(ckpt_dir)}") from None
+    except SystemExit:
+        if last.interrupted_again:  # Lightning exits 1 on a KeyboardInterrupt, the code of a failed run
+            raise KeyboardInterrupt from None
+        raise
     if last.stopped_by is not None:
         raise RunInterrupted(last.stopped_by, _resume_message(last, trainer))
 

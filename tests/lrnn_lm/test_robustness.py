@@ -412,3 +412,17 @@ def test_a_lock_left_to_a_dead_runs_forked_workers_is_waited_for(tmp_path):
     started = time.monotonic()
     RunDirLock(tmp_path).release()
     assert 0.5 < time.monotonic() - started < RunDirLock.DEAD_HOLDER_WAIT_S
+
+
+def test_a_second_ctrl_c_stops_at_once_as_an_interrupt(tmp_path, corpus):
+    """The first Ctrl-C stops at the next step boundary; a second stops at once, as a KeyboardInterrupt (exit 130
+    from the command line), not the exit 1 Lightning makes of it, which is a failed run's code."""
+
+    class TwoCtrlC(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tmp_path / "run", corpus, trainer__max_steps=8), callbacks=[TwoCtrlC()])

@@ -45,10 +45,11 @@ class LastCheckpoint(Callback):
 
     At a step that validates, it is written after the validation instead (after best.ckpt's update): Lightning
     resumes a checkpoint written before a step's validation as if that validation had run, so a kill during it
-    would lose it for good (its loss, and best.ckpt's chance to hold that step's weights). A signal's checkpoint is
-    written at once; at a step that validates anyway, again after its validation. (Lightning also validates any
-    step at which a run stops early; after a signal that validation is skipped, so a stopped and resumed run
-    validates the steps an uninterrupted one does.)
+    would lose it for good (its loss, and best.ckpt's chance to hold that step's weights), and a non-finite
+    validation loss would stop the run with a checkpoint of the state that scored it. So is a signal's: at once,
+    or after the validation of a step that validates. (Lightning also validates any step at which a run stops
+    early; after a signal that validation is skipped, so a stopped and resumed run validates the steps an
+    uninterrupted one does.)
 
     Under several processes the ranks agree on stopping every `sync_every` steps (a collective sum, at the steps
     where the non-finite guard synchronises anyway), so that all of them stop at the same step."""
@@ -99,7 +100,7 @@ class LastCheckpoint(Callback):
                 stop = bool(trainer.strategy.reduce(flag, reduce_op="sum").item() > 0)
         if stop or step % self.every == 0 or step >= trainer.max_steps:
             validates = validates_after_this_batch(trainer)
-            if stop or not validates:
+            if not validates:
                 self._save(trainer)
             self._after_validation = validates
         if stop:

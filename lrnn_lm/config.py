@@ -250,8 +250,8 @@ class TrainerConfig:
     """Checkpoints, logs and the summary go here. One run at a time may use it."""
     resume: bool | Literal["auto"] = False
     """Resume from run_dir/checkpoints/last.ckpt (model, optimizer, scheduler, step and data position).
-    'auto': resume if that checkpoint exists, else start afresh (for jobs that a scheduler requeues; a best.ckpt left
-    by a run stopped before its first last.ckpt is removed)."""
+    'auto': resume if that checkpoint exists, else start (for jobs that a scheduler requeues; also where a run of
+    these settings was stopped before its first last.ckpt and left only best.ckpt, which is removed)."""
     overwrite: bool = False
     """Start afresh in a run_dir that already holds checkpoints, deleting them (without it such a run_dir is
     refused unless resuming)."""

@@ -28,6 +28,7 @@ from functools import partial
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 import numpy as np
 import pyarrow.compute as pc
 import torch
@@ -228,7 +229,9 @@ class LMDataModule(L.LightningDataModule):
             raise ValueError("resume: the cached tokenizer differs from the checkpoint's; the data or the tokenizer "
                              "settings changed since the checkpoint was written")
         saved = state.get("train_fingerprint")  # absent from checkpoints written before it was saved
-        if saved is not None and saved != self.train_fingerprint():
+        # only where training resumes: validate and test load a checkpoint too, on any data
+        fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if fitting and saved is not None and saved != self.train_fingerprint():
             raise ValueError(f"resume: the train split's tokens differ from the checkpoint's ({saved}, now "
                              f"{self.train_fingerprint()}): its data position would point into other text; the "
                              "data changed since the checkpoint was written (restore it, or start a new run_dir)")

@@ -14,6 +14,7 @@ decode step is replayed from a CUDA graph (--decoder eager for the plain step).
 from __future__ import annotations
 
 import argparse
+import codecs
 import math
 import sys
 from pathlib import Path
@@ -49,10 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.prompts_file is not None:
         if not Path(args.prompts_file).is_file():
             raise FileNotFoundError(f"--prompts-file: no such file: {args.prompts_file}")
+        raw = Path(args.prompts_file).read_bytes()
+        bom = codecs.BOM_UTF8 if raw.startswith(codecs.BOM_UTF8) else b""  # a leading byte-order mark is no text
         try:
-            lines = Path(args.prompts_file).read_text(encoding="utf-8-sig").splitlines()  # a leading BOM is no text
+            lines = raw[len(bom):].decode("utf-8").splitlines()
         except UnicodeDecodeError as e:
-            raise ValueError(f"--prompts-file: not UTF-8: {args.prompts_file} (at byte {e.start})") from None
+            raise ValueError(f"--prompts-file: not UTF-8: {args.prompts_file} (at byte {e.start + len(bom)})") from None
         args.prompt = (args.prompt or []) + [line for line in lines if line.strip()]
         if not args.prompt:
             raise ValueError(f"--prompts-file: no prompt in {args.prompts_file} (it has no non-empty line)")

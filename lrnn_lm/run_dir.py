@@ -107,7 +107,7 @@ def prepare_run_dir(cfg: Config, ckpt_dir: Path, check: bool) -> str | None:
         check_same_run(read_checkpoint(str(last), mmap=True)["hyper_parameters"]["config"], cfg.to_dict(), last)
         return str(last)
     if check and existing:
-        if t.resume == "auto":  # a run stopped before its first last.ckpt (its best.ckpt alone): nothing to resume
+        if t.resume == "auto" and _stopped_before_its_first_last_ckpt(cfg, ckpt_dir, existing):
             print(f"trainer.resume auto: no {last.name} in {ckpt_dir}, nothing to resume; starting afresh (removing "
                   f"{', '.join(existing)})", file=sys.stderr, flush=True)
         elif not t.overwrite:
@@ -118,6 +118,20 @@ def prepare_run_dir(cfg: Config, ckpt_dir: Path, check: bool) -> str | None:
             (ckpt_dir / name).unlink()
         (Path(t.run_dir) / "summary.json").unlink(missing_ok=True)
     return None
+
+
+def _stopped_before_its_first_last_ckpt(cfg: Config, ckpt_dir: Path, existing: list[str]) -> bool:
+    """Whether the run_dir holds what a run of this config leaves when it is killed before its first last.ckpt
+    (validating more often than it checkpoints): best.ckpt alone, no summary, best.ckpt's settings this run's. A
+    finished run whose last.ckpt was deleted, or another run's, does not qualify: its results are not deleted."""
+    if existing != ["best.ckpt"] or (Path(cfg.trainer.run_dir) / "summary.json").exists():
+        return False
+    best = ckpt_dir / "best.ckpt"
+    try:
+        check_same_run(read_checkpoint(str(best), mmap=True)["hyper_parameters"]["config"], cfg.to_dict(), best)
+    except (ValueError, KeyError):
+        return False
+    return True
 
 
 def clean_interrupted_writes(folder: Path) -> None:

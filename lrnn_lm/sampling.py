@@ -144,9 +144,9 @@ class TokenPicker:
 
     def __init__(self, temperature: float, top_k: int | None, top_p: float | None, vocab_limit: int | None = None):
         self.temperature, self.top_k, self.top_p, self.vocab_limit = temperature, top_k, top_p, vocab_limit
-        # a temperature that is 0 in float32 (below ~7e-46), where the logits are divided by it, is greedy decoding,
-        # its limit: dividing by it would give 0 / 0 at the top token
-        self.greedy = float(torch.tensor(temperature, dtype=torch.float32)) == 0
+        # a temperature whose reciprocal overflows float32 (below ~2.9e-39) is greedy decoding, its limit: CUDA divides
+        # by a scalar as a multiplication by its reciprocal, which would give 0 · inf = NaN at the top token
+        self.greedy = temperature < 1 / torch.finfo(torch.float32).max
 
     def __call__(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.vocab_limit is not None:

@@ -77,6 +77,9 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
            callbacks: Sequence[Callback], launched_at: float | None) -> dict[str, Any]:
     t = cfg.trainer
     started = time.perf_counter()
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator: expected 'auto' or 'cpu' where torch sees no CUDA GPU, got "
+                         f"{t.accelerator!r}")
     L.seed_everything(t.seed, workers=True, verbose=False)
     data = LMDataModule(cfg.data, cfg.model.vocab_size, cfg.model.eos_id, seed=t.seed)
     module = LitLM(cfg.to_dict())
@@ -123,7 +126,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
         # Lightning's own message, which names its argument, not the config field
         raise ValueError(f"trainer.accelerator / devices / strategy / precision / num_nodes ({t.accelerator!r}, "
                          f"{t.devices!r}, {t.strategy!r}, {t.precision!r}, {t.num_nodes!r}): Lightning refused them: "
-                         f"{' '.join(str(e).split())[:300]}") from None
+                         f"{' '.join(str(e).split())[:500]}") from e
     graphs = resolve_cuda_graphs(cfg, trainer.strategy.root_device, isinstance(trainer.strategy, SingleDeviceStrategy))
     module.training_nll.cuda_graphs = graphs
     try:
@@ -131,7 +134,8 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
     except FloatingPointError as e:
         raise FloatingPointError(f"{e}. {last_good_message(ckpt_dir)}") from None
     except SIGTERMException:  # Lightning's own handler, outside the training loop (setup, the first batch's loading)
-        raise RunInterrupted(signal.SIGTERM, f"SIGTERM: stopped before training began. {_saved(ckpt_dir)}") from None
+        raise RunInterrupted(signal.SIGTERM, f"SIGTERM: stopped during the run's setup or its first step. "
+                             f"{_saved(ckpt_dir)}") from None
     except SystemExit:
         if last.interrupted_again:  # Lightning exits 1 on a KeyboardInterrupt, the code of a failed run
             raise KeyboardInterrupt from None

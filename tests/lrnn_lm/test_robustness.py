@@ -346,12 +346,19 @@ def test_resume_auto_starts_afresh_where_a_killed_run_left_only_best_ckpt(tmp_pa
     """Validating more often than it checkpoints, a run killed before its first last.ckpt leaves best.ckpt alone:
     nothing to resume from. A requeued `--trainer.resume auto` starts afresh there rather than refusing for ever."""
     run = tmp_path / "run"
-    train(config(run, corpus, trainer__max_steps=2, trainer__val_every=1, trainer__checkpoint_every=100))
-    (run / "checkpoints" / "last.ckpt").unlink()  # as a kill between the first validation and the first last.ckpt
+    steps = dict(trainer__max_steps=2, trainer__val_every=1, trainer__checkpoint_every=100)
+    train(config(run, corpus, **steps))
+    (run / "checkpoints" / "last.ckpt").unlink()
+    # a finished run whose last.ckpt was deleted (it has a summary): its results are not deleted
+    with pytest.raises(ValueError, match="holds checkpoints"):
+        train(config(run, corpus, **steps, trainer__resume="auto"))
+    (run / "summary.json").unlink()  # now as a kill between the first validation and the first last.ckpt
+    # another run's best.ckpt (other settings): not deleted either
+    with pytest.raises(ValueError, match="holds checkpoints"):
+        train(config(run, corpus, **steps, trainer__resume="auto", optim__lr=0.5))
     assert [p.name for p in (run / "checkpoints").glob("*.ckpt")] == ["best.ckpt"]
     capsys.readouterr()
-    summary = train(config(run, corpus, trainer__max_steps=2, trainer__val_every=1, trainer__checkpoint_every=100,
-                           trainer__resume="auto"))
+    summary = train(config(run, corpus, **steps, trainer__resume="auto"))
     assert summary["steps"] == 2 and "starting afresh (removing best.ckpt)" in capsys.readouterr().err
 
 
@@ -426,3 +433,35 @@ def test_a_second_ctrl_c_stops_at_once_as_an_interrupt(tmp_path, corpus):
 
     with pytest.raises(KeyboardInterrupt):
         train(config(tmp_path / "run", corpus, trainer__max_steps=8), callbacks=[TwoCtrlC()])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU where there is none")
+def test_a_gpu_asked_for_where_there_is_none_is_named(tmp_path, corpus):
+    with pytest.raises(ValueError, match="^trainer.accelerator: expected 'auto' or 'cpu' where torch sees no CUDA"):
+        train(config(tmp_path / "run", corpus, trainer__accelerator="gpu"))
+
+
+def test_a_signal_at_a_step_that_validates_saves_after_the_validation(tmp_path, corpus):
+    """Stopped at a step that validates, last.ckpt is written after that validation (as at any such step): a
+    checkpoint written before it would resume as if it had run, and hold the state a non-finite validation
+    loss would then reject."""
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    class Order(L.Callback):
+        def __init__(self):
+            self.events = []
+
+        def on_validation_start(self, trainer, module):
+            if trainer.state.fn == TrainerFn.FITTING:
+                self.events.append(("validating", trainer.global_step))
+
+        def on_save_checkpoint(self, trainer, module, checkpoint):
+            self.events.append(("saved", trainer.global_step))
+
+    order = Order()
+    with pytest.raises(RunInterrupted):  # signalled after step 3: stops at step 4, which validates
+        train(config(tmp_path / "run", corpus, trainer__max_steps=8, trainer__val_every=4,
+                     trainer__checkpoint_every=100), callbacks=[SignalAt(signal.SIGTERM, 3), order])
+    assert ("validating", 4) in order.events and ("saved", 4) in order.events
+    assert ("saved", 4) not in order.events[:order.events.index(("validating", 4))]
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4

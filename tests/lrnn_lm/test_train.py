@@ -397,3 +397,14 @@ def test_resume_refuses_a_train_split_whose_tokens_changed(tmp_path):
     (corpus / "train.jsonl").write_text("".join(lines[1:] + lines[:1]), encoding="utf-8")
     with pytest.raises(ValueError, match="resume: the train split's tokens differ from the checkpoint's"):
         train(config(trainer__max_steps=4, trainer__resume=True))
+
+    # outside fit (validate or test from a checkpoint, on any data) the data position is not used: no check
+    from lrnn_lm.data import LMDataModule
+
+    cfg = config()
+    data = LMDataModule(cfg.data, cfg.model.vocab_size, cfg.model.eos_id)
+    data.prepare_data()
+    data.setup()
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["LMDataModule"]
+    assert saved["train_fingerprint"] != data.train_fingerprint()
+    data.load_state_dict(saved)

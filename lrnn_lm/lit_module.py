@@ -184,7 +184,9 @@ class LitLM(L.LightningModule):
         loss = nll / n_tokens
         if prefix == "val" and self.trainer.state.fn == TrainerFn.FITTING and not torch.isfinite(loss):
             # before Lightning's checkpoint callbacks run (at validation end): a NaN would rank as the worst score
-            # and training would go on from weights that no longer score
+            # and training would go on from weights that no longer score. A non-finite training step since the last
+            # check is the likelier cause, and its error names the steps.
+            self.check_finite()
             raise FloatingPointError(
                 f"non-finite validation loss ({loss.item()}) after optimizer step {self.global_step}; stopped, and no "
                 "checkpoint holds a state after it")

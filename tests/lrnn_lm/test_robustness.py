@@ -233,7 +233,7 @@ def test_errors_a_user_can_fix_are_one_line(tmp_path, corpus):
         (["--data.seq_len", "100000"], ["train split has", "windows"]),
         (["--trainer.resume"], ["trainer.resume: no checkpoint at"]),
         (["--model.d_model", "many"], ["model.d_model: expected int, got 'many'"]),
-        (["--optim.lr", ".inf"], ["optim.lr: expected a finite number > 0, got inf"]),
+        (["--optim.lr", ".inf"], ["optim.lr: expected a finite number > 0 within float32's range, got inf"]),
     ]
     for extra, fragments in cases:
         assert_one_line_error(run_script("train.py", *base, *extra), *fragments)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -96,11 +97,14 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(step, steps: int, warmup: int) -> dict:
+def time_steps(step, steps: int, warmup: int, window: int | None = None) -> dict:
     """Wall-clock time of `step()`: warmup calls (compilation, autotuning, allocator growth), then `steps` timed
-    ones -> {"warmup_s", "step_s": the timed calls' mean, "peak_memory_gb": allocated, "peak_reserved_gb": held by
-    the caching allocator, both over the timed calls (None off CUDA)}. A CUDA graph's private pool is reserved, not
-    allocated, between its replays: for a step replayed from graphs, the reserved figure is the one to compare."""
+    ones, in windows of `window` steps (None: one window of all), each ended by a synchronize -> {"warmup_s",
+    "step_s": the median window's time per step (one window: the mean), "windows", "peak_memory_gb": allocated,
+    "peak_reserved_gb": held by the caching allocator, both over the timed calls (None off CUDA)}. A CUDA graph's
+    private pool is reserved, not allocated, between its replays: for a step replayed from graphs, the reserved
+    figure is the one to compare."""
+    window = min(window or steps, steps)
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
@@ -109,14 +113,18 @@ def time_steps(step, steps: int, warmup: int) -> dict:
     if DEVICE == "cuda":
         torch.cuda.empty_cache()  # blocks cached by the warm-up (autotuning, compilation) out of the reserved peak
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    step_s = (time.perf_counter() - t0) / steps
+    window_s = []
+    for _ in range(max(1, steps // window)):
+        t0 = time.perf_counter()
+        for _ in range(window):
+            step()
+        sync()
+        window_s.append(time.perf_counter() - t0)
+    step_s = statistics.median(window_s) / window
     peak = torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else None
     reserved = torch.cuda.max_memory_reserved() / 1e9 if DEVICE == "cuda" else None
-    return {"warmup_s": warmup_s, "step_s": step_s, "peak_memory_gb": peak, "peak_reserved_gb": reserved}
+    return {"warmup_s": warmup_s, "step_s": step_s, "windows": len(window_s), "peak_memory_gb": peak,
+            "peak_reserved_gb": reserved}
 
 
 def scan_inputs(B: int, T: int, D: int, dtype: torch.dtype, device: str = DEVICE, seed: int = 0):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.benchmarks.common import DEVICE, print_table, run_info, sync, write_csv
+from kernels.benchmarks.common import DEVICE, print_table, run_info, time_steps, write_csv
 
 from ..config import load_config
 from ..graphed_loss import TrainingNLL
@@ -86,28 +85,11 @@ def bare_step_tokens_per_s(cfg, steps: int, warmup: int, cuda_graphs: bool | Non
     """The bare step's tokens per second as train.py's summary counts its own: after `warmup` steps, the median rate
     of windows of trainer.log_every steps (at least one window), each timed between synchronizes."""
     step, tokens_per_step = bare_step(cfg, cuda_graphs)
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync()
-    warmup_s = time.perf_counter() - t0
-    if DEVICE == "cuda":
-        torch.cuda.empty_cache()  # warm-up's cached blocks out of the reserved peak
-        torch.cuda.reset_peak_memory_stats()
     every = min(cfg.trainer.log_every, steps)
-    window_s = []
-    for _ in range(max(1, steps // every)):
-        t0 = time.perf_counter()
-        for _ in range(every):
-            step()
-        sync()
-        window_s.append(time.perf_counter() - t0)
-    step_s = statistics.median(window_s) / every
-    cuda = DEVICE == "cuda"
-    return {"tokens_per_s": tokens_per_step / step_s, "step_ms": step_s * 1e3, "warmup_s": warmup_s,
-            "windows": len(window_s), "steps_per_window": every,
-            "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
-            "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9 if cuda else None}
+    t = time_steps(step, steps, warmup, window=every)
+    return {"tokens_per_s": tokens_per_step / t["step_s"], "step_ms": t["step_s"] * 1e3, "warmup_s": t["warmup_s"],
+            "windows": t["windows"], "steps_per_window": every, "peak_memory_gb": t["peak_memory_gb"],
+            "peak_reserved_gb": t["peak_reserved_gb"]}
 
 
 def check_summary(summary: dict, cfg, cuda_graphs: bool, path: Path) -> None:

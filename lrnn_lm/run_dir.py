@@ -166,13 +166,19 @@ def check_same_run(saved: dict[str, Any], now: dict[str, Any], path: Path) -> No
                          + "; ".join(changed) + "; resume with the checkpoint's settings, or start a new run_dir")
 
 
-def last_good_message(ckpt_dir: Path) -> str:
+def last_checkpoint_step(ckpt_dir: Path) -> int | None:
+    """The optimizer step ckpt_dir/last.ckpt holds, or None where there is none."""
     last = ckpt_dir / "last.ckpt"
-    if not last.is_file():
+    return read_checkpoint(str(last), mmap=True).get("global_step") if last.is_file() else None
+
+
+def last_good_message(ckpt_dir: Path) -> str:
+    step = last_checkpoint_step(ckpt_dir)
+    if step is None:
         return "No checkpoint was written yet"
-    step = read_checkpoint(str(last), mmap=True).get("global_step")
-    return f"The last good checkpoint is {last} (step {step}); resume from it with --trainer.resume, e.g. with a " \
-           "lower --optim.lr (then also in a new run_dir: the learning rate is restored from the checkpoint)"
+    return f"The last good checkpoint is {ckpt_dir / 'last.ckpt'} (step {step}); resume from it with " \
+           "--trainer.resume, e.g. with a lower --optim.lr (then also in a new run_dir: the learning rate is " \
+           "restored from the checkpoint)"
 
 
 @contextlib.contextmanager

@@ -53,9 +53,9 @@ from .cli import RunInterrupted
 from .config import Config, TrainerConfig
 from .data import LMDataModule
 from .graphed_loss import graphs_apply
-from .lit_module import LitLM, read_checkpoint
-from .run_dir import AtomicCheckpointIO, RunDirLock, is_launching_process, last_good_message, prepare_run_dir, \
-    write_atomically
+from .lit_module import LitLM
+from .run_dir import AtomicCheckpointIO, RunDirLock, is_launching_process, last_checkpoint_step, last_good_message, \
+    prepare_run_dir, write_atomically
 
 
 def train(cfg: Config, callbacks: Sequence[Callback] = (), launched_at: float | None = None) -> dict[str, Any]:
@@ -196,11 +196,10 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_from: str | None,
 
 def _saved(ckpt_dir: Path) -> str:
     """What a run stopped outside its training steps leaves to resume from."""
-    last = ckpt_dir / "last.ckpt"
-    if not last.is_file():
+    step = last_checkpoint_step(ckpt_dir)
+    if step is None:
         return "No checkpoint was written yet: run it again to start over"
-    step = read_checkpoint(str(last), mmap=True).get("global_step")
-    return f"{last} holds step {step}; run the same command with --trainer.resume to continue from it"
+    return f"{ckpt_dir / 'last.ckpt'} holds step {step}; run the same command with --trainer.resume to continue from it"
 
 
 def _resume_message(last: LastCheckpoint, trainer: L.Trainer) -> str:

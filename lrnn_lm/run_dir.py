@@ -84,11 +84,11 @@ def _holder_is_dead(holder: str) -> bool:
     if len(words) < 4 or words[0] != "pid" or not words[1].isdigit() or words[3] != socket.gethostname():
         return False
     try:
-        os.kill(int(words[1]), 0)
+        os.kill(int(words[1]), 0)  # PermissionError: alive, another user's
     except ProcessLookupError:
         return True
-    except PermissionError:  # alive, another user's
-        return False
+    except PermissionError:
+        pass
     return False
 
 
